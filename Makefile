@@ -1,0 +1,74 @@
+# ngx_ipc: build, test, demo.
+#
+#   make            build/ngx_ipc_module.so, against Debian's nginx-dev
+#   make demo       install what is missing, build, start the demo on 127.0.0.1
+#   make test       install what is missing, build, run every test
+#   make help       the other targets
+
+NGX_SRC   ?= /usr/share/nginx/src
+BUILD     := build
+MODULE    := $(BUILD)/ngx_ipc_module.so
+NGX_BUILD := $(BUILD)/nginx
+CORE_SRCS := $(wildcard core/include/ngx_ipc/*.h core/src/*.cpp)
+GLUE_SRCS := $(wildcard src/*.cpp src/*.h) lib/ngx/ipc.lua
+DEMO_PORT ?= 8080
+PYTEST    ?= python3 -m pytest
+
+.PHONY: all deps demo demo-stop test test-core test-nginx check-sanitizers \
+        format clean help
+
+all: $(MODULE)
+
+help:
+	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
+	@echo "make deps         apt-get install what the build and tests need"
+	@echo "make test-core    GoogleTest suite of the C++ core"
+	@echo "make test-nginx   integration tests against real nginx (t/)"
+	@echo "make check-sanitizers  core tests under ASan+UBSan and TSan"
+	@echo "make demo-stop    stop the demo nginx"
+	@echo "make format       clang-format the C++ core"
+
+deps:
+	@scripts/install-deps.sh
+
+# nginx's own configure, with Debian's flags, in a copy of nginx-dev's tree.
+$(NGX_BUILD)/objs/Makefile: config
+	@test -d $(NGX_SRC) || { echo "$(NGX_SRC) missing: run 'make deps'"; exit 1; }
+	rm -rf $(NGX_BUILD) && mkdir -p $(BUILD) && cp -r $(NGX_SRC)/. $(NGX_BUILD)
+	cd $(NGX_BUILD) && bash -c 'source ./conf_flags && \
+	    ./configure "$${NGX_CONF_FLAGS[@]}" --add-dynamic-module=$(CURDIR)' \
+	    > ../configure.log 2>&1 || { tail -20 ../configure.log; exit 1; }
+
+$(MODULE): $(NGX_BUILD)/objs/Makefile $(CORE_SRCS) $(GLUE_SRCS)
+	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
+	cp $(NGX_BUILD)/objs/ngx_ipc_module.so $@
+
+demo: deps $(MODULE)
+	@examples/demo.sh start $(DEMO_PORT)
+
+demo-stop:
+	@examples/demo.sh stop
+
+test: deps $(MODULE) test-core test-nginx
+
+test-core:
+	cmake -S core -B $(BUILD)/core -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
+	cmake --build $(BUILD)/core -j2
+	ctest --test-dir $(BUILD)/core --output-on-failure
+
+test-nginx: $(MODULE)
+	NGX_IPC_MODULE=$(CURDIR)/$(MODULE) $(PYTEST) -q t/
+
+check-sanitizers:
+	cmake -S core -B $(BUILD)/core-asan -DNGX_IPC_SANITIZE=address > /dev/null
+	cmake --build $(BUILD)/core-asan -j2
+	ctest --test-dir $(BUILD)/core-asan --output-on-failure
+	cmake -S core -B $(BUILD)/core-tsan -DNGX_IPC_SANITIZE=thread > /dev/null
+	cmake --build $(BUILD)/core-tsan -j2
+	ctest --test-dir $(BUILD)/core-tsan --output-on-failure
+
+format:
+	clang-format -i core/include/ngx_ipc/*.h core/src/*.cpp core/test/*.cpp
+
+clean:
+	rm -rf $(BUILD)

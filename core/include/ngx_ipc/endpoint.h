@@ -1,0 +1,180 @@
+// ngx_ipc core: the per-process endpoint.
+//
+// One Endpoint per worker process, bound to its slot in a mapping made by
+// init_shm(). It sends to other slots (one Producer per destination, plus a
+// private backlog bounded by queue_limit), drains its inbox (one Consumer per
+// source, with reassembly of fragmented messages) in batches, and wakes other
+// processes through their wake-up fds (eventfd, or any fd that takes an
+// 8-byte write) only when they may be asleep.
+//
+// Not thread-safe: one endpoint is used by one thread of one process.
+
+#ifndef NGX_IPC_ENDPOINT_H
+#define NGX_IPC_ENDPOINT_H
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "ngx_ipc/layout.h"
+#include "ngx_ipc/ring.h"
+
+namespace ngx_ipc {
+
+// This process's counters since it started (mirrors ngx_ipc_stats_t).
+struct Stats {
+  std::uint64_t sent;            // messages queued, per destination
+  std::uint64_t received;        // messages taken from the inbox for us
+  std::uint64_t sent_bytes;      // data bytes of those
+  std::uint64_t received_bytes;  // data bytes of those
+  std::uint64_t dropped;         // received for no one (see docs)
+  std::uint64_t refused;         // sends that returned an error
+  std::uint64_t handler_errors;  // counted by the Lua side
+  std::uint64_t calls;           // counted by the Lua side
+  std::uint64_t call_timeouts;   // counted by the Lua side
+  std::uint64_t queued_bytes;    // payload bytes held now in the backlog
+  std::uint64_t resets;          // inbox rings reset after a corrupt record
+};
+static_assert(std::is_standard_layout_v<Stats>);
+
+// A received message (mirrors ngx_ipc_msg_t). name and data stay valid until
+// the next receive() or release().
+struct Delivery {
+  const unsigned char* name;
+  const unsigned char* data;
+  std::uint64_t data_len;
+  std::uint32_t name_len;
+  std::int32_t sender_pid;
+  std::uint32_t flags;  // RecordFlags: kBroadcast, kRequest, kReply, status
+  std::uint32_t call_id;
+};
+static_assert(std::is_standard_layout_v<Delivery>);
+
+enum class Status : int {
+  kOk = 0,
+  kNoSuchWorker,
+  kNameTooLong,
+  kTooLarge,
+  kQueueFull,
+  kNoMemory,
+};
+// The short lower-case message the Lua API returns for a status.
+const char* status_message(Status s);
+
+class Endpoint {
+ public:
+  // Called for events an operator should see (a corrupt ring, a failed
+  // write to a wake-up fd, memory exhausted). The glue rate-limits it.
+  using LogFn = void (*)(void* ctx, const char* msg, int err);
+
+  // shm: a mapping initialised by init_shm(); self: this process's slot;
+  // wake_fds: one fd per slot (nslots entries), written to wake that slot.
+  Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds);
+  ~Endpoint();
+  Endpoint(const Endpoint&) = delete;
+  Endpoint& operator=(const Endpoint&) = delete;
+
+  void set_logger(LogFn fn, void* ctx) {
+    log_ = fn;
+    log_ctx_ = ctx;
+  }
+
+  // Takes the slot for this process: a new incarnation with this PID.
+  void start(std::int32_t pid);
+  // Clean exit: the slot's PID becomes 0 (its incarnation stays).
+  void stop();
+
+  // Queues one message for the live process `pid` of this mapping.
+  Status send(std::int32_t pid, const unsigned char* name, std::size_t name_len,
+              const unsigned char* data, std::size_t data_len, std::uint16_t flags = 0,
+              std::uint32_t call_id = 0);
+  // Queues one message for every slot (or every other slot): all or none.
+  Status broadcast(const unsigned char* name, std::size_t name_len, const unsigned char* data,
+                   std::size_t data_len, bool include_self);
+
+  // Takes up to max messages from the inbox. Returns 0 only when the inbox
+  // was empty after this slot was marked asleep: from then on, any sender
+  // writes this slot's wake-up fd. Releases the previous batch first.
+  int receive(Delivery* out, int max);
+  // Gives the ring space of the last batch back to the senders.
+  void release();
+  // Writes what the backlog holds as far as the rings take it. Returns true
+  // if the backlog is now empty.
+  bool flush();
+  // True if some inbox ring holds unread records.
+  bool inbox_pending();
+  // Writes this process's own wake-up fd.
+  void wake_self() { wake(self_); }
+
+  Stats& stats() { return stats_; }
+  std::uint32_t slot() const { return self_; }
+  std::uint32_t nslots() const { return nslots_; }
+  std::uint32_t incarnation() const { return incarnation_; }
+  std::int32_t pid() const { return pid_; }
+  // PID of the process in slot i, 0 if none has started or it exited cleanly.
+  std::int32_t slot_pid(std::uint32_t i) const;
+
+ private:
+  struct Pending {
+    MessageMeta meta;
+    std::uint64_t start;  // payload offset of buf[0]
+    std::uint64_t len;    // bytes in buf
+    std::uint64_t done;   // bytes of buf already written
+    std::unique_ptr<unsigned char[]> buf;
+  };
+  struct OutRing {
+    Producer producer;
+    std::deque<Pending> backlog;
+    std::uint64_t backlog_bytes = 0;
+  };
+  struct InRing {
+    Consumer consumer;
+    bool read = false;  // read something since the last release
+    // Reassembly of a fragmented message.
+    bool active = false;
+    bool discard = false;  // not for us: skip its fragments
+    RecordHeader first{};
+    std::uint64_t filled = 0;
+    std::unique_ptr<unsigned char[]> buf;
+  };
+
+  Status enqueue(std::uint32_t k, const MessageMeta& meta, const unsigned char* name,
+                 const unsigned char* data, std::size_t data_len);
+  bool flush_ring(std::uint32_t k);
+  void await_space(std::uint32_t k);
+  void notify(std::uint32_t k);
+  void wake(std::uint32_t k);
+  int scan(Delivery* out, int max);
+  bool take(InRing& r, const RecordView& v, Delivery* out);
+  void drop_partial(InRing& r);
+  Status refuse(Status s) {
+    ++stats_.refused;
+    return s;
+  }
+  void log(const char* msg, int err = 0) {
+    if (log_ != nullptr) log_(log_ctx_, msg, err);
+  }
+
+  ShmHeader* shm_;
+  std::uint32_t self_;
+  std::uint32_t nslots_;
+  std::uint64_t max_message_;
+  std::uint64_t queue_limit_;
+  std::vector<int> wake_fds_;
+  std::vector<OutRing> out_;
+  std::vector<InRing> in_;
+  std::vector<std::unique_ptr<unsigned char[]>> batch_bufs_;  // reassembled, in a batch
+  std::vector<std::uint32_t> released_;                       // scratch for release()
+  std::uint32_t rr_ = 0;  // inbox ring the next scan starts with
+  bool started_ = false;
+  std::int32_t pid_ = 0;
+  std::uint32_t incarnation_ = 0;
+  Stats stats_{};
+  LogFn log_ = nullptr;
+  void* log_ctx_ = nullptr;
+};
+
+}  // namespace ngx_ipc
+
+#endif  // NGX_IPC_ENDPOINT_H

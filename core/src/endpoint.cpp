@@ -1,0 +1,359 @@
+// ngx_ipc core: the per-process endpoint (see endpoint.h).
+
+#include "ngx_ipc/endpoint.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <new>
+
+namespace ngx_ipc {
+
+const char* status_message(Status s) {
+  switch (s) {
+    case Status::kOk:
+      return "ok";
+    case Status::kNoSuchWorker:
+      return "no such worker";
+    case Status::kNameTooLong:
+      return "name too long";
+    case Status::kTooLarge:
+      return "message too large";
+    case Status::kQueueFull:
+      return "queue full";
+    case Status::kNoMemory:
+      return "no memory";
+  }
+  return "unknown error";
+}
+
+Endpoint::Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds)
+    : shm_(shm),
+      self_(self),
+      nslots_(shm->nslots),
+      max_message_(shm->max_message),
+      queue_limit_(shm->queue_limit),
+      wake_fds_(wake_fds, wake_fds + shm->nslots),
+      out_(shm->nslots),
+      in_(shm->nslots) {
+  released_.reserve(shm->nslots);
+}
+
+Endpoint::~Endpoint() = default;
+
+void Endpoint::start(std::int32_t pid) {
+  Slot* me = slot_at(shm_, self_);
+  for (std::uint32_t k = 0; k < nslots_; ++k) {
+    out_[k].producer.attach(ring_ctl(shm_, self_, k), ring_data(shm_, self_, k), shm_->ring_size);
+    in_[k].consumer.attach(ring_ctl(shm_, k, self_), ring_data(shm_, k, self_), shm_->ring_size,
+                           max_message_);
+  }
+  // Only this slot's processes write its identity, one at a time (the next
+  // one is forked after the previous one died), so load + store is enough.
+  incarnation_ = identity_incarnation(me->identity.load(std::memory_order_relaxed)) + 1;
+  if (incarnation_ == 0) incarnation_ = 1;  // 0 means "any" in a record
+  pid_ = pid;
+  me->sleeping.store(0, std::memory_order_relaxed);
+  // Release: publishes the slot's new identity after the state above.
+  me->identity.store(make_identity(incarnation_, pid), std::memory_order_release);
+  started_ = true;
+}
+
+void Endpoint::stop() {
+  if (!started_) return;
+  slot_at(shm_, self_)->identity.store(make_identity(incarnation_, 0), std::memory_order_release);
+  started_ = false;
+}
+
+std::int32_t Endpoint::slot_pid(std::uint32_t i) const {
+  if (i >= nslots_) return 0;
+  return identity_pid(slot_at(shm_, i)->identity.load(std::memory_order_acquire));
+}
+
+Status Endpoint::send(std::int32_t pid, const unsigned char* name, std::size_t name_len,
+                      const unsigned char* data, std::size_t data_len, std::uint16_t flags,
+                      std::uint32_t call_id) {
+  if (name_len > kMaxNameLen) return refuse(Status::kNameTooLong);
+  if (data_len > max_message_) return refuse(Status::kTooLarge);
+  if (pid <= 0) return refuse(Status::kNoSuchWorker);
+  std::uint32_t k = 0;
+  std::uint64_t id = 0;
+  for (; k < nslots_; ++k) {
+    // Acquire: pairs with start()'s release store of the identity.
+    id = slot_at(shm_, k)->identity.load(std::memory_order_acquire);
+    if (identity_pid(id) == pid) break;
+  }
+  if (k == nslots_) return refuse(Status::kNoSuchWorker);
+  if (out_[k].backlog_bytes >= queue_limit_) return refuse(Status::kQueueFull);
+
+  MessageMeta meta;
+  meta.flags = flags;
+  meta.sender_pid = pid_;
+  meta.target_incarnation = identity_incarnation(id);
+  meta.name_len = static_cast<std::uint32_t>(name_len);
+  meta.call_id = call_id;
+  meta.total_len = name_len + data_len;
+  Status s = enqueue(k, meta, name, data, data_len);
+  if (s != Status::kOk) return refuse(s);
+  if (out_[k].producer.publish()) notify(k);
+  if (!out_[k].backlog.empty()) await_space(k);
+  return Status::kOk;
+}
+
+Status Endpoint::broadcast(const unsigned char* name, std::size_t name_len,
+                           const unsigned char* data, std::size_t data_len, bool include_self) {
+  if (name_len > kMaxNameLen) return refuse(Status::kNameTooLong);
+  if (data_len > max_message_) return refuse(Status::kTooLarge);
+  // All or nothing: check every destination before queueing for any.
+  for (std::uint32_t k = 0; k < nslots_; ++k) {
+    if ((include_self || k != self_) && out_[k].backlog_bytes >= queue_limit_) {
+      return refuse(Status::kQueueFull);
+    }
+  }
+  MessageMeta meta;
+  meta.flags = kBroadcast;
+  meta.sender_pid = pid_;
+  meta.target_incarnation = 0;
+  meta.name_len = static_cast<std::uint32_t>(name_len);
+  meta.total_len = name_len + data_len;
+  for (std::uint32_t k = 0; k < nslots_; ++k) {
+    if (!include_self && k == self_) continue;
+    // Only allocation can fail here, and only for a message the ring did not
+    // take whole; the destinations queued before it keep theirs.
+    Status s = enqueue(k, meta, name, data, data_len);
+    if (s != Status::kOk) return refuse(s);
+  }
+  for (std::uint32_t k = 0; k < nslots_; ++k) {
+    if (!include_self && k == self_) continue;
+    if (out_[k].producer.publish()) notify(k);
+    if (!out_[k].backlog.empty()) await_space(k);
+  }
+  return Status::kOk;
+}
+
+Status Endpoint::enqueue(std::uint32_t k, const MessageMeta& meta, const unsigned char* name,
+                         const unsigned char* data, std::size_t data_len) {
+  OutRing& o = out_[k];
+  Payload p{name, meta.name_len, data, data_len};
+  std::uint64_t written = 0;
+  if (o.backlog.empty()) written = o.producer.write(meta, p, 0);
+  if (written < meta.total_len) {
+    std::uint64_t rest = meta.total_len - written;
+    Pending pending{meta, written, rest, 0, nullptr};
+    pending.buf.reset(new (std::nothrow) unsigned char[rest]);
+    if (!pending.buf) {
+      log("no memory for the send backlog", ENOMEM);
+      return Status::kNoMemory;
+    }
+    p.copy_out(pending.buf.get(), written, rest);
+    o.backlog.push_back(std::move(pending));
+    o.backlog_bytes += rest;
+    stats_.queued_bytes += rest;
+  }
+  ++stats_.sent;
+  stats_.sent_bytes += data_len;
+  return Status::kOk;
+}
+
+bool Endpoint::flush_ring(std::uint32_t k) {
+  OutRing& o = out_[k];
+  while (!o.backlog.empty()) {
+    Pending& p = o.backlog.front();
+    Payload rest{p.buf.get() + p.done, p.len - p.done, nullptr, 0};
+    std::uint64_t n = o.producer.write(p.meta, rest, p.start + p.done);
+    p.done += n;
+    o.backlog_bytes -= n;
+    stats_.queued_bytes -= n;
+    if (p.done < p.len) break;
+    o.backlog.pop_front();
+  }
+  if (o.producer.publish()) notify(k);
+  return o.backlog.empty();
+}
+
+void Endpoint::await_space(std::uint32_t k) {
+  RingCtl* ctl = out_[k].producer.ctl();
+  ctl->producer_waiting.store(1, std::memory_order_relaxed);
+  // Seq_cst fence: orders the store of producer_waiting before the re-read
+  // of tail in flush_ring(); pairs with the fence in release() between the
+  // consumer's tail store and its load of producer_waiting, so either we see
+  // the space it freed or it sees our flag and wakes us.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (flush_ring(k)) ctl->producer_waiting.store(0, std::memory_order_relaxed);
+}
+
+bool Endpoint::flush() {
+  bool all = true;
+  for (std::uint32_t k = 0; k < nslots_; ++k) {
+    if (out_[k].backlog.empty()) continue;
+    if (flush_ring(k)) {
+      out_[k].producer.ctl()->producer_waiting.store(0, std::memory_order_relaxed);
+    } else {
+      await_space(k);
+      all = all && out_[k].backlog.empty();
+    }
+  }
+  return all;
+}
+
+void Endpoint::notify(std::uint32_t k) {
+  Slot* s = slot_at(shm_, k);
+  // Seq_cst fence: orders the head store (publish) before the load of
+  // sleeping; pairs with the fence in receive() between the receiver's store
+  // of sleeping and its re-read of the heads (see docs/ARCHITECTURE.md).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (s->sleeping.load(std::memory_order_relaxed) == 0) return;
+  // Whoever clears the flag writes the fd: one wake-up per sleep.
+  if (s->sleeping.exchange(0, std::memory_order_relaxed) != 0) wake(k);
+}
+
+void Endpoint::wake(std::uint32_t k) {
+  std::uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = ::write(wake_fds_[k], &one, sizeof one);
+  } while (n < 0 && errno == EINTR);
+  // EAGAIN: the eventfd counter is saturated, so the fd is readable anyway.
+  if (n < 0 && errno != EAGAIN) log("write() to a wake-up fd failed", errno);
+}
+
+int Endpoint::receive(Delivery* out, int max) {
+  release();
+  int n = scan(out, max);
+  if (n == 0) {
+    Slot* me = slot_at(shm_, self_);
+    me->sleeping.store(1, std::memory_order_relaxed);
+    // Seq_cst fence: pairs with the fence in notify(); see there.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    n = scan(out, max);
+    if (n != 0) me->sleeping.store(0, std::memory_order_relaxed);
+  }
+  // Records that were read but not delivered (dropped) free their space now.
+  if (n == 0) release();
+  return n;
+}
+
+int Endpoint::scan(Delivery* out, int max) {
+  int n = 0;
+  for (std::uint32_t i = 0; i < nslots_ && n < max; ++i) {
+    std::uint32_t k = (rr_ + i) % nslots_;
+    InRing& r = in_[k];
+    RecordView v;
+    while (n < max) {
+      Consumer::Next st = r.consumer.next(&v);
+      if (st == Consumer::Next::kEmpty) break;
+      r.read = true;
+      if (st == Consumer::Next::kCorrupt) {
+        log("corrupt record in an inbox ring, ring reset", 0);
+        ++stats_.resets;
+        drop_partial(r);
+        r.consumer.reset();
+        break;
+      }
+      if (take(r, v, &out[n])) ++n;
+    }
+  }
+  rr_ = (rr_ + 1) % nslots_;
+  return n;
+}
+
+void Endpoint::drop_partial(InRing& r) {
+  if (r.active && !r.discard) ++stats_.dropped;
+  r.active = false;
+  r.discard = false;
+  r.buf.reset();
+}
+
+// Feeds one record to ring r's reassembly; true if it completes a message
+// for this process, described in *out.
+bool Endpoint::take(InRing& r, const RecordView& v, Delivery* out) {
+  const RecordHeader& h = v.header;
+  bool mine = (h.flags & kBroadcast) != 0 || h.target_incarnation == incarnation_;
+  const unsigned char* msg;
+  if (h.flags & kFirst) {
+    drop_partial(r);  // a predecessor of the sender died mid-message
+    if (!mine) {
+      ++stats_.dropped;  // addressed to a previous process in this slot
+      if (!(h.flags & kLast)) r.active = r.discard = true;
+      r.first = h;
+      r.filled = v.payload_len;
+      return false;
+    }
+    if (h.flags & kLast) {
+      msg = v.payload;
+    } else {
+      r.buf.reset(new (std::nothrow) unsigned char[h.total_len]);
+      r.active = true;
+      r.first = h;
+      r.filled = v.payload_len;
+      if (!r.buf) {
+        log("no memory to reassemble a message, dropped", ENOMEM);
+        ++stats_.dropped;
+        r.discard = true;
+        return false;
+      }
+      std::memcpy(r.buf.get(), v.payload, v.payload_len);
+      return false;
+    }
+  } else {
+    if (!r.active || h.offset != r.filled || h.total_len != r.first.total_len ||
+        h.sender_pid != r.first.sender_pid) {
+      // Its first fragment was read by a predecessor of this process, or the
+      // sender restarted: the message cannot be completed.
+      drop_partial(r);
+      if (h.flags & kLast) ++stats_.dropped;
+      return false;
+    }
+    if (!r.discard) std::memcpy(r.buf.get() + r.filled, v.payload, v.payload_len);
+    r.filled += v.payload_len;
+    if (!(h.flags & kLast)) return false;
+    bool discard = r.discard;
+    r.active = r.discard = false;
+    if (discard) return false;
+    msg = r.buf.get();
+    batch_bufs_.push_back(std::move(r.buf));
+  }
+  out->name = msg;
+  out->name_len = h.name_len;
+  out->data = msg + h.name_len;
+  out->data_len = h.total_len - h.name_len;
+  out->sender_pid = h.sender_pid;
+  out->flags = h.flags & ~(kFirst | kLast);
+  out->call_id = h.call_id;
+  ++stats_.received;
+  stats_.received_bytes += out->data_len;
+  return true;
+}
+
+void Endpoint::release() {
+  batch_bufs_.clear();
+  released_.clear();
+  for (std::uint32_t k = 0; k < nslots_; ++k) {
+    InRing& r = in_[k];
+    if (!r.read) continue;
+    r.read = false;
+    if (r.consumer.release()) released_.push_back(k);
+  }
+  if (released_.empty()) return;
+  // Seq_cst fence: orders the tail stores before the loads of
+  // producer_waiting; pairs with the fence in await_space(), so either the
+  // producer sees the space or we see its flag.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  for (std::uint32_t k : released_) {
+    RingCtl* ctl = in_[k].consumer.ctl();
+    if (ctl->producer_waiting.load(std::memory_order_relaxed) != 0 &&
+        ctl->producer_waiting.exchange(0, std::memory_order_relaxed) != 0) {
+      wake(k);
+    }
+  }
+}
+
+bool Endpoint::inbox_pending() {
+  for (InRing& r : in_) {
+    if (r.consumer.pending()) return true;
+  }
+  return false;
+}
+
+}  // namespace ngx_ipc

@@ -1,0 +1,208 @@
+/*
+ * ngx_ipc FFI: the C ABI that lib/ngx/ipc.lua calls through LuaJIT's FFI.
+ *
+ * Functions take plain C types and return NGX_OK, NGX_DECLINED (a runtime
+ * failure, with a constant message in *err) or NGX_ERROR (ngx_ipc is not
+ * usable in this process). No C++ exception crosses this boundary.
+ */
+
+#include "ngx_ipc_module.h"
+
+#include <signal.h>
+
+
+extern "C" {
+
+int ngx_ipc_ffi_version(void);
+int ngx_ipc_ffi_start(void *sema, char **err);
+int ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
+    const u_char *data, size_t data_len, int flags, uint32_t call_id,
+    char **err);
+int ngx_ipc_ffi_broadcast(const u_char *name, size_t name_len,
+    const u_char *data, size_t data_len, int include_self, char **err);
+int ngx_ipc_ffi_recv(ngx_ipc::Delivery *out, int max);
+void ngx_ipc_ffi_recv_done(void);
+int ngx_ipc_ffi_pids(int *out, int max);
+ngx_ipc::Stats *ngx_ipc_ffi_stats(void);
+
+}
+
+
+static const char  ngx_ipc_not_available[] =
+    "ngx.ipc is only available in nginx worker processes";
+
+/* what Lua may ask for in a record's flags */
+static const int  ngx_ipc_user_flags =
+    ngx_ipc::kRequest | ngx_ipc::kReply | ngx_ipc::kStatusMask;
+
+
+int
+ngx_ipc_ffi_version(void)
+{
+    return NGX_IPC_FFI_VERSION;
+}
+
+
+/* Attaches the worker and registers the Lua dispatcher's semaphore, which
+ * the wake-up handler posts when the inbox has messages. */
+int
+ngx_ipc_ffi_start(void *sema, char **err)
+{
+    ngx_ipc_worker_t  *w;
+
+    w = ngx_ipc_worker_get();
+    if (w == NULL) {
+        *err = (char *) ngx_ipc_not_available;
+        return NGX_ERROR;
+    }
+
+    if (sema != NULL) {
+        if (w->sema_post == NULL) {
+            *err = (char *) "ngx_http_lua_ffi_sema_post() not found";
+            return NGX_ERROR;
+        }
+
+        w->sema = sema;
+
+        /* deliver what arrived before the dispatcher existed */
+        ngx_post_event(w->conn->read, &ngx_posted_events);
+    }
+
+    return NGX_OK;
+}
+
+
+int
+ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
+    const u_char *data, size_t data_len, int flags, uint32_t call_id,
+    char **err)
+{
+    ngx_ipc_worker_t  *w;
+    ngx_ipc::Status    s;
+
+    w = ngx_ipc_worker_get();
+    if (w == NULL) {
+        *err = (char *) ngx_ipc_not_available;
+        return NGX_ERROR;
+    }
+
+    try {
+        s = w->endpoint->send(pid, name, name_len, data, data_len,
+                              (uint16_t) (flags & ngx_ipc_user_flags),
+                              call_id);
+    } catch (...) {
+        s = ngx_ipc::Status::kNoMemory;
+    }
+
+    if (s != ngx_ipc::Status::kOk) {
+        *err = (char *) ngx_ipc::status_message(s);
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+int
+ngx_ipc_ffi_broadcast(const u_char *name, size_t name_len,
+    const u_char *data, size_t data_len, int include_self, char **err)
+{
+    ngx_ipc_worker_t  *w;
+    ngx_ipc::Status    s;
+
+    w = ngx_ipc_worker_get();
+    if (w == NULL) {
+        *err = (char *) ngx_ipc_not_available;
+        return NGX_ERROR;
+    }
+
+    try {
+        s = w->endpoint->broadcast(name, name_len, data, data_len,
+                                   include_self != 0);
+    } catch (...) {
+        s = ngx_ipc::Status::kNoMemory;
+    }
+
+    if (s != ngx_ipc::Status::kOk) {
+        *err = (char *) ngx_ipc::status_message(s);
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/* Takes a batch of up to max messages; 0 means the inbox is empty and the
+ * dispatcher may sleep: the next message posts its semaphore. */
+int
+ngx_ipc_ffi_recv(ngx_ipc::Delivery *out, int max)
+{
+    ngx_ipc_worker_t  *w;
+
+    w = ngx_ipc_worker_get();
+    if (w == NULL) {
+        return NGX_ERROR;
+    }
+
+    try {
+        return w->endpoint->receive(out, max);
+    } catch (...) {
+        return NGX_ERROR;
+    }
+}
+
+
+void
+ngx_ipc_ffi_recv_done(void)
+{
+    ngx_ipc_worker_t  *w;
+
+    w = ngx_ipc_worker_get();
+    if (w != NULL) {
+        w->endpoint->release();
+    }
+}
+
+
+/* Fills out[i] with the PID of worker i, or 0 if none is running now;
+ * returns the number of worker slots. */
+int
+ngx_ipc_ffi_pids(int *out, int max)
+{
+    int                 i, n;
+    ngx_ipc_worker_t   *w;
+    ngx_ipc::Endpoint  *ep;
+
+    w = ngx_ipc_worker_get();
+    if (w == NULL) {
+        return NGX_ERROR;
+    }
+
+    ep = w->endpoint;
+    n = (int) ep->nslots();
+
+    for (i = 0; i < n && i < max; i++) {
+        out[i] = ep->slot_pid((uint32_t) i);
+
+        /* a crashed worker's slot keeps its PID until the respawn */
+        if (out[i] != 0 && kill(out[i], 0) == -1 && ngx_errno == ESRCH) {
+            out[i] = 0;
+        }
+    }
+
+    return n;
+}
+
+
+ngx_ipc::Stats *
+ngx_ipc_ffi_stats(void)
+{
+    ngx_ipc_worker_t  *w;
+
+    w = ngx_ipc_worker_get();
+    if (w == NULL) {
+        return NULL;
+    }
+
+    return &w->endpoint->stats();
+}

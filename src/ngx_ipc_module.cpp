@@ -1,0 +1,487 @@
+/*
+ * ngx_ipc core module: the ipc_* directives, and for each configuration a
+ * shared mapping (ngx_ipc core layout) plus one eventfd per worker slot, both
+ * made by the master before it forks the workers. Each worker attaches to
+ * its slot (its ngx_worker number) and watches its own eventfd on its event
+ * loop; the read handler flushes the send backlog and wakes the Lua
+ * dispatcher. Nothing runs while no message moves.
+ */
+
+#include "ngx_ipc_module.h"
+
+#include <dlfcn.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+
+#include <new>
+
+
+static void *ngx_ipc_create_conf(ngx_cycle_t *cycle);
+static char *ngx_ipc_init_conf(ngx_cycle_t *cycle, void *conf);
+static ngx_int_t ngx_ipc_init_module(ngx_cycle_t *cycle);
+static void ngx_ipc_cleanup(void *data);
+static ngx_int_t ngx_ipc_init_process(ngx_cycle_t *cycle);
+static void ngx_ipc_exit_process(ngx_cycle_t *cycle);
+static ngx_ipc_worker_t *ngx_ipc_attach(ngx_ipc_conf_t *conf);
+static void ngx_ipc_wake_handler(ngx_event_t *rev);
+static void ngx_ipc_core_log(void *ctx, const char *msg, int err);
+
+
+static ngx_command_t  ngx_ipc_commands[] = {
+
+    { ngx_string("ipc_ring_size"),
+      NGX_MAIN_CONF|NGX_DIRECT_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      0,
+      offsetof(ngx_ipc_conf_t, ring_size),
+      NULL },
+
+    { ngx_string("ipc_max_message"),
+      NGX_MAIN_CONF|NGX_DIRECT_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      0,
+      offsetof(ngx_ipc_conf_t, max_message),
+      NULL },
+
+    { ngx_string("ipc_queue_limit"),
+      NGX_MAIN_CONF|NGX_DIRECT_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      0,
+      offsetof(ngx_ipc_conf_t, queue_limit),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_core_module_t  ngx_ipc_module_ctx = {
+    ngx_string("ipc"),
+    ngx_ipc_create_conf,
+    ngx_ipc_init_conf
+};
+
+
+extern "C" {
+
+ngx_module_t  ngx_ipc_module = {
+    NGX_MODULE_V1,
+    &ngx_ipc_module_ctx,                   /* module context */
+    ngx_ipc_commands,                      /* module directives */
+    NGX_CORE_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    ngx_ipc_init_module,                   /* init module */
+    ngx_ipc_init_process,                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_ipc_exit_process,                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+}
+
+
+/* The configuration whose mapping a worker forked now would use: the newest
+ * one whose init_module succeeded. Workers inherit it at fork. */
+static ngx_ipc_conf_t    *ngx_ipc_current_conf;
+static ngx_ipc_conf_t    *ngx_ipc_previous_conf;
+
+static ngx_ipc_worker_t   ngx_ipc_worker;
+static ngx_flag_t         ngx_ipc_attached;
+static ngx_flag_t         ngx_ipc_attach_failed;
+
+
+static void *
+ngx_ipc_create_conf(ngx_cycle_t *cycle)
+{
+    ngx_ipc_conf_t  *conf;
+
+    conf = (ngx_ipc_conf_t *) ngx_pcalloc(cycle->pool, sizeof(ngx_ipc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    conf->ring_size = NGX_CONF_UNSET_SIZE;
+    conf->max_message = NGX_CONF_UNSET_SIZE;
+    conf->queue_limit = NGX_CONF_UNSET_SIZE;
+
+    return conf;
+}
+
+
+static char *
+ngx_ipc_init_conf(ngx_cycle_t *cycle, void *data)
+{
+    ngx_ipc_conf_t  *conf = (ngx_ipc_conf_t *) data;
+
+    ngx_conf_init_size_value(conf->ring_size, 0);       /* 0: sized by workers */
+    ngx_conf_init_size_value(conf->max_message, ngx_ipc::kDefaultMaxMessage);
+    ngx_conf_init_size_value(conf->queue_limit, ngx_ipc::kDefaultQueueLimit);
+
+    if (conf->ring_size != 0 && conf->ring_size < ngx_ipc::kMinRingSize) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "\"ipc_ring_size\" must be at least %uz",
+                      (size_t) ngx_ipc::kMinRingSize);
+        return (char *) NGX_CONF_ERROR;
+    }
+
+    if (conf->ring_size > ngx_ipc::kMaxRingSize) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "\"ipc_ring_size\" must be at most %uz",
+                      (size_t) ngx_ipc::kMaxRingSize);
+        return (char *) NGX_CONF_ERROR;
+    }
+
+    if (conf->max_message > (size_t) 0xffffffffU) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "\"ipc_max_message\" must be less than 4g");
+        return (char *) NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_ipc_init_module(ngx_cycle_t *cycle)
+{
+    ngx_uint_t           i, n;
+    ngx_ipc_conf_t      *conf;
+    ngx_core_conf_t     *ccf;
+    ngx_pool_cleanup_t  *cln;
+    ngx_ipc::Config      c;
+    ngx_ipc::Layout      l;
+    void                *shm;
+
+    conf = (ngx_ipc_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_ipc_module);
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+
+    /* with "master_process off" the one process is slot 0 */
+    n = ccf->master ? (ngx_uint_t) ccf->worker_processes : 1;
+
+    if (n > ngx_ipc::kMaxSlots) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "ngx_ipc supports at most %ui worker processes, not %ui",
+                      (ngx_uint_t) ngx_ipc::kMaxSlots, n);
+        return NGX_ERROR;
+    }
+
+    c.nslots = (uint32_t) n;
+    c.ring_size = conf->ring_size;
+    c.max_message = conf->max_message;
+    c.queue_limit = conf->queue_limit;
+    l = ngx_ipc::compute_layout(c);
+
+    /* MAP_NORESERVE: pages of rings that are never used cost nothing */
+    shm = mmap(NULL, l.total_size, PROT_READ|PROT_WRITE,
+               MAP_SHARED|MAP_ANONYMOUS|MAP_NORESERVE, -1, 0);
+    if (shm == MAP_FAILED) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "ngx_ipc: mmap(%uz) failed", (size_t) l.total_size);
+        return NGX_ERROR;
+    }
+
+    ngx_ipc::init_shm(shm, c);
+
+    conf->shm = shm;
+    conf->shm_size = l.total_size;
+    conf->nslots = n;
+
+    conf->fds = (int *) ngx_palloc(cycle->pool, n * sizeof(int));
+    if (conf->fds == NULL) {
+        munmap(shm, l.total_size);
+        conf->shm = NULL;
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        conf->fds[i] = -1;
+    }
+
+    cln = ngx_pool_cleanup_add(cycle->pool, 0);
+    if (cln == NULL) {
+        munmap(shm, l.total_size);
+        conf->shm = NULL;
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_ipc_cleanup;
+    cln->data = conf;
+
+    for (i = 0; i < n; i++) {
+        conf->fds[i] = eventfd(0, EFD_NONBLOCK|EFD_CLOEXEC);
+        if (conf->fds[i] == -1) {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                          "ngx_ipc: eventfd() failed");
+            return NGX_ERROR;
+        }
+    }
+
+    ngx_ipc_previous_conf = ngx_ipc_current_conf;
+    ngx_ipc_current_conf = conf;
+
+    ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
+                  "ngx_ipc: %ui worker slots, ring %uz bytes, "
+                  "shared memory %uz bytes",
+                  n, (size_t) l.ring_size, (size_t) l.total_size);
+
+    return NGX_OK;
+}
+
+
+/* Runs when the configuration's cycle is destroyed: in the master after a
+ * reload (its workers keep their own copies), or when a new cycle fails. */
+static void
+ngx_ipc_cleanup(void *data)
+{
+    ngx_uint_t       i;
+    ngx_ipc_conf_t  *conf = (ngx_ipc_conf_t *) data;
+
+    if (ngx_ipc_attached && ngx_ipc_worker.endpoint != NULL) {
+        /* a process that is using the mapping keeps it until it exits */
+        return;
+    }
+
+    for (i = 0; i < conf->nslots; i++) {
+        if (conf->fds[i] != -1 && close(conf->fds[i]) == -1) {
+            ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, ngx_errno,
+                          "ngx_ipc: close() eventfd failed");
+        }
+
+        conf->fds[i] = -1;
+    }
+
+    if (conf->shm != NULL && munmap(conf->shm, conf->shm_size) == -1) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, ngx_errno,
+                      "ngx_ipc: munmap() failed");
+    }
+
+    conf->shm = NULL;
+
+    if (ngx_ipc_current_conf == conf) {
+        /* a new cycle failed after our init_module: the old one stays */
+        ngx_ipc_current_conf = ngx_ipc_previous_conf;
+    }
+
+    if (ngx_ipc_previous_conf == conf) {
+        ngx_ipc_previous_conf = NULL;
+    }
+}
+
+
+static ngx_int_t
+ngx_ipc_init_process(ngx_cycle_t *cycle)
+{
+    /*
+     * Lua's init_worker_by_lua runs before this (modules initialise in load
+     * order) and may already have attached through the FFI. Attach here for
+     * workers that do not use ngx.ipc in init_worker, so that messages sent
+     * to them are received (and counted) rather than left in the rings.
+     */
+    (void) ngx_ipc_worker_get();
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_ipc_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_connection_t  *c;
+
+    if (!ngx_ipc_attached) {
+        return;
+    }
+
+    ngx_ipc_worker.endpoint->stop();
+
+    /* the eventfd stays open (the mapping's other users hold theirs); only
+     * the connection goes, so nginx does not report it as left open */
+    c = ngx_ipc_worker.conn;
+    ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
+}
+
+
+ngx_ipc_worker_t *
+ngx_ipc_worker_get(void)
+{
+    if (ngx_ipc_attached) {
+        return &ngx_ipc_worker;
+    }
+
+    if (ngx_ipc_attach_failed
+        || (ngx_process != NGX_PROCESS_WORKER
+            && ngx_process != NGX_PROCESS_SINGLE)
+        || ngx_ipc_current_conf == NULL
+        || ngx_ipc_current_conf->shm == NULL)
+    {
+        return NULL;
+    }
+
+    return ngx_ipc_attach(ngx_ipc_current_conf);
+}
+
+
+static ngx_ipc_worker_t *
+ngx_ipc_attach(ngx_ipc_conf_t *conf)
+{
+    ngx_uint_t            slot;
+    ngx_event_t          *rev;
+    ngx_connection_t     *c;
+    ngx_ipc_worker_t     *w = &ngx_ipc_worker;
+    ngx_ipc::Endpoint    *ep;
+
+    ngx_ipc_attach_failed = 1;
+
+    slot = (ngx_process == NGX_PROCESS_WORKER) ? ngx_worker : 0;
+
+    if (slot >= conf->nslots) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "ngx_ipc: worker %ui has no slot (%ui slots)",
+                      slot, conf->nslots);
+        return NULL;
+    }
+
+    try {
+        ep = new ngx_ipc::Endpoint((ngx_ipc::ShmHeader *) conf->shm,
+                                   (uint32_t) slot, conf->fds);
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "ngx_ipc: no memory for the endpoint");
+        return NULL;
+    }
+
+    c = ngx_get_connection(conf->fds[slot], ngx_cycle->log);
+    if (c == NULL) {
+        delete ep;
+        return NULL;
+    }
+
+    rev = c->read;
+    rev->handler = ngx_ipc_wake_handler;
+    rev->log = ngx_cycle->log;
+    c->data = w;
+
+    /* ngx_close_idle_connections() calls us at graceful shutdown */
+    c->idle = 1;
+
+    if (ngx_add_event(rev, NGX_READ_EVENT, 0) == NGX_ERROR) {
+        ngx_free_connection(c);
+        delete ep;
+        return NULL;
+    }
+
+    w->sema_post = (ngx_ipc_sema_post_pt)
+                       dlsym(RTLD_DEFAULT, "ngx_http_lua_ffi_sema_post");
+    if (w->sema_post == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "ngx_ipc: ngx_http_lua_ffi_sema_post() not found: "
+                      "is ngx_http_lua_module loaded?");
+    }
+
+    ep->set_logger(ngx_ipc_core_log, NULL);
+    ep->start((int32_t) ngx_pid);
+
+    /* marks the slot asleep (takes nothing): the first message wakes us */
+    (void) ep->receive(NULL, 0);
+
+    w->endpoint = ep;
+    w->conn = c;
+
+    ngx_ipc_attach_failed = 0;
+    ngx_ipc_attached = 1;
+
+    /* messages may have waited for this slot since before we started */
+    ngx_post_event(rev, &ngx_posted_events);
+
+    return w;
+}
+
+
+static void
+ngx_ipc_wake_handler(ngx_event_t *rev)
+{
+    uint64_t             count;
+    ngx_connection_t    *c = (ngx_connection_t *) rev->data;
+    ngx_ipc_worker_t    *w = (ngx_ipc_worker_t *) c->data;
+
+    if (c->close) {
+        /*
+         * Graceful shutdown: ngx_close_idle_connections() calls us outside
+         * the event loop, where a posted event would wait for the next I/O.
+         * Wake ourselves through the eventfd, and post the dispatcher's
+         * semaphore from there: it sees ngx.worker.exiting() and returns,
+         * so its timer no longer keeps the worker alive.
+         */
+        c->close = 0;
+        c->idle = 0;
+        w->exiting = 1;
+        w->endpoint->wake_self();
+        return;
+    }
+
+    if (read(c->fd, &count, sizeof(count)) == -1 && ngx_errno != NGX_EAGAIN) {
+        ngx_ipc_log_limited(NGX_LOG_ALERT, ngx_errno,
+                            "read() from the wake-up eventfd failed");
+    }
+
+    w->endpoint->flush();
+
+    if (w->sema != NULL) {
+        if (w->exiting || w->endpoint->inbox_pending()) {
+            w->sema_post(w->sema, 1);
+        }
+
+        return;
+    }
+
+    /*
+     * Nobody in this worker has called ngx.ipc yet. The messages wait in
+     * shared memory (and, past the rings, in the senders' bounded backlogs)
+     * until the first call starts the dispatcher: nothing is lost.
+     */
+
+    if (w->endpoint->inbox_pending() && !w->no_dispatcher_logged) {
+        w->no_dispatcher_logged = 1;
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "ngx_ipc: messages wait for this worker, which has not "
+                      "called ngx.ipc yet; register handlers in "
+                      "init_worker_by_lua* to receive them from the start");
+    }
+}
+
+
+void
+ngx_ipc_log_limited(ngx_uint_t level, ngx_err_t err, const char *msg)
+{
+    static time_t      second;
+    static ngx_uint_t  logged, suppressed;
+
+    if (ngx_time() != second) {
+        if (suppressed) {
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "ngx_ipc: %ui similar log lines suppressed",
+                          suppressed);
+        }
+
+        second = ngx_time();
+        logged = 0;
+        suppressed = 0;
+    }
+
+    if (logged >= 5) {
+        suppressed++;
+        return;
+    }
+
+    logged++;
+    ngx_log_error(level, ngx_cycle->log, err, "ngx_ipc: %s", msg);
+}
+
+
+static void
+ngx_ipc_core_log(void *ctx, const char *msg, int err)
+{
+    ngx_ipc_log_limited(err ? NGX_LOG_ALERT : NGX_LOG_ERR, err, msg);
+}

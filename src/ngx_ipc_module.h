@@ -1,0 +1,59 @@
+/*
+ * ngx_ipc: what the glue's files share.
+ *
+ * ngx_ipc_module.cpp       core module: directives, the shared mapping and
+ *                          the wake-up fds of a configuration, worker attach
+ * ngx_ipc_http_module.cpp  http module: registers the embedded Lua library
+ * ngx_ipc_ffi.cpp          the ngx_ipc_ffi_* C ABI used by lib/ngx/ipc.lua
+ */
+
+#ifndef _NGX_IPC_MODULE_H_INCLUDED_
+#define _NGX_IPC_MODULE_H_INCLUDED_
+
+extern "C" {
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+}
+
+#include "ngx_ipc/endpoint.h"
+
+/* Bumped whenever a ngx_ipc_ffi_* signature or a shared struct changes;
+ * lib/ngx/ipc.lua refuses to run against another version. */
+#define NGX_IPC_FFI_VERSION  1
+
+typedef struct {
+    /* directives (main context) */
+    size_t                     ring_size;
+    size_t                     max_message;
+    size_t                     queue_limit;
+
+    /* this configuration's shared state, made by the master */
+    void                      *shm;
+    size_t                     shm_size;
+    ngx_uint_t                 nslots;
+    int                       *fds;          /* one eventfd per slot */
+} ngx_ipc_conf_t;
+
+typedef int (*ngx_ipc_sema_post_pt)(void *sem, int n);
+
+/* This worker's attachment to its configuration's shared state. */
+typedef struct {
+    ngx_ipc::Endpoint         *endpoint;
+    ngx_connection_t          *conn;         /* the slot's eventfd */
+    void                      *sema;         /* the Lua dispatcher's */
+    ngx_ipc_sema_post_pt       sema_post;
+    unsigned                   exiting:1;
+    unsigned                   no_dispatcher_logged:1;
+} ngx_ipc_worker_t;
+
+extern "C" ngx_module_t  ngx_ipc_module;
+
+/* Attaches this process to its slot on first use; NULL if this process is
+ * not a worker of a configuration that has ngx_ipc (master, helpers). */
+ngx_ipc_worker_t *ngx_ipc_worker_get(void);
+
+/* Logs a core event at a bounded rate (a storm writes a few lines). */
+void ngx_ipc_log_limited(ngx_uint_t level, ngx_err_t err, const char *msg);
+
+#endif /* _NGX_IPC_MODULE_H_INCLUDED_ */

@@ -1,15 +1,22 @@
 -- ngx.ipc: named messages ("alerts") between nginx worker processes.
 --
 -- The Lua API over ngx_ipc_module's C ABI (src/ngx_ipc_ffi.cpp). Messages
--- travel through shared memory; each worker runs one dispatcher light thread
--- (in a timer) that sleeps on a semaphore, is woken by the module's event
--- handler when its inbox has messages, and runs the handlers one at a time,
--- in arrival order. See README.md and docs/ARCHITECTURE.md.
+-- travel through shared memory. Each worker runs two light threads (timers):
+--   the reader sleeps on a semaphore that the module's event handler posts
+--   when the inbox has messages; it takes them in batches, hands replies to
+--   the ipc.call()s waiting for them at once, and queues the rest;
+--   the runner runs the handlers of the queued messages one at a time, in
+--   arrival order. A handler may yield, even in an ipc.call() to another
+--   worker: the reader goes on delivering that call's reply.
+-- See README.md and docs/ARCHITECTURE.md.
 
 local ffi = require "ffi"
+local bit = require "bit"
 local semaphore = require "ngx.semaphore"
 
 local C = ffi.C
+local band = bit.band
+local bor = bit.bor
 local ffi_new = ffi.new
 local ffi_string = ffi.string
 local co_running = coroutine.running
@@ -17,7 +24,6 @@ local error = error
 local pairs = pairs
 local pcall = pcall
 local rawget = rawget
-local select = select
 local setmetatable = setmetatable
 local str_sub = string.sub
 local tonumber = tonumber
@@ -26,11 +32,11 @@ local type = type
 local ngx = ngx
 local ngx_log = ngx.log
 local ngx_ERR = ngx.ERR
-local ngx_WARN = ngx.WARN
 local ngx_now = ngx.now
 local get_phase = ngx.get_phase
 local timer_at = ngx.timer.at
 local worker_exiting = ngx.worker.exiting
+local worker_pid = ngx.worker.pid
 
 
 local FFI_VERSION = 1      -- NGX_IPC_FFI_VERSION in src/ngx_ipc_module.h
@@ -38,8 +44,27 @@ local NGX_OK = 0
 local NGX_ERROR = -1
 local BATCH = 64           -- messages taken from the inbox per FFI call
 local MAX_SLOTS = 128      -- ngx_ipc::kMaxSlots
-local IDLE_WAIT = 3600     -- seconds; the dispatcher is woken by messages
+local IDLE_WAIT = 3600     -- seconds; the light threads are woken by events
 local LOG_BURST = 10       -- handler-error log lines per second, at most
+local QUEUE_MAX = 4096     -- messages the reader queues for the runner ...
+local QUEUE_MAX_BYTES = 16 * 1024 * 1024  -- ... and their bytes, at most
+local CALL_TIMEOUT = 5     -- seconds
+
+-- record flags (ngx_ipc::RecordFlags in core/include/ngx_ipc/layout.h)
+local F_REQUEST = 0x10
+local F_REPLY = 0x20
+local F_STATUS = 0xc0      -- reply status: ...
+local S_OK = 0x00          -- the handler's first return value
+local S_ERROR = 0x40       -- the handler raised; data is the message
+local S_NO_HANDLER = 0x80  -- no handler for the name
+local REPLY_NAME = "r"     -- the name a reply carries (it is not used)
+
+-- where ngx.sleep may be used, and so ipc.call
+local YIELDABLE = {
+    rewrite = true, server_rewrite = true, access = true, content = true,
+    timer = true, ssl_cert = true, ssl_session_fetch = true,
+    ssl_client_hello = true,
+}
 
 
 ffi.cdef[[
@@ -103,13 +128,25 @@ local handlers = {}
 local errmsg = ffi_new("char *[1]")
 local msgs = ffi_new("ngx_ipc_msg_t[?]", BATCH)
 local pids_buf = ffi_new("int[?]", MAX_SLOTS)
-local names, datas, senders = {}, {}, {}
 
 local stats             -- ngx_ipc_stats_t *, once started
-local sema              -- the dispatcher sleeps on it; C posts it
+local inbox_sema        -- the reader sleeps on it; the module posts it
+local work_sema         -- the runner sleeps on it; the reader posts it
+local space_sema        -- the reader waits on it while the queue is full
 local started = false
-local dispatcher        -- the dispatcher's coroutine
+local runner            -- the runner's coroutine
+local runner_idle = false
+local reader_full = false
+local reader_done = false
 local current_sender    -- sender of the message being handled
+
+-- the queue from reader to runner: parallel arrays, items [q_first, q_last]
+local q_name, q_data, q_sender, q_flags, q_id = {}, {}, {}, {}, {}
+local q_first, q_last, q_bytes = 1, 0, 0
+
+-- ipc.call()s waiting for a reply, by call id
+local calls = {}
+local last_call_id = 0
 
 
 local function arg_error(n, fname, expected, got)
@@ -184,14 +221,59 @@ local function log_handler_error(name, err)
 end
 
 
--- Runs the handler of one message, in the dispatcher's light thread.
-local function handle(name, data, sender)
+local function send_reply(to, name, flags, call_id, data)
+    local rc = C.ngx_ipc_ffi_send(to, REPLY_NAME, #REPLY_NAME, data, #data,
+                                  bor(F_REPLY, flags), call_id, errmsg)
+    if rc ~= NGX_OK then
+        -- the caller is gone, or its inbox is full: it will time out
+        stats.dropped = stats.dropped + 1
+        log_handler_error(name, "reply not sent: " .. ffi_string(errmsg[0]))
+    end
+end
+
+
+-- Runs the handler of a request and sends its reply.
+local function handle_request(handler, name, data, sender, call_id)
+    if not handler then
+        return send_reply(sender, name, S_NO_HANDLER, call_id, "")
+    end
+
+    local ok, res = pcall(handler, data)
+    if ok then
+        local t = type(res)
+        if t == "string" then
+            return send_reply(sender, name, S_OK, call_id, res)
+        end
+
+        if t == "number" then
+            return send_reply(sender, name, S_OK, call_id, tostring(res))
+        end
+
+        if res == nil then
+            return send_reply(sender, name, S_OK, call_id, "")
+        end
+
+        ok, res = false, "bad response (string expected, got " .. t .. ")"
+    end
+
+    stats.handler_errors = stats.handler_errors + 1
+    log_handler_error(name, res)
+    send_reply(sender, name, S_ERROR, call_id, tostring(res))
+end
+
+
+-- Runs the handler of one message, in the runner's light thread.
+local function handle(name, data, sender, flags, call_id)
     local ok, err
     local handler = handlers[name]
 
     current_sender = sender
 
-    if handler then
+    if band(flags, F_REQUEST) ~= 0 then
+        handle_request(handler, name, data, sender, call_id)
+        ok = true
+
+    elseif handler then
         ok, err = pcall(handler, data)
 
     else
@@ -214,56 +296,146 @@ local function handle(name, data, sender)
 end
 
 
-local function dispatch(premature)
+-- Hands a reply to the ipc.call() waiting for it.
+local function resolve(call_id, flags, data)
+    local call = calls[call_id]
+    if not call then
+        -- its call timed out: it is too late for anyone
+        stats.dropped = stats.dropped + 1
+        return
+    end
+
+    calls[call_id] = nil
+
+    local status = band(flags, F_STATUS)
+    if status == S_OK then
+        call.res = data
+
+    elseif status == S_ERROR then
+        call.err = "handler error: " .. data
+
+    else
+        call.err = "no handler"
+    end
+
+    call.sema:post(1)
+end
+
+
+local function queue_full()
+    return q_last - q_first + 1 >= QUEUE_MAX or q_bytes >= QUEUE_MAX_BYTES
+end
+
+
+local function reader(premature)
     if premature then
         return
     end
 
-    dispatcher = co_running()
-
     while true do
-        local n = C.ngx_ipc_ffi_recv(msgs, BATCH)
-
-        if n > 0 then
-            -- copy the batch out of shared memory, give the space back, then
-            -- run the handlers (which may yield)
-            for i = 0, n - 1 do
-                local m = msgs[i]
-                names[i + 1] = ffi_string(m.name, m.name_len)
-                datas[i + 1] = ffi_string(m.data, m.data_len)
-                senders[i + 1] = m.sender_pid
-            end
-
-            C.ngx_ipc_ffi_recv_done()
-
-            for i = 1, n do
-                local name, data = names[i], datas[i]
-                names[i], datas[i] = nil, nil
-                handle(name, data, senders[i])
-            end
-
-        elseif n == 0 then
-            if worker_exiting() then
-                break
-            end
-
-            local ok, err = sema:wait(IDLE_WAIT)
-            if not ok and err ~= "timeout" then
-                ngx_log(ngx_ERR, "ngx_ipc: dispatcher stopped: ", err)
-                break
-            end
+        if queue_full() then
+            reader_full = true
+            space_sema:wait(IDLE_WAIT)
+            reader_full = false
 
         else
-            ngx_log(ngx_ERR, "ngx_ipc: dispatcher stopped: receive failed")
-            break
+            local n = C.ngx_ipc_ffi_recv(msgs, BATCH)
+
+            if n > 0 then
+                -- copy the batch out of shared memory, then give the space
+                -- back before any handler runs
+                local queued = false
+                for i = 0, n - 1 do
+                    local m = msgs[i]
+                    local data = ffi_string(m.data, m.data_len)
+                    local flags = m.flags
+
+                    if band(flags, F_REPLY) ~= 0 then
+                        resolve(m.call_id, flags, data)
+
+                    else
+                        local last = q_last + 1
+                        q_last = last
+                        q_name[last] = ffi_string(m.name, m.name_len)
+                        q_data[last] = data
+                        q_sender[last] = m.sender_pid
+                        q_flags[last] = flags
+                        q_id[last] = m.call_id
+                        q_bytes = q_bytes + #data
+                        queued = true
+                    end
+                end
+
+                C.ngx_ipc_ffi_recv_done()
+
+                if queued and runner_idle then
+                    runner_idle = false
+                    work_sema:post(1)
+                end
+
+            elseif n == 0 then
+                if worker_exiting() then
+                    break
+                end
+
+                local ok, err = inbox_sema:wait(IDLE_WAIT)
+                if not ok and err ~= "timeout" then
+                    ngx_log(ngx_ERR, "ngx_ipc: reader stopped: ", err)
+                    break
+                end
+
+            else
+                ngx_log(ngx_ERR, "ngx_ipc: reader stopped: receive failed")
+                break
+            end
         end
     end
 
-    dispatcher = nil
+    reader_done = true
+    work_sema:post(1)
 end
 
 
--- Attaches this worker and starts its dispatcher, once per worker. Does
+local function run(premature)
+    if premature then
+        return
+    end
+
+    runner = co_running()
+
+    while true do
+        local first = q_first
+        if first > q_last then
+            if reader_done then
+                break
+            end
+
+            runner_idle = true
+            work_sema:wait(IDLE_WAIT)
+            runner_idle = false
+
+        else
+            local name, data = q_name[first], q_data[first]
+            local sender, flags, call_id = q_sender[first], q_flags[first],
+                                           q_id[first]
+            q_name[first], q_data[first] = nil, nil
+            q_first = first + 1
+            q_bytes = q_bytes - #data
+
+            if reader_full and not queue_full() then
+                reader_full = false
+                space_sema:post(1)
+            end
+
+            handle(name, data, sender, flags, call_id)
+        end
+    end
+
+    runner = nil
+end
+
+
+-- Attaches this worker and starts its light threads, once per worker. Does
 -- nothing in the master (init_by_lua*): the first call in a worker does it.
 local function start()
     if started then
@@ -274,17 +446,24 @@ local function start()
         return nil
     end
 
-    local s = semaphore.new(0)
-    if C.ngx_ipc_ffi_start(s.sem, errmsg) ~= NGX_OK then
+    -- the module keeps a pointer to it: keep a reference for the GC
+    inbox_sema = inbox_sema or semaphore.new(0)
+    work_sema = work_sema or semaphore.new(0)
+    space_sema = space_sema or semaphore.new(0)
+
+    if C.ngx_ipc_ffi_start(inbox_sema.sem, errmsg) ~= NGX_OK then
         return nil, ffi_string(errmsg[0])
     end
 
-    sema = s    -- a reference, so the GC keeps the semaphore alive
     stats = C.ngx_ipc_ffi_stats()
 
-    local ok, err = timer_at(0, dispatch)
+    local ok, err = timer_at(0, run)
+    if ok then
+        ok, err = timer_at(0, reader)
+    end
+
     if not ok then
-        ngx_log(ngx_ERR, "ngx_ipc: cannot start the dispatcher: ", err)
+        ngx_log(ngx_ERR, "ngx_ipc: cannot start: ", err)
         return nil, err
     end
 
@@ -368,7 +547,7 @@ end
 -- receive(name, handler), receive(name, nil), receive({ name = handler })
 function _M.receive(name, handler)
     if type(name) == "table" then
-        if select("#", handler) > 0 and handler ~= nil then
+        if handler ~= nil then
             error("bad argument #2 to 'receive' (nil expected with a table "
                   .. "of handlers, got " .. type(handler) .. ")", 2)
         end
@@ -405,12 +584,76 @@ end
 
 
 function _M.reply(name, data)
-    if current_sender == nil or co_running() ~= dispatcher then
+    if current_sender == nil or co_running() ~= runner then
         error("ipc.reply called outside an ipc handler", 2)
     end
 
     check_name(name, "reply", 1)
     return send("reply", current_sender, name, data)
+end
+
+
+function _M.call(pid, name, data, timeout)
+    if type(pid) ~= "number" then
+        arg_error(1, "call", "number", pid)
+    end
+
+    check_name(name, "call", 2)
+    data = check_data(data, "call", 3)
+
+    if timeout == nil then
+        timeout = CALL_TIMEOUT
+
+    elseif type(timeout) ~= "number" then
+        arg_error(4, "call", "number", timeout)
+
+    elseif timeout <= 0 then
+        error("bad argument #4 to 'call' (positive number expected)", 2)
+    end
+
+    local phase = get_phase()
+    if not YIELDABLE[phase] then
+        error("ipc.call is not allowed in the context of " .. phase
+              .. " (it must be able to yield, like ngx.sleep)", 2)
+    end
+
+    start()
+
+    local co = co_running()
+    if co == runner and pid == worker_pid() then
+        return refuse("would deadlock")
+    end
+
+    local id = last_call_id
+    repeat
+        id = id % 0xffffffff + 1
+    until calls[id] == nil
+    last_call_id = id
+
+    local ok, err = send("call", pid, name, data, F_REQUEST, id)
+    if not ok then
+        return nil, err
+    end
+
+    local call = { sema = semaphore.new(0) }
+    calls[id] = call
+    stats.calls = stats.calls + 1
+
+    ok, err = call.sema:wait(timeout)
+    if not ok then
+        calls[id] = nil
+        if err == "timeout" then
+            stats.call_timeouts = stats.call_timeouts + 1
+        end
+
+        return nil, err
+    end
+
+    if call.err then
+        return nil, call.err
+    end
+
+    return call.res
 end
 
 
@@ -456,11 +699,11 @@ function _M.stats()
 end
 
 
--- ipc.sender: the sender's PID while a handler runs (in the dispatcher's
--- light thread), nil anywhere else.
+-- ipc.sender: the sender's PID while a handler runs (in the runner's light
+-- thread), nil anywhere else.
 return setmetatable(_M, {
     __index = function(_, key)
-        if key == "sender" and co_running() == dispatcher then
+        if key == "sender" and co_running() == runner then
             return current_sender
         end
     end

@@ -15,7 +15,7 @@ DEMO_PORT ?= 8080
 PYTEST    ?= python3 -m pytest
 
 .PHONY: all deps demo demo-stop test test-core test-nginx check-sanitizers \
-        format clean help
+        fuzz format clean help
 
 all: $(MODULE)
 
@@ -26,6 +26,7 @@ help:
 	@echo "make test-nginx   integration tests against real nginx (t/)"
 	@echo "make check-sanitizers  core tests under ASan+UBSan and TSan"
 	@echo "make demo-stop    stop the demo nginx"
+	@echo "make fuzz         libFuzzer on the record decoder (FUZZ_SECONDS=30)"
 	@echo "make format       clang-format the C++ core"
 
 deps:
@@ -66,6 +67,16 @@ check-sanitizers:
 	cmake -S core -B $(BUILD)/core-tsan -DNGX_IPC_SANITIZE=thread > /dev/null
 	cmake --build $(BUILD)/core-tsan -j2
 	ctest --test-dir $(BUILD)/core-tsan --output-on-failure
+
+# libFuzzer on the record decoder (core/fuzz); FUZZ_SECONDS=N for longer.
+FUZZ_SECONDS ?= 30
+fuzz:
+	mkdir -p $(BUILD)/fuzz/corpus
+	clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -Icore/include \
+	    core/fuzz/record_fuzz.cpp core/src/endpoint.cpp core/src/layout.cpp \
+	    -o $(BUILD)/fuzz/record_fuzz
+	$(BUILD)/fuzz/record_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
+	    -print_final_stats=1 $(BUILD)/fuzz/corpus 2>&1 | tail -12
 
 format:
 	clang-format -i core/include/ngx_ipc/*.h core/src/*.cpp core/test/*.cpp

@@ -12,7 +12,7 @@ NGX_BUILD := $(BUILD)/nginx
 CORE_SRCS := $(wildcard core/include/ngx_ipc/*.h core/src/*.cpp)
 GLUE_SRCS := $(wildcard src/*.cpp src/*.h) lib/ngx/ipc.lua
 DEMO_PORT ?= 8080
-PYTEST    ?= python3 -m pytest
+PYTEST    ?= /usr/bin/python3 -m pytest
 
 .PHONY: all deps demo demo-stop test test-core test-nginx check-sanitizers \
         fuzz format clean help
@@ -40,9 +40,10 @@ $(NGX_BUILD)/objs/Makefile: config
 	    ./configure "$${NGX_CONF_FLAGS[@]}" --add-dynamic-module=$(CURDIR)' \
 	    > ../configure.log 2>&1 || { tail -20 ../configure.log; exit 1; }
 
+# installed with a rename, so a running nginx never maps a half-copied file
 $(MODULE): $(NGX_BUILD)/objs/Makefile $(CORE_SRCS) $(GLUE_SRCS)
 	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
-	cp $(NGX_BUILD)/objs/ngx_ipc_module.so $@
+	cp $(NGX_BUILD)/objs/ngx_ipc_module.so $@.tmp && mv -f $@.tmp $@
 
 demo: deps $(MODULE)
 	@examples/demo.sh start $(DEMO_PORT)

@@ -46,8 +46,8 @@ local BATCH = 64           -- messages taken from the inbox per FFI call
 local MAX_SLOTS = 128      -- ngx_ipc::kMaxSlots
 local IDLE_WAIT = 3600     -- seconds; the light threads are woken by events
 local LOG_BURST = 10       -- handler-error log lines per second, at most
-local QUEUE_MAX = 4096     -- messages the reader queues for the runner ...
-local QUEUE_MAX_BYTES = 16 * 1024 * 1024  -- ... and their bytes, at most
+local QUEUE_MAX = 1024     -- messages the reader queues for the runner ...
+local QUEUE_MAX_BYTES = 4 * 1024 * 1024  -- ... and their bytes, at most
 local CALL_TIMEOUT = 5     -- seconds
 
 -- record flags (ngx_ipc::RecordFlags in core/include/ngx_ipc/layout.h)
@@ -149,26 +149,34 @@ local calls = {}
 local last_call_id = 0
 
 
-local function arg_error(n, fname, expected, got)
-    error("bad argument #" .. n .. " to '" .. fname .. "' (" .. expected
-          .. " expected, got " .. type(got) .. ")", 3)
+-- Argument checks. Each public function calls them directly, so the error
+-- is raised at a fixed depth: bad_arg (1), check_* (2), the public function
+-- (3), its caller (4), whose line the message names.
+local function bad_arg(n, fname, msg)
+    error("bad argument #" .. n .. " to '" .. fname .. "' (" .. msg .. ")", 4)
 end
 
 
-local function check_name(name, fname, n)
+local function check_type(v, want, n, fname)
+    if type(v) ~= want then
+        bad_arg(n, fname, want .. " expected, got " .. type(v))
+    end
+end
+
+
+local function check_name(name, n, fname)
     if type(name) ~= "string" then
-        arg_error(n, fname, "string", name)
+        bad_arg(n, fname, "string expected, got " .. type(name))
     end
 
     if name == "" then
-        error("bad argument #" .. n .. " to '" .. fname
-              .. "' (non-empty string expected)", 3)
+        bad_arg(n, fname, "non-empty string expected")
     end
 end
 
 
 -- data: a string, a number (sent as its string form), or nil (sent as "").
-local function check_data(data, fname, n)
+local function check_data(data, n, fname)
     local t = type(data)
     if t == "string" then
         return data
@@ -182,7 +190,7 @@ local function check_data(data, fname, n)
         return ""
     end
 
-    arg_error(n, fname, "string", data)
+    bad_arg(n, fname, "string expected, got " .. t)
 end
 
 
@@ -481,13 +489,8 @@ local function refuse(err)
 end
 
 
-local function send(fname, pid, name, data, flags, call_id)
-    if type(pid) ~= "number" then
-        arg_error(1, fname, "number", pid)
-    end
-
-    check_name(name, fname, 2)
-    data = check_data(data, fname, 3)
+-- Sends a message whose arguments were checked.
+local function send(pid, name, data, flags, call_id)
     start()
 
     if pid <= 0 or pid > 0x7fffffff or pid % 1 ~= 0 then
@@ -509,19 +512,20 @@ end
 
 
 function _M.send(pid, name, data)
-    return send("send", pid, name, data)
+    check_type(pid, "number", 1, "send")
+    check_name(name, 2, "send")
+    data = check_data(data, 3, "send")
+    return send(pid, name, data)
 end
 
 
 function _M.broadcast(name, data, opts)
-    check_name(name, "broadcast", 1)
-    data = check_data(data, "broadcast", 2)
+    check_name(name, 1, "broadcast")
+    data = check_data(data, 2, "broadcast")
 
     local include_self = true
     if opts ~= nil then
-        if type(opts) ~= "table" then
-            arg_error(3, "broadcast", "table", opts)
-        end
+        check_type(opts, "table", 3, "broadcast")
 
         if opts.include_self ~= nil then
             include_self = opts.include_self and true or false
@@ -569,10 +573,10 @@ function _M.receive(name, handler)
         end
 
     else
-        check_name(name, "receive", 1)
+        check_name(name, 1, "receive")
 
-        if handler ~= nil and type(handler) ~= "function" then
-            arg_error(2, "receive", "function", handler)
+        if handler ~= nil then
+            check_type(handler, "function", 2, "receive")
         end
 
         handlers[name] = handler
@@ -588,26 +592,25 @@ function _M.reply(name, data)
         error("ipc.reply called outside an ipc handler", 2)
     end
 
-    check_name(name, "reply", 1)
-    return send("reply", current_sender, name, data)
+    check_name(name, 1, "reply")
+    data = check_data(data, 2, "reply")
+    return send(current_sender, name, data)
 end
 
 
 function _M.call(pid, name, data, timeout)
-    if type(pid) ~= "number" then
-        arg_error(1, "call", "number", pid)
-    end
-
-    check_name(name, "call", 2)
-    data = check_data(data, "call", 3)
+    check_type(pid, "number", 1, "call")
+    check_name(name, 2, "call")
+    data = check_data(data, 3, "call")
 
     if timeout == nil then
         timeout = CALL_TIMEOUT
 
-    elseif type(timeout) ~= "number" then
-        arg_error(4, "call", "number", timeout)
+    else
+        check_type(timeout, "number", 4, "call")
+    end
 
-    elseif timeout <= 0 then
+    if timeout <= 0 then
         error("bad argument #4 to 'call' (positive number expected)", 2)
     end
 
@@ -630,7 +633,7 @@ function _M.call(pid, name, data, timeout)
     until calls[id] == nil
     last_call_id = id
 
-    local ok, err = send("call", pid, name, data, F_REQUEST, id)
+    local ok, err = send(pid, name, data, F_REQUEST, id)
     if not ok then
         return nil, err
     end

@@ -1,0 +1,107 @@
+"""pytest fixtures for the tests that run real nginx processes.
+
+Run from the repository root:
+
+    python3 -m pytest -q t/
+
+A test asks for the `nginx` fixture, a factory: each call writes a
+configuration, starts an nginx and returns a started `harness.Nginx`:
+
+    def test_example(nginx):
+        n = nginx(workers=2, main="ipc_queue_limit 1m;", init_worker='''
+            ipc.receive("hello", function(data) T.push("hello", data) end)
+        ''')
+        assert n.lua('return ipc.send(...)', worker=0) == [True]
+        assert n.wait_results("hello", 1) == [b"..."]
+
+After the test, every instance gets SIGQUIT (SIGKILL by PID after 10 s, which
+fails the test), its error log is checked for [alert], [emerg], [crit],
+[error], "segfault", "signal 11" and "exited on signal" lines, except those
+matching `allow_log=` patterns or `Nginx.allow_log()`, and its prefix is
+deleted (kept, with its path printed, when NGX_TEST_KEEP=1).
+
+Environment:
+  NGX_IPC_MODULE          path of the module (default build/ngx_ipc_module.so)
+  NGX_IPC_REQUIRE_MODULE  1: a missing module fails every test that needs it
+                          (CI); otherwise those tests are skipped
+  NGINX_BIN               nginx binary (default /usr/sbin/nginx)
+"""
+
+import os
+
+import pytest
+
+from harness import IPC_MODULE, NGINX_BIN, Nginx
+
+REQUIRE_MODULE = os.environ.get("NGX_IPC_REQUIRE_MODULE") == "1"
+KEEP = os.environ.get("NGX_TEST_KEEP") == "1"
+
+
+def pytest_report_header(config):
+    if IPC_MODULE.is_file():
+        where = str(IPC_MODULE)
+    else:
+        where = f"MISSING at {IPC_MODULE}"
+        where += " (tests fail)" if REQUIRE_MODULE else " (tests skip)"
+    return [f"nginx: {NGINX_BIN}", f"ngx_ipc module: {where}"]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """When a test fails, show the end of each of its nginx error logs."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for instance in getattr(item, "nginx_instances", ()):
+            report.sections.append(
+                (f"nginx error log {instance.prefix}/logs (last lines)",
+                 instance.log_tail()))
+
+
+def require_ipc_module():
+    if IPC_MODULE.is_file():
+        return
+    message = (f"ngx_ipc module not found at {IPC_MODULE}: build it with `make` "
+               f"or point NGX_IPC_MODULE at it")
+    if REQUIRE_MODULE:
+        pytest.fail(message + " (NGX_IPC_REQUIRE_MODULE=1)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def nginx(request):
+    """Factory: nginx(**kwargs) starts and returns a harness.Nginx.
+
+    kwargs are those of harness.Nginx: workers, main, http, init, init_worker,
+    locations, master_process, ipc (default True: load ngx_ipc), allow_log.
+    """
+    instances = request.node.nginx_instances = []
+
+    def start(**kwargs):
+        if kwargs.get("ipc", True):
+            require_ipc_module()
+        instance = Nginx(**kwargs)
+        instances.append(instance)
+        return instance.start()
+
+    yield start
+
+    problems = []
+    for instance in instances:
+        found = []
+        problem = instance.stop()
+        if problem:
+            found.append(problem)
+        bad = instance.bad_log_lines()
+        if bad:
+            found.append(f"{len(bad)} bad line(s) in the error log, first:\n"
+                         + "\n".join(bad[:20]))
+        if found or KEEP:
+            print(f"--- {instance.prefix}/logs (last lines) ---\n{instance.log_tail()}")
+        problems += found
+        if KEEP:
+            print(f"kept {instance.prefix}")
+        else:
+            instance.cleanup()
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quick figures between two nginx workers: 16-byte one-way stream rate and
-# ping-pong round trip (median, p99). Usage: bench/quick/run.sh [N]
+# ping-pong round trip and ipc.call round trip (median, p99).
+# Usage: bench/quick/run.sh [N]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 n=${1:-1000000}
@@ -14,3 +15,4 @@ sed -e "s#@MODULE@#$root/build/ngx_ipc_module.so#" -e "s#@PORT@#$port#" \
 for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/pingpong?n=10" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fs --max-time 120 "http://127.0.0.1:$port/stream?n=$n"
 curl -fs --max-time 120 "http://127.0.0.1:$port/pingpong?n=20000"
+curl -fs --max-time 120 "http://127.0.0.1:$port/call?n=20000"

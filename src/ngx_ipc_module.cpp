@@ -237,8 +237,12 @@ ngx_ipc_cleanup(void *data)
     ngx_uint_t       i;
     ngx_ipc_conf_t  *conf = (ngx_ipc_conf_t *) data;
 
-    if (ngx_ipc_attached && ngx_ipc_worker.endpoint != NULL) {
-        /* a process that is using the mapping keeps it until it exits */
+    if (ngx_ipc_attached && ngx_ipc_worker.conf == conf) {
+        /*
+         * This process uses the mapping and keeps it until it exits. (With
+         * "master_process off" a reload makes a new cycle but the process
+         * stays attached to its first mapping.)
+         */
         return;
     }
 
@@ -386,6 +390,7 @@ ngx_ipc_attach(ngx_ipc_conf_t *conf)
     /* marks the slot asleep (takes nothing): the first message wakes us */
     (void) ep->receive(NULL, 0);
 
+    w->conf = conf;
     w->endpoint = ep;
     w->conn = c;
 

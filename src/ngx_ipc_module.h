@@ -39,6 +39,7 @@ typedef int (*ngx_ipc_sema_post_pt)(void *sem, int n);
 
 /* This worker's attachment to its configuration's shared state. */
 typedef struct {
+    ngx_ipc_conf_t            *conf;         /* the configuration attached to */
     ngx_ipc::Endpoint         *endpoint;
     ngx_connection_t          *conn;         /* the slot's eventfd */
     void                      *sema;         /* the Lua dispatcher's */

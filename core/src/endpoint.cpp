@@ -36,8 +36,10 @@ Endpoint::Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds)
       queue_limit_(shm->queue_limit),
       wake_fds_(wake_fds, wake_fds + shm->nslots),
       out_(shm->nslots),
-      in_(shm->nslots) {
+      in_(shm->nslots),
+      queued_before_(shm->nslots) {
   released_.reserve(shm->nslots);
+  targets_.reserve(shm->nslots);
 }
 
 Endpoint::~Endpoint() = default;
@@ -101,15 +103,26 @@ Status Endpoint::send(std::int32_t pid, const unsigned char* name, std::size_t n
   return Status::kOk;
 }
 
+bool Endpoint::slot_exited(std::uint32_t k) const {
+  std::uint64_t id = slot_at(shm_, k)->identity.load(std::memory_order_acquire);
+  return identity_pid(id) == 0 && identity_incarnation(id) != 0;
+}
+
 Status Endpoint::broadcast(const unsigned char* name, std::size_t name_len,
                            const unsigned char* data, std::size_t data_len, bool include_self) {
   if (name_len > kMaxNameLen) return refuse(Status::kNameTooLong);
   if (data_len > max_message_) return refuse(Status::kTooLarge);
-  // All or nothing: check every destination before queueing for any.
+  // Every slot, except ours if asked, and those whose process exited cleanly
+  // (nginx is stopping or reloading: nobody will read them again). A slot not
+  // started yet, or whose process crashed, keeps its messages for the next
+  // process there.
+  targets_.clear();
   for (std::uint32_t k = 0; k < nslots_; ++k) {
-    if ((include_self || k != self_) && out_[k].backlog_bytes >= queue_limit_) {
-      return refuse(Status::kQueueFull);
-    }
+    if ((include_self || k != self_) && (k == self_ || !slot_exited(k))) targets_.push_back(k);
+  }
+  // All or nothing: check every destination before queueing for any.
+  for (std::uint32_t k : targets_) {
+    if (out_[k].backlog_bytes >= queue_limit_) return refuse(Status::kQueueFull);
   }
   MessageMeta meta;
   meta.flags = kBroadcast;
@@ -117,19 +130,36 @@ Status Endpoint::broadcast(const unsigned char* name, std::size_t name_len,
   meta.target_incarnation = 0;
   meta.name_len = static_cast<std::uint32_t>(name_len);
   meta.total_len = name_len + data_len;
-  for (std::uint32_t k = 0; k < nslots_; ++k) {
-    if (!include_self && k == self_) continue;
-    // Only allocation can fail here, and only for a message the ring did not
-    // take whole; the destinations queued before it keep theirs.
+  for (std::size_t i = 0; i < targets_.size(); ++i) {
+    std::uint32_t k = targets_[i];
+    std::size_t queued = out_[k].backlog.size();
     Status s = enqueue(k, meta, name, data, data_len);
-    if (s != Status::kOk) return refuse(s);
+    if (s != Status::kOk) {
+      // Undo the destinations done so far: nothing was published yet.
+      for (std::size_t j = 0; j < i; ++j) unqueue(targets_[j], queued_before_[j], data_len);
+      return refuse(s);
+    }
+    queued_before_[i] = queued;
   }
-  for (std::uint32_t k = 0; k < nslots_; ++k) {
-    if (!include_self && k == self_) continue;
+  for (std::uint32_t k : targets_) {
     if (out_[k].producer.publish()) notify(k);
     if (!out_[k].backlog.empty()) await_space(k);
   }
   return Status::kOk;
+}
+
+// Takes back a message that enqueue() accepted for slot k in this call.
+void Endpoint::unqueue(std::uint32_t k, std::size_t backlog_before, std::size_t data_len) {
+  OutRing& o = out_[k];
+  o.producer.rollback();
+  while (o.backlog.size() > backlog_before) {
+    std::uint64_t rest = o.backlog.back().len;
+    o.backlog_bytes -= rest;
+    stats_.queued_bytes -= rest;
+    o.backlog.pop_back();
+  }
+  --stats_.sent;
+  stats_.sent_bytes -= data_len;
 }
 
 Status Endpoint::enqueue(std::uint32_t k, const MessageMeta& meta, const unsigned char* name,
@@ -143,6 +173,9 @@ Status Endpoint::enqueue(std::uint32_t k, const MessageMeta& meta, const unsigne
     Pending pending{meta, written, rest, 0, nullptr};
     pending.buf.reset(new (std::nothrow) unsigned char[rest]);
     if (!pending.buf) {
+      // Nothing of this message may become visible: callers publish once
+      // per call, so what is unpublished now is this message only.
+      o.producer.rollback();
       log("no memory for the send backlog", ENOMEM);
       return Status::kNoMemory;
     }
@@ -187,6 +220,15 @@ bool Endpoint::flush() {
   bool all = true;
   for (std::uint32_t k = 0; k < nslots_; ++k) {
     if (out_[k].backlog.empty()) continue;
+    if (k != self_ && slot_exited(k)) {
+      // Its process exited cleanly: what waits for it will never be read.
+      OutRing& o = out_[k];
+      stats_.dropped += o.backlog.size();
+      stats_.queued_bytes -= o.backlog_bytes;
+      o.backlog_bytes = 0;
+      o.backlog.clear();
+      continue;
+    }
     if (flush_ring(k)) {
       out_[k].producer.ctl()->producer_waiting.store(0, std::memory_order_relaxed);
     } else {

@@ -133,7 +133,8 @@ local stats             -- ngx_ipc_stats_t *, once started
 local inbox_sema        -- the reader sleeps on it; the module posts it
 local work_sema         -- the runner sleeps on it; the reader posts it
 local space_sema        -- the reader waits on it while the queue is full
-local started = false
+local started = false     -- the reader and the runner are running
+local runner_started = false
 local runner            -- the runner's coroutine
 local runner_idle = false
 local reader_full = false
@@ -465,7 +466,13 @@ local function start()
 
     stats = C.ngx_ipc_ffi_stats()
 
-    local ok, err = timer_at(0, run)
+    -- each light thread is started once, even if the other one failed to
+    local ok, err = true, nil
+    if not runner_started then
+        ok, err = timer_at(0, run)
+        runner_started = ok
+    end
+
     if ok then
         ok, err = timer_at(0, reader)
     end

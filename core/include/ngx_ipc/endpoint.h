@@ -141,6 +141,8 @@ class Endpoint {
 
   Status enqueue(std::uint32_t k, const MessageMeta& meta, const unsigned char* name,
                  const unsigned char* data, std::size_t data_len);
+  void unqueue(std::uint32_t k, std::size_t backlog_before, std::size_t data_len);
+  bool slot_exited(std::uint32_t k) const;
   bool flush_ring(std::uint32_t k);
   void await_space(std::uint32_t k);
   void notify(std::uint32_t k);
@@ -166,6 +168,8 @@ class Endpoint {
   std::vector<InRing> in_;
   std::vector<std::unique_ptr<unsigned char[]>> batch_bufs_;  // reassembled, in a batch
   std::vector<std::uint32_t> released_;                       // scratch for release()
+  std::vector<std::uint32_t> targets_;                        // scratch for broadcast()
+  std::vector<std::size_t> queued_before_;                    // scratch for broadcast()
   std::uint32_t rr_ = 0;  // inbox ring the next scan starts with
   bool started_ = false;
   std::int32_t pid_ = 0;

@@ -19,7 +19,6 @@ local band = bit.band
 local bor = bit.bor
 local ffi_new = ffi.new
 local ffi_string = ffi.string
-local co_running = coroutine.running
 local error = error
 local pairs = pairs
 local pcall = pcall
@@ -49,6 +48,7 @@ local LOG_BURST = 10       -- handler-error log lines per second, at most
 local QUEUE_MAX = 1024     -- messages the reader queues for the runner ...
 local QUEUE_MAX_BYTES = 4 * 1024 * 1024  -- ... and their bytes, at most
 local CALL_TIMEOUT = 5     -- seconds
+local MAX_WAIT = 2147483   -- seconds: ngx.semaphore waits take int milliseconds
 
 -- record flags (ngx_ipc::RecordFlags in core/include/ngx_ipc/layout.h)
 local F_REQUEST = 0x10
@@ -135,7 +135,6 @@ local work_sema         -- the runner sleeps on it; the reader posts it
 local space_sema        -- the reader waits on it while the queue is full
 local started = false     -- the reader and the runner are running
 local runner_started = false
-local runner            -- the runner's coroutine
 local runner_idle = false
 local reader_full = false
 local reader_done = false
@@ -268,6 +267,12 @@ local function handle_request(handler, name, data, sender, call_id)
     stats.handler_errors = stats.handler_errors + 1
     log_handler_error(name, res)
     send_reply(sender, name, S_ERROR, call_id, tostring(res))
+end
+
+
+-- True in the runner's light thread and in what its handlers start.
+local function in_runner()
+    return get_phase() == "timer" and ngx.ctx.ngx_ipc_runner == true
 end
 
 
@@ -410,7 +415,9 @@ local function run(premature)
         return
     end
 
-    runner = co_running()
+    -- marks the runner's context, which the coroutines and light threads a
+    -- handler starts share: ipc.sender, ipc.reply and the deadlock check
+    ngx.ctx.ngx_ipc_runner = true
 
     while true do
         local first = q_first
@@ -440,7 +447,6 @@ local function run(premature)
         end
     end
 
-    runner = nil
 end
 
 
@@ -595,7 +601,7 @@ end
 
 
 function _M.reply(name, data)
-    if current_sender == nil or co_running() ~= runner then
+    if current_sender == nil or not in_runner() then
         error("ipc.reply called outside an ipc handler", 2)
     end
 
@@ -617,8 +623,12 @@ function _M.call(pid, name, data, timeout)
         check_type(timeout, "number", 4, "call")
     end
 
-    if timeout <= 0 then
+    if not (timeout > 0) then      -- NaN too
         error("bad argument #4 to 'call' (positive number expected)", 2)
+    end
+
+    if timeout > MAX_WAIT then
+        timeout = MAX_WAIT
     end
 
     local phase = get_phase()
@@ -629,8 +639,7 @@ function _M.call(pid, name, data, timeout)
 
     start()
 
-    local co = co_running()
-    if co == runner and pid == worker_pid() then
+    if pid == worker_pid() and in_runner() then
         return refuse("would deadlock")
     end
 
@@ -713,7 +722,7 @@ end
 -- thread), nil anywhere else.
 return setmetatable(_M, {
     __index = function(_, key)
-        if key == "sender" and co_running() == runner then
+        if key == "sender" and in_runner() then
             return current_sender
         end
     end

@@ -51,23 +51,24 @@ demo: deps $(MODULE)
 demo-stop:
 	@examples/demo.sh stop
 
-test: deps $(MODULE) test-core test-nginx
+# everything: the core (plain, ASan+UBSan, TSan), real nginx, a short fuzz run
+test: deps $(MODULE) test-core test-nginx check-sanitizers fuzz
 
 test-core:
 	cmake -S core -B $(BUILD)/core -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
 	cmake --build $(BUILD)/core -j2
-	ctest --test-dir $(BUILD)/core --output-on-failure
+	ctest --test-dir $(BUILD)/core -j2 --output-on-failure
 
 test-nginx: $(MODULE)
 	NGX_IPC_MODULE=$(CURDIR)/$(MODULE) $(PYTEST) -q t/
 
 check-sanitizers:
-	cmake -S core -B $(BUILD)/core-asan -DNGX_IPC_SANITIZE=address > /dev/null
-	cmake --build $(BUILD)/core-asan -j2
-	ctest --test-dir $(BUILD)/core-asan --output-on-failure
-	cmake -S core -B $(BUILD)/core-tsan -DNGX_IPC_SANITIZE=thread > /dev/null
-	cmake --build $(BUILD)/core-tsan -j2
-	ctest --test-dir $(BUILD)/core-tsan --output-on-failure
+	cmake -S core -B $(BUILD)/core-address -DNGX_IPC_SANITIZE=address > /dev/null
+	cmake --build $(BUILD)/core-address -j2
+	ctest --test-dir $(BUILD)/core-address -j2 --output-on-failure
+	cmake -S core -B $(BUILD)/core-thread -DNGX_IPC_SANITIZE=thread > /dev/null
+	cmake --build $(BUILD)/core-thread -j2
+	ctest --test-dir $(BUILD)/core-thread -j2 --output-on-failure
 
 # libFuzzer on the record decoder (core/fuzz); FUZZ_SECONDS=N for longer.
 FUZZ_SECONDS ?= 30

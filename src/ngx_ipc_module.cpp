@@ -132,6 +132,12 @@ ngx_ipc_init_conf(ngx_cycle_t *cycle, void *data)
         return (char *) NGX_CONF_ERROR;
     }
 
+    if (conf->queue_limit == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "\"ipc_queue_limit\" must be at least 1");
+        return (char *) NGX_CONF_ERROR;
+    }
+
     if (conf->max_message > (size_t) 0xffffffffU) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
                       "\"ipc_max_message\" must be less than 4g");

@@ -24,6 +24,8 @@ const char* status_message(Status s) {
       return "queue full";
     case Status::kNoMemory:
       return "no memory";
+    case Status::kEmptyName:
+      return "empty name";
   }
   return "unknown error";
 }
@@ -76,6 +78,7 @@ std::int32_t Endpoint::slot_pid(std::uint32_t i) const {
 Status Endpoint::send(std::int32_t pid, const unsigned char* name, std::size_t name_len,
                       const unsigned char* data, std::size_t data_len, std::uint16_t flags,
                       std::uint32_t call_id) {
+  if (name_len == 0) return refuse(Status::kEmptyName);
   if (name_len > kMaxNameLen) return refuse(Status::kNameTooLong);
   if (data_len > max_message_) return refuse(Status::kTooLarge);
   if (pid <= 0) return refuse(Status::kNoSuchWorker);
@@ -110,6 +113,7 @@ bool Endpoint::slot_exited(std::uint32_t k) const {
 
 Status Endpoint::broadcast(const unsigned char* name, std::size_t name_len,
                            const unsigned char* data, std::size_t data_len, bool include_self) {
+  if (name_len == 0) return refuse(Status::kEmptyName);
   if (name_len > kMaxNameLen) return refuse(Status::kNameTooLong);
   if (data_len > max_message_) return refuse(Status::kTooLarge);
   // Every slot, except ours if asked, and those whose process exited cleanly
@@ -301,7 +305,10 @@ int Endpoint::scan(Delivery* out, int max) {
 }
 
 void Endpoint::drop_partial(InRing& r) {
-  if (r.active && !r.discard) ++stats_.dropped;
+  if (r.active && !r.discard) {
+    ++stats_.dropped;
+    r.counted = true;  // its remaining fragments, if any come, are not counted again
+  }
   r.active = false;
   r.discard = false;
   r.buf.reset();
@@ -315,6 +322,7 @@ bool Endpoint::take(InRing& r, const RecordView& v, Delivery* out) {
   const unsigned char* msg;
   if (h.flags & kFirst) {
     drop_partial(r);  // a predecessor of the sender died mid-message
+    r.counted = false;
     if (!mine) {
       ++stats_.dropped;  // addressed to a previous process in this slot
       if (!(h.flags & kLast)) r.active = r.discard = true;
@@ -344,7 +352,10 @@ bool Endpoint::take(InRing& r, const RecordView& v, Delivery* out) {
       // Its first fragment was read by a predecessor of this process, or the
       // sender restarted: the message cannot be completed.
       drop_partial(r);
-      if (h.flags & kLast) ++stats_.dropped;
+      if (h.flags & kLast) {
+        if (!r.counted) ++stats_.dropped;  // counted once, at its end
+        r.counted = false;
+      }
       return false;
     }
     if (!r.discard) std::memcpy(r.buf.get() + r.filled, v.payload, v.payload_len);

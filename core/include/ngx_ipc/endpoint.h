@@ -58,6 +58,7 @@ enum class Status : int {
   kTooLarge,
   kQueueFull,
   kNoMemory,
+  kEmptyName,  // the Lua API raises before: this guards the C ABI
 };
 // The short lower-case message the Lua API returns for a status.
 const char* status_message(Status s);
@@ -134,6 +135,7 @@ class Endpoint {
     // Reassembly of a fragmented message.
     bool active = false;
     bool discard = false;  // not for us: skip its fragments
+    bool counted = false;  // dropped partial already counted in stats.dropped
     RecordHeader first{};
     std::uint64_t filled = 0;
     std::unique_ptr<unsigned char[]> buf;

@@ -1,0 +1,266 @@
+// ngx_ipc core tests: shared helpers (see test_util.h).
+
+#include "test_util.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+namespace ngx_ipc::test {
+
+Shm::Shm(const Config& config) {
+  size_ = compute_layout(config).total_size;
+  base_ = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (base_ == MAP_FAILED)
+    throw std::runtime_error(std::string("mmap() failed: ") + strerror(errno));
+  header_ = init_shm(base_, config);
+}
+
+Shm::~Shm() { ::munmap(base_, size_); }
+
+EventFds::EventFds(std::uint32_t n) {
+  for (std::uint32_t i = 0; i < n; ++i) {
+    int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0) throw std::runtime_error(std::string("eventfd() failed: ") + strerror(errno));
+    fds_.push_back(fd);
+  }
+}
+
+EventFds::~EventFds() {
+  for (int fd : fds_) ::close(fd);
+}
+
+std::uint64_t EventFds::take(std::uint32_t i) const {
+  std::uint64_t v = 0;
+  ssize_t n;
+  do {
+    n = ::read(fds_[i], &v, sizeof v);
+  } while (n < 0 && errno == EINTR);
+  return n == sizeof v ? v : 0;
+}
+
+bool wait_fd(int fd, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  int n;
+  do {
+    n = ::poll(&p, 1, timeout_ms);
+  } while (n < 0 && errno == EINTR);
+  if (n <= 0) return false;
+  std::uint64_t v;
+  ssize_t r;
+  do {
+    r = ::read(fd, &v, sizeof v);
+  } while (r < 0 && errno == EINTR);
+  return true;
+}
+
+int Deadline::remaining_ms(int cap) const {
+  auto left =
+      std::chrono::duration_cast<std::chrono::milliseconds>(end_ - std::chrono::steady_clock::now())
+          .count();
+  if (left < 0) return 0;
+  return left > cap ? cap : static_cast<int>(left);
+}
+
+static std::uint64_t mix64(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+static unsigned char pattern_byte(std::uint64_t seed, std::size_t i, std::uint64_t* word,
+                                  std::size_t* word_index) {
+  std::size_t w = i / 8;
+  if (w != *word_index) {
+    *word = mix64(seed ^ mix64(w));
+    *word_index = w;
+  }
+  return static_cast<unsigned char>(*word >> ((i % 8) * 8));
+}
+
+void fill_pattern(unsigned char* p, std::size_t len, std::uint64_t seed, std::size_t from) {
+  std::uint64_t word = 0;
+  std::size_t word_index = static_cast<std::size_t>(-1);
+  for (std::size_t i = 0; i < len; ++i) p[i] = pattern_byte(seed, from + i, &word, &word_index);
+}
+
+bool check_pattern(const unsigned char* p, std::size_t len, std::uint64_t seed, std::size_t from) {
+  std::uint64_t word = 0;
+  std::size_t word_index = static_cast<std::size_t>(-1);
+  for (std::size_t i = 0; i < len; ++i) {
+    if (p[i] != pattern_byte(seed, from + i, &word, &word_index)) return false;
+  }
+  return true;
+}
+
+static std::uint64_t message_seed(std::uint32_t tag, std::uint64_t seq, std::size_t len) {
+  return mix64((static_cast<std::uint64_t>(tag) << 40) ^ seq ^ mix64(len));
+}
+
+std::vector<unsigned char> make_message(std::uint32_t tag, std::uint64_t seq, std::size_t len) {
+  if (len < kMsgHeader) len = kMsgHeader;
+  std::vector<unsigned char> v(len);
+  auto len32 = static_cast<std::uint32_t>(len);
+  std::memcpy(v.data(), &seq, 8);
+  std::memcpy(v.data() + 8, &tag, 4);
+  std::memcpy(v.data() + 12, &len32, 4);
+  fill_pattern(v.data() + kMsgHeader, len - kMsgHeader, message_seed(tag, seq, len));
+  return v;
+}
+
+bool parse_message(const unsigned char* data, std::size_t len, MsgId* id) {
+  if (len < kMsgHeader) return false;
+  std::uint32_t len32;
+  std::memcpy(&id->seq, data, 8);
+  std::memcpy(&id->tag, data + 8, 4);
+  std::memcpy(&len32, data + 12, 4);
+  if (len32 != len) return false;
+  return check_pattern(data + kMsgHeader, len - kMsgHeader, message_seed(id->tag, id->seq, len));
+}
+
+std::uint64_t test_seed() {
+  const char* s = std::getenv("NGX_IPC_TEST_SEED");
+  if (s != nullptr && *s != '\0') return std::strtoull(s, nullptr, 0);
+  return 0x5eed'1234'abcdULL;
+}
+
+Config make_config(std::uint32_t nslots, std::uint64_t ring_size, std::uint64_t max_message,
+                   std::uint64_t queue_limit) {
+  Config c;
+  c.nslots = nslots;
+  c.ring_size = ring_size;
+  c.max_message = max_message;
+  c.queue_limit = queue_limit;
+  return c;
+}
+
+World::World(std::uint32_t nslots, std::uint64_t ring_size, std::uint64_t max_message,
+             std::uint64_t queue_limit, bool start_all)
+    : shm_(make_config(nslots, ring_size, max_message, queue_limit)), fds_(nslots) {
+  for (std::uint32_t i = 0; i < nslots; ++i) {
+    eps_.push_back(std::make_unique<Endpoint>(shm_.header(), i, fds_.fds()));
+    if (start_all) eps_[i]->start(static_cast<std::int32_t>(10000 + i));
+  }
+}
+
+Endpoint& World::respawn(std::uint32_t i, std::int32_t pid) {
+  eps_[i] = std::make_unique<Endpoint>(shm_.header(), i, fds_.fds());
+  eps_[i]->start(pid);
+  return *eps_[i];
+}
+
+Received copy_delivery(const Delivery& d) {
+  return Received{std::string(reinterpret_cast<const char*>(d.name), d.name_len),
+                  std::string(reinterpret_cast<const char*>(d.data), d.data_len), d.sender_pid,
+                  d.flags, d.call_id};
+}
+
+std::vector<Received> drain(Endpoint& ep, int max_batches) {
+  std::vector<Received> got;
+  Delivery batch[16];
+  for (int i = 0; i < max_batches; ++i) {
+    int n = ep.receive(batch, 16);
+    if (n == 0) break;
+    for (int j = 0; j < n; ++j) got.push_back(copy_delivery(batch[j]));
+  }
+  return got;
+}
+
+std::vector<Received> pump(Endpoint& sender, Endpoint& receiver, bool* ok, int rounds) {
+  std::vector<Received> got;
+  *ok = false;
+  for (int i = 0; i < rounds; ++i) {
+    bool flushed = sender.flush();
+    std::vector<Received> more = drain(receiver);
+    for (Received& r : more) got.push_back(std::move(r));
+    if (flushed && more.empty() && !receiver.inbox_pending()) {
+      *ok = true;
+      break;
+    }
+  }
+  return got;
+}
+
+Child::Child(const std::function<int()>& fn) {
+  std::fflush(nullptr);
+  pid_ = ::fork();
+  if (pid_ < 0) throw std::runtime_error(std::string("fork() failed: ") + strerror(errno));
+  if (pid_ == 0) {
+    int rc = 99;
+    try {
+      rc = fn();
+    } catch (...) {
+      rc = 99;
+    }
+    std::fflush(nullptr);
+    ::_exit(rc);
+  }
+  pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
+}
+
+Child::~Child() {
+  if (!reaped_) {
+    ::kill(pid_, SIGKILL);
+    int status;
+    ::waitpid(pid_, &status, 0);
+  }
+  if (pidfd_ >= 0) ::close(pidfd_);
+}
+
+bool Child::wait(int timeout_ms, int* status) {
+  if (reaped_) return false;
+  if (pidfd_ >= 0) {
+    pollfd p{pidfd_, POLLIN, 0};
+    int n;
+    do {
+      n = ::poll(&p, 1, timeout_ms);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) return false;
+  } else {
+    // No pidfd (kernel before 5.3): poll the child's state at 1 ms steps,
+    // bounded by the timeout.
+    for (int i = 0; i < timeout_ms; ++i) {
+      if (::waitpid(pid_, status, WNOHANG) == pid_) {
+        reaped_ = true;
+        return true;
+      }
+      ::poll(nullptr, 0, 1);
+    }
+  }
+  pid_t r;
+  do {
+    r = ::waitpid(pid_, status, 0);
+  } while (r < 0 && errno == EINTR);
+  reaped_ = r == pid_;
+  return reaped_;
+}
+
+void Child::kill_now() {
+  if (!reaped_) ::kill(pid_, SIGKILL);
+}
+
+std::string describe_status(int status) {
+  if (WIFEXITED(status)) return "exited " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "status " + std::to_string(status);
+}
+
+void child_fail(const char* file, int line, const std::string& what) {
+  std::fprintf(stderr, "[child %d] %s:%d: %s\n", static_cast<int>(::getpid()), file, line,
+               what.c_str());
+  std::fflush(stderr);
+  ::_exit(2);
+}
+
+}  // namespace ngx_ipc::test

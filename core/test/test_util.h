@@ -1,0 +1,223 @@
+// ngx_ipc core tests: shared memory, eventfds, message patterns, deadlines
+// and child processes, as the tests of every file need them.
+//
+// Nothing here sleeps to synchronise: waits are poll() on an eventfd or a
+// pidfd, each with a timeout, and every loop has a count or a deadline.
+
+#ifndef NGX_IPC_TEST_UTIL_H
+#define NGX_IPC_TEST_UTIL_H
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ngx_ipc/endpoint.h"
+#include "ngx_ipc/layout.h"
+
+namespace ngx_ipc::test {
+
+// How long a test waits for a wake-up that must come before it calls it lost.
+constexpr int kWakeTimeoutMs = 5000;
+
+// A MAP_SHARED | MAP_ANONYMOUS mapping of compute_layout(config).total_size
+// bytes, initialised by init_shm(): shared with fork()ed children as nginx's
+// zone is shared with its workers.
+class Shm {
+ public:
+  explicit Shm(const Config& config);
+  ~Shm();
+  Shm(const Shm&) = delete;
+  Shm& operator=(const Shm&) = delete;
+
+  ShmHeader* header() const { return header_; }
+  std::uint64_t size() const { return size_; }
+  RingCtl* ctl(std::uint32_t sender, std::uint32_t receiver) const {
+    return ring_ctl(header_, sender, receiver);
+  }
+  unsigned char* data(std::uint32_t sender, std::uint32_t receiver) const {
+    return ring_data(header_, sender, receiver);
+  }
+  Slot* slot(std::uint32_t i) const { return slot_at(header_, i); }
+
+ private:
+  void* base_ = nullptr;
+  std::uint64_t size_ = 0;
+  ShmHeader* header_ = nullptr;
+};
+
+// One eventfd (EFD_NONBLOCK | EFD_CLOEXEC) per slot: the wake-up fds.
+class EventFds {
+ public:
+  explicit EventFds(std::uint32_t n);
+  ~EventFds();
+  EventFds(const EventFds&) = delete;
+  EventFds& operator=(const EventFds&) = delete;
+
+  const int* fds() const { return fds_.data(); }
+  int operator[](std::uint32_t i) const { return fds_[i]; }
+  // Reads (and so resets) the counter of slot i's eventfd: 0 if it was zero.
+  std::uint64_t take(std::uint32_t i) const;
+
+ private:
+  std::vector<int> fds_;
+};
+
+// Waits up to timeout_ms for fd to become readable, then reads the eventfd
+// counter. Returns false on timeout.
+bool wait_fd(int fd, int timeout_ms);
+
+class Deadline {
+ public:
+  explicit Deadline(std::chrono::milliseconds d) : end_(std::chrono::steady_clock::now() + d) {}
+  bool expired() const { return std::chrono::steady_clock::now() >= end_; }
+  // Milliseconds left, at least 0, at most cap.
+  int remaining_ms(int cap = kWakeTimeoutMs) const;
+
+ private:
+  std::chrono::steady_clock::time_point end_;
+};
+
+// Deterministic pseudo-random bytes: byte i of the stream with seed s is a
+// function of (s, i), so a fragment copied to the wrong offset is caught.
+void fill_pattern(unsigned char* p, std::size_t len, std::uint64_t seed, std::size_t from = 0);
+bool check_pattern(const unsigned char* p, std::size_t len, std::uint64_t seed,
+                   std::size_t from = 0);
+
+// Message data of `len` bytes (len >= kMsgHeader) that says who sent it
+// (tag), its sequence number and its length, followed by a pattern seeded by
+// those: a reader can verify any message without knowing what to expect.
+constexpr std::size_t kMsgHeader = 16;
+std::vector<unsigned char> make_message(std::uint32_t tag, std::uint64_t seq, std::size_t len);
+struct MsgId {
+  std::uint32_t tag;
+  std::uint64_t seq;
+};
+// False if the data is not exactly such a message (wrong length, any wrong byte).
+bool parse_message(const unsigned char* data, std::size_t len, MsgId* id);
+
+// A small xorshift generator, so that tests are reproducible from a seed.
+class Rng {
+ public:
+  explicit Rng(std::uint64_t seed) : s_(seed ? seed : 0x9e3779b97f4a7c15ULL) {}
+  std::uint64_t next() {
+    s_ ^= s_ << 13;
+    s_ ^= s_ >> 7;
+    s_ ^= s_ << 17;
+    return s_;
+  }
+  // Uniform in [lo, hi].
+  std::uint64_t range(std::uint64_t lo, std::uint64_t hi) { return lo + next() % (hi - lo + 1); }
+
+ private:
+  std::uint64_t s_;
+};
+
+// Seed for randomised tests: $NGX_IPC_TEST_SEED if set, else fixed; printed
+// by the tests that use it so a failure can be replayed.
+std::uint64_t test_seed();
+
+// Convenience over Endpoint with std::string names and byte vectors.
+inline Status send_bytes(Endpoint& ep, std::int32_t pid, const std::string& name,
+                         const std::vector<unsigned char>& data) {
+  return ep.send(pid, reinterpret_cast<const unsigned char*>(name.data()), name.size(), data.data(),
+                 data.size());
+}
+inline Status send_str(Endpoint& ep, std::int32_t pid, const std::string& name,
+                       const std::string& data) {
+  return ep.send(pid, reinterpret_cast<const unsigned char*>(name.data()), name.size(),
+                 reinterpret_cast<const unsigned char*>(data.data()), data.size());
+}
+inline Status broadcast_str(Endpoint& ep, const std::string& name, const std::string& data,
+                            bool include_self) {
+  return ep.broadcast(reinterpret_cast<const unsigned char*>(name.data()), name.size(),
+                      reinterpret_cast<const unsigned char*>(data.data()), data.size(),
+                      include_self);
+}
+
+// n slots in one mapping with their eventfds, and an Endpoint per slot
+// (started with the fake PID 10000 + slot unless told otherwise). Endpoints
+// of one World may be driven by one thread, or one thread each.
+class World {
+ public:
+  World(std::uint32_t nslots, std::uint64_t ring_size, std::uint64_t max_message = 1 << 20,
+        std::uint64_t queue_limit = 64 << 10, bool start_all = true);
+
+  Endpoint& ep(std::uint32_t i) { return *eps_[i]; }
+  std::int32_t pid(std::uint32_t i) const { return eps_[i]->pid(); }
+  Shm& shm() { return shm_; }
+  EventFds& fds() { return fds_; }
+  std::uint32_t nslots() const { return shm_.header()->nslots; }
+  // A new process in slot i: a fresh Endpoint started with `pid`; the old
+  // one is destroyed without stop(), as if its process had been killed.
+  Endpoint& respawn(std::uint32_t i, std::int32_t pid);
+  void start(std::uint32_t i, std::int32_t pid) { eps_[i]->start(pid); }
+
+ private:
+  Shm shm_;
+  EventFds fds_;
+  std::vector<std::unique_ptr<Endpoint>> eps_;
+};
+
+Config make_config(std::uint32_t nslots, std::uint64_t ring_size, std::uint64_t max_message,
+                   std::uint64_t queue_limit);
+
+// A delivered message, copied out of the inbox.
+struct Received {
+  std::string name;
+  std::string data;
+  std::int32_t sender_pid;
+  std::uint32_t flags;
+  std::uint32_t call_id;
+};
+Received copy_delivery(const Delivery& d);
+
+// Calls receive() until it returns 0 (which arms the slot's sleeping flag)
+// or max_batches batches were taken; returns every delivery, copied.
+std::vector<Received> drain(Endpoint& ep, int max_batches = 100000);
+
+// Runs receiver and sender endpoints that share one thread until the
+// sender's backlog is empty and the receiver's inbox drained; bounded by
+// `rounds`. Returns every delivery to the receiver. False in *ok if the
+// backlog did not empty.
+std::vector<Received> pump(Endpoint& sender, Endpoint& receiver, bool* ok, int rounds = 100000);
+
+// A fork()ed child running fn; its exit status is fn's return value (a
+// thrown exception exits 99). The parent waits for it with a timeout through
+// a pidfd, and kills it (SIGKILL) if it is still running when destroyed.
+class Child {
+ public:
+  explicit Child(const std::function<int()>& fn);
+  ~Child();
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  pid_t pid() const { return pid_; }
+  // Waits up to timeout_ms; true and the wait status in *status if it ended.
+  bool wait(int timeout_ms, int* status);
+  void kill_now();  // SIGKILL, not waited
+
+ private:
+  pid_t pid_ = -1;
+  int pidfd_ = -1;
+  bool reaped_ = false;
+};
+
+// "exited 0", "exited 3", "killed by signal 9"
+std::string describe_status(int status);
+
+// In a child: reports a failed check on stderr and exits with code 2.
+[[noreturn]] void child_fail(const char* file, int line, const std::string& what);
+#define CHILD_CHECK(cond)                                                                 \
+  do {                                                                                    \
+    if (!(cond)) ::ngx_ipc::test::child_fail(__FILE__, __LINE__, "check failed: " #cond); \
+  } while (0)
+
+}  // namespace ngx_ipc::test
+
+#endif  // NGX_IPC_TEST_UTIL_H

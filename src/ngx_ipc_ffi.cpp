@@ -24,6 +24,7 @@ int ngx_ipc_ffi_recv(ngx_ipc::Delivery *out, int max);
 void ngx_ipc_ffi_recv_done(void);
 int ngx_ipc_ffi_pids(int *out, int max);
 ngx_ipc::Stats *ngx_ipc_ffi_stats(void);
+ngx_ipc_exit_t *ngx_ipc_ffi_exit_state(void);
 
 }
 
@@ -191,6 +192,21 @@ ngx_ipc_ffi_pids(int *out, int max)
     }
 
     return n;
+}
+
+
+/* The shutdown handshake's shared state (see ngx_ipc_exit_t). */
+ngx_ipc_exit_t *
+ngx_ipc_ffi_exit_state(void)
+{
+    ngx_ipc_worker_t  *w;
+
+    w = ngx_ipc_worker_get();
+    if (w == NULL) {
+        return NULL;
+    }
+
+    return &w->exit;
 }
 
 

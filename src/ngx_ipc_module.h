@@ -37,6 +37,14 @@ typedef struct {
 
 typedef int (*ngx_ipc_sema_post_pt)(void *sem, int n);
 
+/* Shared with the Lua side (ngx_ipc_ffi_exit_state): during a graceful
+ * shutdown, the light threads wait until nothing but their own waits keeps
+ * the worker alive. */
+typedef struct {
+    int                        waits;        /* Lua: semaphore waits now */
+    int                        release;      /* C: 1 when they may return */
+} ngx_ipc_exit_t;
+
 /* This worker's attachment to its configuration's shared state. */
 typedef struct {
     ngx_ipc_conf_t            *conf;         /* the configuration attached to */
@@ -44,6 +52,8 @@ typedef struct {
     ngx_connection_t          *conn;         /* the slot's eventfd */
     void                      *sema;         /* the Lua dispatcher's */
     ngx_ipc_sema_post_pt       sema_post;
+    ngx_ipc_exit_t             exit;
+    ngx_event_t                watch;        /* cancelable, while exiting */
     unsigned                   exiting:1;
     unsigned                   no_dispatcher_logged:1;
 } ngx_ipc_worker_t;

@@ -104,6 +104,13 @@ int ngx_ipc_ffi_recv(ngx_ipc_msg_t *out, int max);
 void ngx_ipc_ffi_recv_done(void);
 int ngx_ipc_ffi_pids(int *out, int max);
 ngx_ipc_stats_t *ngx_ipc_ffi_stats(void);
+
+typedef struct {
+    int  waits;
+    int  release;
+} ngx_ipc_exit_t;
+
+ngx_ipc_exit_t *ngx_ipc_ffi_exit_state(void);
 ]]
 
 
@@ -130,6 +137,7 @@ local msgs = ffi_new("ngx_ipc_msg_t[?]", BATCH)
 local pids_buf = ffi_new("int[?]", MAX_SLOTS)
 
 local stats             -- ngx_ipc_stats_t *, once started
+local exit_state        -- ngx_ipc_exit_t *: our waits, and the module's leave
 local inbox_sema        -- the reader sleeps on it; the module posts it
 local work_sema         -- the runner sleeps on it; the reader posts it
 local space_sema        -- the reader waits on it while the queue is full
@@ -336,6 +344,15 @@ local function resolve(call_id, flags, data)
 end
 
 
+-- A semaphore wait of the light threads, counted for the shutdown watch.
+local function wait(sema)
+    exit_state.waits = exit_state.waits + 1
+    local ok, err = sema:wait(IDLE_WAIT)
+    exit_state.waits = exit_state.waits - 1
+    return ok, err
+end
+
+
 local function queue_full()
     return q_last - q_first + 1 >= QUEUE_MAX or q_bytes >= QUEUE_MAX_BYTES
 end
@@ -349,7 +366,7 @@ local function reader(premature)
     while true do
         if queue_full() then
             reader_full = true
-            space_sema:wait(IDLE_WAIT)
+            wait(space_sema)
             reader_full = false
 
         else
@@ -388,11 +405,13 @@ local function reader(premature)
                 end
 
             elseif n == 0 then
-                if worker_exiting() then
+                -- a worker shutting down goes on receiving until nothing
+                -- but these waits keeps it alive: then the module says so
+                if exit_state.release ~= 0 and worker_exiting() then
                     break
                 end
 
-                local ok, err = inbox_sema:wait(IDLE_WAIT)
+                local ok, err = wait(inbox_sema)
                 if not ok and err ~= "timeout" then
                     ngx_log(ngx_ERR, "ngx_ipc: reader stopped: ", err)
                     break
@@ -427,7 +446,7 @@ local function run(premature)
             end
 
             runner_idle = true
-            work_sema:wait(IDLE_WAIT)
+            wait(work_sema)
             runner_idle = false
 
         else
@@ -471,6 +490,7 @@ local function start()
     end
 
     stats = C.ngx_ipc_ffi_stats()
+    exit_state = C.ngx_ipc_ffi_exit_state()
 
     -- each light thread is started once, even if the other one failed to
     local ok, err = true, nil

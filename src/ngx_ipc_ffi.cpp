@@ -8,6 +8,10 @@
 
 #include "ngx_ipc_module.h"
 
+extern "C" {
+#include <ngx_http.h>
+}
+
 #include <signal.h>
 
 
@@ -25,8 +29,11 @@ void ngx_ipc_ffi_recv_done(void);
 int ngx_ipc_ffi_pids(int *out, int max);
 ngx_ipc::Stats *ngx_ipc_ffi_stats(void);
 ngx_ipc_exit_t *ngx_ipc_ffi_exit_state(void);
+int ngx_ipc_ffi_watch_runner(void *r);
 
 }
+
+static void ngx_ipc_runner_gone(void *data);
 
 
 static const char  ngx_ipc_not_available[] =
@@ -192,6 +199,50 @@ ngx_ipc_ffi_pids(int *out, int max)
     }
 
     return n;
+}
+
+
+/*
+ * Called by the runner light thread with its timer's (fake) request: when
+ * that request's pool goes, the runner is gone, however it ended (its loop
+ * returned, or a handler ended the light thread with ngx.exit() or with an
+ * error raised in a coroutine it wrapped), and the reader restarts it.
+ */
+int
+ngx_ipc_ffi_watch_runner(void *r)
+{
+    ngx_ipc_worker_t    *w;
+    ngx_pool_cleanup_t  *cln;
+
+    w = ngx_ipc_worker_get();
+    if (w == NULL || r == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(((ngx_http_request_t *) r)->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_ipc_runner_gone;
+    cln->data = w;
+    w->exit.runner_gone = 0;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_ipc_runner_gone(void *data)
+{
+    ngx_ipc_worker_t  *w = (ngx_ipc_worker_t *) data;
+
+    w->exit.runner_gone = 1;
+
+    /* wake the reader, which restarts the runner unless it is leaving */
+    if (w->sema != NULL) {
+        w->sema_post(w->sema, 1);
+    }
 }
 
 

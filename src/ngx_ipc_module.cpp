@@ -18,6 +18,8 @@
 
 static void *ngx_ipc_create_conf(ngx_cycle_t *cycle);
 static char *ngx_ipc_init_conf(ngx_cycle_t *cycle, void *conf);
+static ngx_int_t ngx_ipc_create_shared(ngx_cycle_t *cycle,
+    ngx_ipc_conf_t *conf, ngx_uint_t n);
 static ngx_int_t ngx_ipc_init_module(ngx_cycle_t *cycle);
 static void ngx_ipc_cleanup(void *data);
 static ngx_int_t ngx_ipc_init_process(ngx_cycle_t *cycle);
@@ -111,10 +113,18 @@ ngx_ipc_create_conf(ngx_cycle_t *cycle)
 }
 
 
+/*
+ * Everything is checked and made here rather than in init_module: a failed
+ * init_module is fatal to the master even on reload, while a configuration
+ * error here only refuses the reload and leaves the running one in place.
+ * ngx_core_module's init_conf, which resolves worker_processes, runs first.
+ */
 static char *
 ngx_ipc_init_conf(ngx_cycle_t *cycle, void *data)
 {
-    ngx_ipc_conf_t  *conf = (ngx_ipc_conf_t *) data;
+    ngx_uint_t        n;
+    ngx_core_conf_t  *ccf;
+    ngx_ipc_conf_t   *conf = (ngx_ipc_conf_t *) data;
 
     ngx_conf_init_size_value(conf->ring_size, 0);       /* 0: sized by workers */
     ngx_conf_init_size_value(conf->max_message, ngx_ipc::kDefaultMaxMessage);
@@ -146,22 +156,6 @@ ngx_ipc_init_conf(ngx_cycle_t *cycle, void *data)
         return (char *) NGX_CONF_ERROR;
     }
 
-    return NGX_CONF_OK;
-}
-
-
-static ngx_int_t
-ngx_ipc_init_module(ngx_cycle_t *cycle)
-{
-    ngx_uint_t           i, n;
-    ngx_ipc_conf_t      *conf;
-    ngx_core_conf_t     *ccf;
-    ngx_pool_cleanup_t  *cln;
-    ngx_ipc::Config      c;
-    ngx_ipc::Layout      l;
-    void                *shm;
-
-    conf = (ngx_ipc_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_ipc_module);
     ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
 
     /* with "master_process off" the one process is slot 0 */
@@ -171,8 +165,31 @@ ngx_ipc_init_module(ngx_cycle_t *cycle)
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
                       "ngx_ipc supports at most %ui worker processes, not %ui",
                       (ngx_uint_t) ngx_ipc::kMaxSlots, n);
-        return NGX_ERROR;
+        return (char *) NGX_CONF_ERROR;
     }
+
+    if (ngx_test_config || ngx_process == NGX_PROCESS_SIGNALLER) {
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_ipc_create_shared(cycle, conf, n) != NGX_OK) {
+        return (char *) NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* The configuration's shared mapping and one eventfd per worker slot, made
+ * before the master forks the workers, freed with the cycle's pool. */
+static ngx_int_t
+ngx_ipc_create_shared(ngx_cycle_t *cycle, ngx_ipc_conf_t *conf, ngx_uint_t n)
+{
+    ngx_uint_t           i;
+    ngx_pool_cleanup_t  *cln;
+    ngx_ipc::Config      c;
+    ngx_ipc::Layout      l;
+    void                *shm;
 
     c.nslots = (uint32_t) n;
     c.ring_size = conf->ring_size;
@@ -228,10 +245,25 @@ ngx_ipc_init_module(ngx_cycle_t *cycle)
     ngx_ipc_previous_conf = ngx_ipc_current_conf;
     ngx_ipc_current_conf = conf;
 
-    ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
-                  "ngx_ipc: %ui worker slots, ring %uz bytes, "
-                  "shared memory %uz bytes",
-                  n, (size_t) l.ring_size, (size_t) l.total_size);
+return NGX_OK;
+}
+
+
+/* Only logs: the configuration's error_log is open by now. */
+static ngx_int_t
+ngx_ipc_init_module(ngx_cycle_t *cycle)
+{
+    ngx_ipc_conf_t  *conf;
+
+    conf = (ngx_ipc_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_ipc_module);
+
+    if (conf->shm != NULL) {
+        ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
+                      "ngx_ipc: %ui worker slots, ring %uz bytes, "
+                      "shared memory %uz bytes", conf->nslots,
+                      (size_t) ((ngx_ipc::ShmHeader *) conf->shm)->ring_size,
+                      conf->shm_size);
+    }
 
     return NGX_OK;
 }

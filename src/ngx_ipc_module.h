@@ -43,6 +43,7 @@ typedef int (*ngx_ipc_sema_post_pt)(void *sem, int n);
 typedef struct {
     int                        waits;        /* Lua: semaphore waits now */
     int                        release;      /* C: 1 when they may return */
+    int                        runner_gone;  /* C: the runner's timer ended */
 } ngx_ipc_exit_t;
 
 /* This worker's attachment to its configuration's shared state. */

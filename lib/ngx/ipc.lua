@@ -12,6 +12,7 @@
 
 local ffi = require "ffi"
 local bit = require "bit"
+local base = require "resty.core.base"
 local semaphore = require "ngx.semaphore"
 
 local C = ffi.C
@@ -31,8 +32,11 @@ local type = type
 local ngx = ngx
 local ngx_log = ngx.log
 local ngx_ERR = ngx.ERR
+local ngx_NOTICE = ngx.NOTICE
 local ngx_now = ngx.now
 local get_phase = ngx.get_phase
+local get_request = base.get_request
+local ngx_sleep = ngx.sleep
 local timer_at = ngx.timer.at
 local worker_exiting = ngx.worker.exiting
 local worker_pid = ngx.worker.pid
@@ -43,8 +47,10 @@ local NGX_OK = 0
 local NGX_ERROR = -1
 local BATCH = 64           -- messages taken from the inbox per FFI call
 local MAX_SLOTS = 128      -- ngx_ipc::kMaxSlots
+local MAX_NAME = 65535     -- ngx_ipc::kMaxNameLen
 local IDLE_WAIT = 3600     -- seconds; the light threads are woken by events
 local LOG_BURST = 10       -- handler-error log lines per second, at most
+local RUN_BURST = 128      -- handlers run between two visits to the event loop
 local QUEUE_MAX = 1024     -- messages the reader queues for the runner ...
 local QUEUE_MAX_BYTES = 4 * 1024 * 1024  -- ... and their bytes, at most
 local CALL_TIMEOUT = 5     -- seconds
@@ -108,9 +114,11 @@ ngx_ipc_stats_t *ngx_ipc_ffi_stats(void);
 typedef struct {
     int  waits;
     int  release;
+    int  runner_gone;
 } ngx_ipc_exit_t;
 
 ngx_ipc_exit_t *ngx_ipc_ffi_exit_state(void);
+int ngx_ipc_ffi_watch_runner(void *r);
 ]]
 
 
@@ -147,6 +155,7 @@ local runner_idle = false
 local reader_full = false
 local reader_done = false
 local current_sender    -- sender of the message being handled
+local current_name      -- name of the message being handled
 
 -- the queue from reader to runner: parallel arrays, items [q_first, q_last]
 local q_name, q_data, q_sender, q_flags, q_id = {}, {}, {}, {}, {}
@@ -290,6 +299,7 @@ local function handle(name, data, sender, flags, call_id)
     local handler = handlers[name]
 
     current_sender = sender
+    current_name = name
 
     if band(flags, F_REQUEST) ~= 0 then
         handle_request(handler, name, data, sender, call_id)
@@ -310,6 +320,7 @@ local function handle(name, data, sender, flags, call_id)
     end
 
     current_sender = nil
+    current_name = nil
 
     if not ok then
         stats.handler_errors = stats.handler_errors + 1
@@ -353,6 +364,35 @@ local function wait(sema)
 end
 
 
+local run
+
+
+-- The runner's timer ended while a handler ran: ngx.exit() in a handler, or
+-- an error raised in a coroutine it wrapped (which lua-nginx-module logs),
+-- ends the whole light thread. That handler is over; start a new runner.
+local function restart_runner()
+    exit_state.runner_gone = 0
+    current_sender = nil
+    runner_idle = false
+
+    if current_name then
+        local name = current_name
+        if #name > 256 then
+            name = str_sub(name, 1, 256) .. "..."
+        end
+
+        ngx_log(ngx_NOTICE, "ngx_ipc: the handler for alert \"", name,
+                "\" ended its light thread; delivery goes on in a new one")
+        current_name = nil
+    end
+
+    local ok, err = timer_at(0, run)
+    if not ok then
+        ngx_log(ngx_ERR, "ngx_ipc: cannot restart the runner: ", err)
+    end
+end
+
+
 local function queue_full()
     return q_last - q_first + 1 >= QUEUE_MAX or q_bytes >= QUEUE_MAX_BYTES
 end
@@ -364,6 +404,10 @@ local function reader(premature)
     end
 
     while true do
+        if exit_state.runner_gone ~= 0 and not worker_exiting() then
+            restart_runner()
+        end
+
         if queue_full() then
             reader_full = true
             wait(space_sema)
@@ -429,10 +473,16 @@ local function reader(premature)
 end
 
 
-local function run(premature)
+function run(premature)
     if premature then
         return
     end
+
+    if C.ngx_ipc_ffi_watch_runner(get_request()) ~= NGX_OK then
+        ngx_log(ngx_ERR, "ngx_ipc: cannot watch the runner")
+    end
+
+    local burst = 0
 
     -- marks the runner's context, which the coroutines and light threads a
     -- handler starts share: ipc.sender, ipc.reply and the deadlock check
@@ -463,6 +513,14 @@ local function run(premature)
             end
 
             handle(name, data, sender, flags, call_id)
+
+            -- posted events chain the light threads: without a visit to
+            -- the event loop now and then, a burst would starve requests
+            burst = burst + 1
+            if burst >= RUN_BURST then
+                burst = 0
+                ngx_sleep(0)
+            end
         end
     end
 
@@ -595,6 +653,10 @@ function _M.receive(name, handler)
                       .. "non-empty strings, got " .. type(k) .. ")", 2)
             end
 
+            if #k > MAX_NAME then
+                return nil, "name too long"
+            end
+
             if type(v) ~= "function" then
                 error("bad argument #1 to 'receive' (function expected for \""
                       .. k .. "\", got " .. type(v) .. ")", 2)
@@ -610,6 +672,10 @@ function _M.receive(name, handler)
 
         if handler ~= nil then
             check_type(handler, "function", 2, "receive")
+        end
+
+        if #name > MAX_NAME then
+            return nil, "name too long"    -- no message could carry it
         end
 
         handlers[name] = handler

@@ -15,7 +15,7 @@ DEMO_PORT ?= 8080
 PYTEST    ?= /usr/bin/python3 -m pytest
 
 .PHONY: all deps demo demo-stop test test-core test-nginx check-sanitizers \
-        fuzz format clean help
+        fuzz soak format clean help
 
 all: $(MODULE)
 
@@ -27,6 +27,7 @@ help:
 	@echo "make check-sanitizers  core tests under ASan+UBSan and TSan"
 	@echo "make demo-stop    stop the demo nginx"
 	@echo "make fuzz         libFuzzer on the record decoder (FUZZ_SECONDS=30)"
+	@echo "make soak         50 reloads, 20 worker kills, 10 min of fuzzing"
 	@echo "make format       clang-format the C++ core"
 
 deps:
@@ -69,6 +70,12 @@ check-sanitizers:
 	cmake -S core -B $(BUILD)/core-thread -DNGX_IPC_SANITIZE=thread > /dev/null
 	cmake --build $(BUILD)/core-thread -j2
 	ctest --test-dir $(BUILD)/core-thread -j2 --output-on-failure
+
+# the long variants: 50 reloads, 20 kills, 10 minutes of fuzzing
+soak: $(MODULE)
+	NGX_IPC_MODULE=$(CURDIR)/$(MODULE) NGX_IPC_RELOADS=50 NGX_IPC_KILLS=20 \
+	    $(PYTEST) -q t/test_reload.py t/test_crash.py
+	$(MAKE) fuzz FUZZ_SECONDS=600
 
 # libFuzzer on the record decoder (core/fuzz); FUZZ_SECONDS=N for longer.
 FUZZ_SECONDS ?= 30

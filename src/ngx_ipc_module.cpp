@@ -245,7 +245,7 @@ ngx_ipc_create_shared(ngx_cycle_t *cycle, ngx_ipc_conf_t *conf, ngx_uint_t n)
     ngx_ipc_previous_conf = ngx_ipc_current_conf;
     ngx_ipc_current_conf = conf;
 
-return NGX_OK;
+    return NGX_OK;
 }
 
 

@@ -30,6 +30,7 @@ int ngx_ipc_ffi_pids(int *out, int max);
 ngx_ipc::Stats *ngx_ipc_ffi_stats(void);
 ngx_ipc_exit_t *ngx_ipc_ffi_exit_state(void);
 int ngx_ipc_ffi_watch_runner(void *r);
+int ngx_ipc_ffi_yield(void *sema);
 
 }
 
@@ -243,6 +244,28 @@ ngx_ipc_runner_gone(void *data)
     if (w->sema != NULL) {
         w->sema_post(w->sema, 1);
     }
+}
+
+
+/*
+ * Lets the event loop run once: sema is posted from the wake handler on the
+ * next pass, after the I/O events of that pass. (ngx.sleep(0) would do, but
+ * without OpenResty's delayed-events patch it logs a warning every time.)
+ */
+int
+ngx_ipc_ffi_yield(void *sema)
+{
+    ngx_ipc_worker_t  *w;
+
+    w = ngx_ipc_worker_get();
+    if (w == NULL || w->sema_post == NULL) {
+        return NGX_ERROR;
+    }
+
+    w->yield_sema = sema;
+    w->endpoint->wake_self();
+
+    return NGX_OK;
 }
 
 

@@ -488,6 +488,12 @@ ngx_ipc_wake_handler(ngx_event_t *rev)
                             "read() from the wake-up eventfd failed");
     }
 
+    if (w->yield_sema != NULL) {
+        /* a dispatcher let the event loop run: it may go on now */
+        w->sema_post(w->yield_sema, 1);
+        w->yield_sema = NULL;
+    }
+
     w->endpoint->flush();
 
     if (w->sema != NULL) {

@@ -51,7 +51,8 @@ typedef struct {
     ngx_ipc_conf_t            *conf;         /* the configuration attached to */
     ngx_ipc::Endpoint         *endpoint;
     ngx_connection_t          *conn;         /* the slot's eventfd */
-    void                      *sema;         /* the Lua dispatcher's */
+    void                      *sema;         /* the Lua dispatchers' inbox */
+    void                      *yield_sema;   /* posted on the next pass */
     ngx_ipc_sema_post_pt       sema_post;
     ngx_ipc_exit_t             exit;
     ngx_event_t                watch;        /* cancelable, while exiting */

@@ -36,7 +36,6 @@ local ngx_NOTICE = ngx.NOTICE
 local ngx_now = ngx.now
 local get_phase = ngx.get_phase
 local get_request = base.get_request
-local ngx_sleep = ngx.sleep
 local timer_at = ngx.timer.at
 local worker_exiting = ngx.worker.exiting
 local worker_pid = ngx.worker.pid
@@ -119,6 +118,7 @@ typedef struct {
 
 ngx_ipc_exit_t *ngx_ipc_ffi_exit_state(void);
 int ngx_ipc_ffi_watch_runner(void *r);
+int ngx_ipc_ffi_yield(void *sema);
 ]]
 
 
@@ -149,6 +149,7 @@ local exit_state        -- ngx_ipc_exit_t *: our waits, and the module's leave
 local inbox_sema        -- the reader sleeps on it; the module posts it
 local work_sema         -- the runner sleeps on it; the reader posts it
 local space_sema        -- the reader waits on it while the queue is full
+local yield_sema        -- the module posts it on the event loop's next pass
 local started = false     -- the reader and the runner are running
 local runner_started = false
 local runner_idle = false
@@ -515,11 +516,15 @@ function run(premature)
             handle(name, data, sender, flags, call_id)
 
             -- posted events chain the light threads: without a visit to
-            -- the event loop now and then, a burst would starve requests
+            -- the event loop now and then, a burst would starve requests.
+            -- (Not ngx.sleep(0): without OpenResty's delayed-events patch
+            -- it logs a warning each time.)
             burst = burst + 1
             if burst >= RUN_BURST then
                 burst = 0
-                ngx_sleep(0)
+                if C.ngx_ipc_ffi_yield(yield_sema.sem) == NGX_OK then
+                    wait(yield_sema)
+                end
             end
         end
     end
@@ -542,6 +547,7 @@ local function start()
     inbox_sema = inbox_sema or semaphore.new(0)
     work_sema = work_sema or semaphore.new(0)
     space_sema = space_sema or semaphore.new(0)
+    yield_sema = yield_sema or semaphore.new(0)
 
     if C.ngx_ipc_ffi_start(inbox_sema.sem, errmsg) ~= NGX_OK then
         return nil, ffi_string(errmsg[0])

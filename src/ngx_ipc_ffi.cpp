@@ -35,6 +35,7 @@ int ngx_ipc_ffi_yield(void *sema);
 }
 
 static void ngx_ipc_runner_gone(void *data);
+static int ngx_ipc_status_rc(ngx_ipc::Status s, char **err);
 
 
 static const char  ngx_ipc_not_available[] =
@@ -103,12 +104,7 @@ ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
         s = ngx_ipc::Status::kNoMemory;
     }
 
-    if (s != ngx_ipc::Status::kOk) {
-        *err = (char *) ngx_ipc::status_message(s);
-        return NGX_DECLINED;
-    }
-
-    return NGX_OK;
+    return ngx_ipc_status_rc(s, err);
 }
 
 
@@ -132,6 +128,13 @@ ngx_ipc_ffi_broadcast(const u_char *name, size_t name_len,
         s = ngx_ipc::Status::kNoMemory;
     }
 
+    return ngx_ipc_status_rc(s, err);
+}
+
+
+static int
+ngx_ipc_status_rc(ngx_ipc::Status s, char **err)
+{
     if (s != ngx_ipc::Status::kOk) {
         *err = (char *) ngx_ipc::status_message(s);
         return NGX_DECLINED;

@@ -586,16 +586,8 @@ local function refuse(err)
 end
 
 
--- Sends a message whose arguments were checked.
-local function send(pid, name, data, flags, call_id)
-    start()
-
-    if pid <= 0 or pid > 0x7fffffff or pid % 1 ~= 0 then
-        return refuse("no such worker")
-    end
-
-    local rc = C.ngx_ipc_ffi_send(pid, name, #name, data, #data,
-                                  flags or 0, call_id or 0, errmsg)
+-- What a send or broadcast returns for the module's return code.
+local function result(rc)
     if rc == NGX_OK then
         return true
     end
@@ -605,6 +597,19 @@ local function send(pid, name, data, flags, call_id)
     end
 
     return nil, ffi_string(errmsg[0])
+end
+
+
+-- Sends a message whose arguments were checked.
+local function send(pid, name, data, flags, call_id)
+    start()
+
+    if pid <= 0 or pid > 0x7fffffff or pid % 1 ~= 0 then
+        return refuse("no such worker")
+    end
+
+    return result(C.ngx_ipc_ffi_send(pid, name, #name, data, #data,
+                                     flags or 0, call_id or 0, errmsg))
 end
 
 
@@ -631,17 +636,8 @@ function _M.broadcast(name, data, opts)
 
     start()
 
-    local rc = C.ngx_ipc_ffi_broadcast(name, #name, data, #data,
-                                       include_self and 1 or 0, errmsg)
-    if rc == NGX_OK then
-        return true
-    end
-
-    if rc == NGX_ERROR then
-        not_available()
-    end
-
-    return nil, ffi_string(errmsg[0])
+    return result(C.ngx_ipc_ffi_broadcast(name, #name, data, #data,
+                                          include_self and 1 or 0, errmsg))
 end
 
 

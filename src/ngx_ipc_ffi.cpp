@@ -72,6 +72,13 @@ ngx_ipc_ffi_start(void *sema, char **err)
             return NGX_ERROR;
         }
 
+        if (w->sema != NULL && w->sema != sema) {
+            /* another Lua VM of this worker (lua_code_cache off) */
+            *err = (char *) "ngx.ipc already runs in another Lua VM of this "
+                            "worker (lua_code_cache off is not supported)";
+            return NGX_ERROR;
+        }
+
         w->sema = sema;
 
         /* deliver what arrived before the dispatcher existed */

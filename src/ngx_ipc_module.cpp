@@ -384,6 +384,12 @@ ngx_ipc_attach(ngx_ipc_conf_t *conf)
 
     slot = (ngx_process == NGX_PROCESS_WORKER) ? ngx_worker : 0;
 
+    if (ngx_ipc::check_shm(conf->shm, conf->shm_size) == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "ngx_ipc: the shared mapping is not valid");
+        return NULL;
+    }
+
     if (slot >= conf->nslots) {
         ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
                       "ngx_ipc: worker %ui has no slot (%ui slots)",
@@ -416,6 +422,7 @@ ngx_ipc_attach(ngx_ipc_conf_t *conf)
 
     if (ngx_add_event(rev, NGX_READ_EVENT, 0) == NGX_ERROR) {
         ngx_free_connection(c);
+        c->fd = (ngx_socket_t) -1;
         delete ep;
         return NULL;
     }
@@ -451,9 +458,11 @@ ngx_ipc_attach(ngx_ipc_conf_t *conf)
 static void
 ngx_ipc_wake_handler(ngx_event_t *rev)
 {
+    int                  n;
     uint64_t             count;
     ngx_connection_t    *c = (ngx_connection_t *) rev->data;
     ngx_ipc_worker_t    *w = (ngx_ipc_worker_t *) c->data;
+    ngx_ipc::Delivery    batch[64];
 
     if (c->close) {
         c->close = 0;
@@ -505,17 +514,27 @@ ngx_ipc_wake_handler(ngx_event_t *rev)
     }
 
     /*
-     * Nobody in this worker has called ngx.ipc yet. The messages wait in
-     * shared memory (and, past the rings, in the senders' bounded backlogs)
-     * until the first call starts the dispatcher: nothing is lost.
+     * Nobody in this worker has called ngx.ipc: it has no handler for
+     * anything. Rule 7: such messages are dropped and counted (keeping them
+     * would fill the senders' backlogs, and then every broadcast of every
+     * worker would be refused). Handlers registered in init_worker_by_lua*
+     * start the dispatcher before this handler ever runs.
      */
 
-    if (w->endpoint->inbox_pending() && !w->no_dispatcher_logged) {
+    if (!w->endpoint->inbox_pending()) {
+        return;
+    }
+
+    if (!w->no_dispatcher_logged) {
         w->no_dispatcher_logged = 1;
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "ngx_ipc: messages wait for this worker, which has not "
-                      "called ngx.ipc yet; register handlers in "
-                      "init_worker_by_lua* to receive them from the start");
+                      "ngx_ipc: messages arrived in a worker that has not "
+                      "called ngx.ipc; they are dropped and counted "
+                      "(register handlers in init_worker_by_lua*)");
+    }
+
+    while ((n = w->endpoint->receive(batch, 64)) > 0) {
+        w->endpoint->stats().dropped += n;
     }
 }
 

@@ -42,6 +42,9 @@ Endpoint::Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds)
       queued_before_(shm->nslots) {
   released_.reserve(shm->nslots);
   targets_.reserve(shm->nslots);
+  // receive() may then collect a batch without allocating (no bad_alloc
+  // halfway through a batch): the Lua side asks for 64 at most
+  batch_bufs_.reserve(kMaxBatch);
 }
 
 Endpoint::~Endpoint() = default;
@@ -62,6 +65,7 @@ void Endpoint::start(std::int32_t pid) {
   // Release: publishes the slot's new identity after the state above.
   me->identity.store(make_identity(incarnation_, pid), std::memory_order_release);
   started_ = true;
+  for (std::uint32_t k = 0; k < nslots_; ++k) wake(k);
 }
 
 void Endpoint::stop() {
@@ -176,15 +180,22 @@ Status Endpoint::enqueue(std::uint32_t k, const MessageMeta& meta, const unsigne
     std::uint64_t rest = meta.total_len - written;
     Pending pending{meta, written, rest, 0, nullptr};
     pending.buf.reset(new (std::nothrow) unsigned char[rest]);
-    if (!pending.buf) {
+    bool queued = false;
+    if (pending.buf) {
+      p.copy_out(pending.buf.get(), written, rest);
+      try {
+        o.backlog.push_back(std::move(pending));
+        queued = true;
+      } catch (const std::bad_alloc&) {
+      }
+    }
+    if (!queued) {
       // Nothing of this message may become visible: callers publish once
       // per call, so what is unpublished now is this message only.
       o.producer.rollback();
       log("no memory for the send backlog", ENOMEM);
       return Status::kNoMemory;
     }
-    p.copy_out(pending.buf.get(), written, rest);
-    o.backlog.push_back(std::move(pending));
     o.backlog_bytes += rest;
     stats_.queued_bytes += rest;
   }
@@ -266,6 +277,7 @@ void Endpoint::wake(std::uint32_t k) {
 
 int Endpoint::receive(Delivery* out, int max) {
   release();
+  if (max > kMaxBatch) max = kMaxBatch;
   int n = scan(out, max);
   if (n == 0) {
     Slot* me = slot_at(shm_, self_);

@@ -156,7 +156,8 @@ class World {
   // A new process in slot i: a fresh Endpoint started with `pid`; the old
   // one is destroyed without stop(), as if its process had been killed.
   Endpoint& respawn(std::uint32_t i, std::int32_t pid);
-  void start(std::uint32_t i, std::int32_t pid) { eps_[i]->start(pid); }
+  // Starts slot i's endpoint, then consumes the wake-ups start() writes.
+  void start(std::uint32_t i, std::int32_t pid);
 
  private:
   Shm shm_;

@@ -28,6 +28,16 @@ constexpr std::uint64_t MiB = 1024 * KiB;
 
 std::uint32_t sleeping(World& w, std::uint32_t i) { return w.shm().slot(i)->sleeping.load(); }
 
+TEST(Wakeup, StartWakesEverySlotOnce) {
+  // A process killed between clearing a wake-up flag and writing the fd
+  // must not leave anyone asleep: its successor's start() wakes everyone.
+  World w(3, 4096);
+  Slot* s = slot_at(w.shm().header(), 2);
+  s->sleeping.store(0);  // as if a sender cleared it and died
+  w.ep(1).start(20001);
+  for (std::uint32_t k = 0; k < 3; ++k) EXPECT_EQ(w.fds().take(k), 1u) << "slot " << k;
+}
+
 TEST(Wakeup, ReceiveReturningZeroArmsSleeping) {
   World w(2, 4096);
   EXPECT_EQ(sleeping(w, 1), 0u);

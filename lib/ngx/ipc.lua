@@ -146,9 +146,9 @@ local pids_buf = ffi_new("int[?]", MAX_SLOTS)
 
 local stats             -- ngx_ipc_stats_t *, once started
 local exit_state        -- ngx_ipc_exit_t *: our waits, and the module's leave
-local inbox_sema        -- the reader sleeps on it; the module posts it
+local inbox_sema        -- the reader sleeps on it; the module posts it, and
+                        -- the runner when it frees room in a full queue
 local work_sema         -- the runner sleeps on it; the reader posts it
-local space_sema        -- the reader waits on it while the queue is full
 local yield_sema        -- the module posts it on the event loop's next pass
 local started = false     -- the reader and the runner are running
 local runner_started = false
@@ -410,8 +410,10 @@ local function reader(premature)
         end
 
         if queue_full() then
+            -- whatever wakes us (room in the queue, a new message, a runner
+            -- to replace), the loop looks again
             reader_full = true
-            wait(space_sema)
+            wait(inbox_sema)
             reader_full = false
 
         else
@@ -437,7 +439,7 @@ local function reader(premature)
                         q_sender[last] = m.sender_pid
                         q_flags[last] = flags
                         q_id[last] = m.call_id
-                        q_bytes = q_bytes + #data
+                        q_bytes = q_bytes + #data + m.name_len
                         queued = true
                     end
                 end
@@ -506,11 +508,11 @@ function run(premature)
                                            q_id[first]
             q_name[first], q_data[first] = nil, nil
             q_first = first + 1
-            q_bytes = q_bytes - #data
+            q_bytes = q_bytes - #data - #name
 
             if reader_full and not queue_full() then
                 reader_full = false
-                space_sema:post(1)
+                inbox_sema:post(1)
             end
 
             handle(name, data, sender, flags, call_id)
@@ -546,7 +548,6 @@ local function start()
     -- the module keeps a pointer to it: keep a reference for the GC
     inbox_sema = inbox_sema or semaphore.new(0)
     work_sema = work_sema or semaphore.new(0)
-    space_sema = space_sema or semaphore.new(0)
     yield_sema = yield_sema or semaphore.new(0)
 
     if C.ngx_ipc_ffi_start(inbox_sema.sem, errmsg) ~= NGX_OK then

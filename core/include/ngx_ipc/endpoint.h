@@ -81,7 +81,10 @@ class Endpoint {
     log_ctx_ = ctx;
   }
 
-  // Takes the slot for this process: a new incarnation with this PID.
+  // Takes the slot for this process: a new incarnation with this PID. Then
+  // wakes every slot once: a process killed in the middle of a wake-up
+  // handshake (flag cleared, fd not yet written) may have left a receiver
+  // asleep or a sender waiting for space; a spurious wake-up costs nothing.
   void start(std::int32_t pid);
   // Clean exit: the slot's PID becomes 0 (its incarnation stays).
   void stop();

@@ -36,6 +36,7 @@ constexpr std::uint32_t kShmVersion = 1;
 
 constexpr std::uint32_t kMaxSlots = 128;  // worker_processes beyond this: refused
 constexpr std::uint32_t kMaxNameLen = 65535;
+constexpr int kMaxBatch = 256;  // messages one receive() may return
 
 constexpr std::uint64_t kMinRingSize = 4096;
 constexpr std::uint64_t kMaxRingSize = 1ULL << 30;

@@ -132,9 +132,6 @@ class Producer {
   // Forgets what was written since the last publish().
   void rollback() { head_ = published_; }
 
-  // Re-reads the consumer's tail; true if the ring has room for `need` bytes.
-  bool has_room(std::uint64_t need) { return ensure_free(need); }
-  std::uint64_t min_record() const { return align8(sizeof(RecordHeader) + min_chunk_); }
   RingCtl* ctl() const { return ctl_; }
 
  private:

@@ -506,7 +506,14 @@ ngx_ipc_wake_handler(ngx_event_t *rev)
     w->endpoint->flush();
 
     if (w->sema != NULL) {
-        if (w->exit.release || w->endpoint->inbox_pending()) {
+        /*
+         * Not armed means whoever woke us cleared the flag: the reader must
+         * run (and re-arm) even if the inbox is empty now, or no sender
+         * would ever wake it again. A spurious pass costs one empty recv.
+         */
+        if (w->exit.release || !w->endpoint->armed()
+            || w->endpoint->inbox_pending())
+        {
             w->sema_post(w->sema, 1);
         }
 

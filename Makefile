@@ -15,7 +15,7 @@ DEMO_PORT ?= 8080
 PYTEST    ?= /usr/bin/python3 -m pytest
 
 .PHONY: all deps demo demo-stop test test-core test-nginx check-sanitizers \
-        fuzz soak format clean help
+        fuzz soak format clean help bench
 
 all: $(MODULE)
 
@@ -28,6 +28,7 @@ help:
 	@echo "make demo-stop    stop the demo nginx"
 	@echo "make fuzz         libFuzzer on the record decoder (FUZZ_SECONDS=30)"
 	@echo "make soak         50 reloads, 20 worker kills, 10 min of fuzzing"
+	@echo "make bench        floors, ngx_ipc and the baselines: docs/BENCHMARKS.md"
 	@echo "make format       clang-format the C++ core"
 
 deps:
@@ -92,3 +93,7 @@ format:
 
 clean:
 	rm -rf $(BUILD)
+
+# floors, ngx_ipc and every bench/baselines/*: docs/BENCHMARKS.md, docs/benchmarks.png
+bench: $(MODULE)
+	/usr/bin/python3 bench/run.py

@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   nginx-light nginx-dev libnginx-mod-http-lua lua-resty-core
-  g++ make cmake libgtest-dev python3-pytest curl clang libclang-rt-14-dev
+  g++ make cmake libgtest-dev python3-pytest curl clang libclang-rt-14-dev gnuplot-nox
 )
 
 missing=()

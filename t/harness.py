@@ -441,13 +441,7 @@ class Nginx:
         return self.prefix / "logs" / "error.log"
 
     def error_log(self):
-        text = ""
-        for name in ("stderr.log", "error.log"):
-            try:
-                text += (self.prefix / "logs" / name).read_text(errors="replace")
-            except FileNotFoundError:
-                pass
-        return text
+        return read_logs(self.prefix)
 
     def log_tail(self, lines=60):
         return "\n".join(self.error_log().splitlines()[-lines:])
@@ -476,6 +470,17 @@ def _is_nginx_worker(pid):
     except OSError:
         return False
     return cmdline.startswith(b"nginx: worker process")
+
+
+def read_logs(prefix):
+    """nginx's stderr and error log under prefix/logs, as one text."""
+    text = ""
+    for name in ("stderr.log", "error.log"):
+        try:
+            text += (Path(prefix) / "logs" / name).read_text(errors="replace")
+        except FileNotFoundError:
+            pass
+    return text
 
 
 def _preview(items, limit=8):

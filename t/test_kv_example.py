@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_ipc_module
-from harness import (BAD_LOG_LINE, IPC_MODULE, NGINX_BIN, REPO, child_pids,
+from harness import (BAD_LOG_LINE, IPC_MODULE, NGINX_BIN, REPO, child_pids, read_logs,
                      free_port, wait_for)
 
 EXAMPLE = REPO / "examples" / "kv" / "nginx.conf"
@@ -135,13 +135,7 @@ class Example:
         return problem
 
     def error_log(self):
-        text = ""
-        for name in ("stderr.log", "error.log"):
-            try:
-                text += (self.prefix / "logs" / name).read_text(errors="replace")
-            except FileNotFoundError:
-                pass
-        return text
+        return read_logs(self.prefix)
 
     def log_tail(self, lines=40):
         return "\n".join(self.error_log().splitlines()[-lines:])

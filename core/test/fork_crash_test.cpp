@@ -24,11 +24,6 @@ using test::World;
 constexpr std::uint64_t KiB = 1024;
 constexpr std::uint64_t MiB = 1024 * KiB;
 
-int report(const std::string& err) {
-  if (err.empty()) return 0;
-  std::fprintf(stderr, "[child %d] %s\n", static_cast<int>(getpid()), err.c_str());
-  return 1;
-}
 
 // A short, random busy wait: moves the kill off the moment the parent
 // noticed progress, so that it lands anywhere in the writer's loop.
@@ -58,7 +53,7 @@ TEST(ForkCrash, WriterKilledMidMessageNeverCorruptsTheReader) {
     SCOPED_TRACE(testing::Message() << "writer " << iter << ", seed " << seed);
     Child writer([&] {
       w.ep(1).start(getpid());
-      return report(
+      return test::child_report(
           test::run_sender(w.ep(1), w.fds()[1], parent, tag, count, seed, one_mib, deadline));
     });
     // Kill once the writer has published this many bytes.

@@ -270,4 +270,10 @@ void child_fail(const char* file, int line, const std::string& what) {
   ::_exit(2);
 }
 
+int child_report(const std::string& err) {
+  if (err.empty()) return 0;
+  std::fprintf(stderr, "[child %d] %s\n", static_cast<int>(getpid()), err.c_str());
+  return 1;
+}
+
 }  // namespace ngx_ipc::test

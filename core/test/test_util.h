@@ -212,6 +212,10 @@ class Child {
 // "exited 0", "exited 3", "killed by signal 9"
 std::string describe_status(int status);
 
+// A child's exit status for the error a run_* helper returned: 0 for ""
+// (success); else the error is printed on stderr and the status is 1.
+int child_report(const std::string& err);
+
 // In a child: reports a failed check on stderr and exits with code 2.
 [[noreturn]] void child_fail(const char* file, int line, const std::string& what);
 #define CHILD_CHECK(cond)                                                                 \

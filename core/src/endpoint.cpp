@@ -2,6 +2,7 @@
 
 #include "ngx_ipc/endpoint.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -94,7 +95,9 @@ Status Endpoint::send(std::int32_t pid, const unsigned char* name, std::size_t n
     if (identity_pid(id) == pid) break;
   }
   if (k == nslots_) return refuse(Status::kNoSuchWorker);
-  if (out_[k].backlog_bytes >= queue_limit_) return refuse(Status::kQueueFull);
+  if (out_[k].backlog_bytes >= queue_limit_) {
+    return refuse(full_for_the_dead(k) ? Status::kNoSuchWorker : Status::kQueueFull);
+  }
 
   MessageMeta meta;
   meta.flags = flags;
@@ -126,11 +129,17 @@ Status Endpoint::broadcast(const unsigned char* name, std::size_t name_len,
   // process there.
   targets_.clear();
   for (std::uint32_t k = 0; k < nslots_; ++k) {
-    if ((include_self || k != self_) && (k == self_ || !slot_exited(k))) targets_.push_back(k);
-  }
-  // All or nothing: check every destination before queueing for any.
-  for (std::uint32_t k : targets_) {
-    if (out_[k].backlog_bytes >= queue_limit_) return refuse(Status::kQueueFull);
+    if (!include_self && k == self_) continue;
+    if (k != self_ && slot_exited(k)) continue;
+    // All or nothing: check every destination before queueing for any. A
+    // full backlog for a process that died (and that nobody respawns, as in
+    // an old generation) is dropped, and the slot skipped, so it does not
+    // block everyone's broadcasts.
+    if (out_[k].backlog_bytes >= queue_limit_) {
+      if (!full_for_the_dead(k)) return refuse(Status::kQueueFull);
+      continue;
+    }
+    targets_.push_back(k);
   }
   MessageMeta meta;
   meta.flags = kBroadcast;
@@ -231,17 +240,36 @@ void Endpoint::await_space(std::uint32_t k) {
   if (flush_ring(k)) ctl->producer_waiting.store(0, std::memory_order_relaxed);
 }
 
+// Called when slot k's backlog is at the limit: if the process in slot k is
+// gone (kill(pid, 0) fails with ESRCH), nothing will ever drain that backlog
+// before a successor takes the slot, so it is dropped and counted. A syscall,
+// but only on this path, never per message.
+bool Endpoint::full_for_the_dead(std::uint32_t k) {
+  if (k == self_) return false;
+  std::int32_t pid = slot_pid(k);
+  if (pid > 0 && alive_(pid)) return false;
+  drop_backlog(k);
+  return true;
+}
+
+bool Endpoint::process_alive(std::int32_t pid) {
+  return ::kill(pid, 0) == 0 || errno != ESRCH;  // EPERM: alive, not ours
+}
+
+void Endpoint::drop_backlog(std::uint32_t k) {
+  OutRing& o = out_[k];
+  stats_.dropped += o.backlog.size();
+  stats_.queued_bytes -= o.backlog_bytes;
+  o.backlog_bytes = 0;
+  o.backlog.clear();
+}
+
 bool Endpoint::flush() {
   bool all = true;
   for (std::uint32_t k = 0; k < nslots_; ++k) {
     if (out_[k].backlog.empty()) continue;
     if (k != self_ && slot_exited(k)) {
-      // Its process exited cleanly: what waits for it will never be read.
-      OutRing& o = out_[k];
-      stats_.dropped += o.backlog.size();
-      stats_.queued_bytes -= o.backlog_bytes;
-      o.backlog_bytes = 0;
-      o.backlog.clear();
+      drop_backlog(k);  // its process exited cleanly: nobody will read it
       continue;
     }
     if (flush_ring(k)) {

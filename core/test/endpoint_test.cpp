@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <climits>
 #include <cstring>
 #include <map>
@@ -241,6 +244,50 @@ TEST(Endpoint, BroadcastIsAllOrNothing) {
     ASSERT_EQ(got.size(), 1u) << "slot " << i;
     EXPECT_EQ(got[0].data, "3");
   }
+}
+
+// The PID of a process that has exited and been reaped.
+std::int32_t dead_pid() {
+  pid_t pid = fork();
+  if (pid == 0) _exit(0);
+  int status;
+  waitpid(pid, &status, 0);
+  return static_cast<std::int32_t>(pid);
+}
+
+TEST(Endpoint, FullBacklogForADeadProcessIsDroppedNotBlocking) {
+  // Slot 1's process died and nobody respawns it (an old generation after a
+  // reload): once the backlog for it is full, unicasts get "no such worker"
+  // and broadcasts skip it, instead of "queue full" for ever.
+  World w(3, 4096, 1 << 20, 16 << 10);
+  std::int32_t gone = dead_pid();
+  w.start(1, gone);
+  std::string data(1000, 'x');
+  Status s = Status::kOk;
+  for (int i = 0; i < 1000 && s == Status::kOk; ++i) s = test::send_str(w.ep(0), gone, "n", data);
+  EXPECT_EQ(s, Status::kNoSuchWorker);
+  EXPECT_GT(w.ep(0).stats().dropped, 0u);
+  EXPECT_EQ(w.ep(0).stats().queued_bytes, 0u);
+  // 200 KB of broadcasts: the dead slot's backlog fills and is dropped
+  // again and again, never refusing. Slot 2 is alive and drains as it goes:
+  // it gets all 200, in order.
+  std::uint64_t dropped = w.ep(0).stats().dropped;
+  std::vector<Received> got;
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_EQ(test::broadcast_str(w.ep(0), "b", std::to_string(i) + data, false), Status::kOk)
+        << i;
+    std::vector<Received> more = test::drain(w.ep(2));
+    got.insert(got.end(), more.begin(), more.end());
+    w.ep(0).flush();
+  }
+  for (int round = 0; round < 1000 && got.size() < 200; ++round) {
+    std::vector<Received> more = test::drain(w.ep(2));
+    got.insert(got.end(), more.begin(), more.end());
+    w.ep(0).flush();
+  }
+  ASSERT_EQ(got.size(), 200u);
+  for (int i = 0; i < 200; ++i) EXPECT_EQ(got[i].data, std::to_string(i) + data);
+  EXPECT_GT(w.ep(0).stats().dropped, dropped + 100);
 }
 
 TEST(Endpoint, ErrorStatuses) {

@@ -81,6 +81,12 @@ class Endpoint {
     log_ctx_ = ctx;
   }
 
+  // Whether a process is alive; by default kill(pid, 0). Asked only when a
+  // destination's backlog is full (tests give slots made-up PIDs).
+  using AliveFn = bool (*)(std::int32_t pid);
+  void set_alive_check(AliveFn fn) { alive_ = fn; }
+  static bool process_alive(std::int32_t pid);
+
   // Takes the slot for this process: a new incarnation with this PID. Then
   // wakes every slot once: a process killed in the middle of a wake-up
   // handshake (flag cleared, fd not yet written) may have left a receiver
@@ -152,6 +158,8 @@ class Endpoint {
                  const unsigned char* data, std::size_t data_len);
   void unqueue(std::uint32_t k, std::size_t backlog_before, std::size_t data_len);
   bool slot_exited(std::uint32_t k) const;
+  bool full_for_the_dead(std::uint32_t k);
+  void drop_backlog(std::uint32_t k);
   bool flush_ring(std::uint32_t k);
   void await_space(std::uint32_t k);
   void notify(std::uint32_t k);
@@ -186,6 +194,7 @@ class Endpoint {
   Stats stats_{};
   LogFn log_ = nullptr;
   void* log_ctx_ = nullptr;
+  AliveFn alive_ = &process_alive;
 };
 
 }  // namespace ngx_ipc

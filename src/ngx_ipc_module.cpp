@@ -29,6 +29,7 @@ static void ngx_ipc_wake_handler(ngx_event_t *rev);
 static void ngx_ipc_shutdown_watch(ngx_event_t *ev);
 static ngx_uint_t ngx_ipc_live_timers(void);
 static void ngx_ipc_core_log(void *ctx, const char *msg, int err);
+static bool ngx_ipc_alive(int32_t pid);
 
 
 static ngx_command_t  ngx_ipc_commands[] = {
@@ -436,6 +437,7 @@ ngx_ipc_attach(ngx_ipc_conf_t *conf)
     }
 
     ep->set_logger(ngx_ipc_core_log, NULL);
+    ep->set_alive_check(ngx_ipc_alive);
     ep->start((int32_t) ngx_pid);
 
     /* marks the slot asleep (takes nothing): the first message wakes us */
@@ -626,6 +628,19 @@ ngx_ipc_log_limited(ngx_uint_t level, ngx_err_t err, const char *msg)
 
     logged++;
     ngx_log_error(level, ngx_cycle->log, err, "ngx_ipc: %s", msg);
+}
+
+
+/*
+ * Asked by the core when a destination's backlog is full. While this
+ * worker's generation is current, the master respawns a dead worker into
+ * its slot and the successor receives what waits for it (rule 4): alive.
+ * Once it is exiting (an old generation), a dead slot is gone for good.
+ */
+static bool
+ngx_ipc_alive(int32_t pid)
+{
+    return !ngx_exiting || ngx_ipc::Endpoint::process_alive(pid);
 }
 
 

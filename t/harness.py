@@ -297,7 +297,7 @@ class Nginx:
             if self.master_process:
                 os.kill(master, signal.SIGSTOP)  # no respawn while we collect
                 for pid in child_pids(master):
-                    _kill(pid)
+                    kill_pid(pid)
             self.proc.kill()
             self.proc.wait(WAIT_TIMEOUT)
         self._kill_orphans()
@@ -306,9 +306,9 @@ class Nginx:
         """SIGKILL the workers we knew that outlived their master (it crashed)."""
         if not self.master_process:
             return []
-        orphans = [pid for pid in self.pids if _is_nginx_worker(pid)]
+        orphans = [pid for pid in self.pids if is_nginx_worker(pid)]
         for pid in orphans:
-            _kill(pid)
+            kill_pid(pid)
         return orphans
 
     def cleanup(self):
@@ -456,14 +456,14 @@ class Nginx:
                 and not any(p.search(line) for p in self.allowed_log)]
 
 
-def _kill(pid):
+def kill_pid(pid):
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 
 
-def _is_nginx_worker(pid):
+def is_nginx_worker(pid):
     """Is pid (still) a live nginx worker?  Guards against PID reuse."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()

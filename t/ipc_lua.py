@@ -50,3 +50,19 @@ def stats(n, worker):
 
 STAT_KEYS = ["sent", "received", "sent_bytes", "received_bytes", "dropped",
              "refused", "handler_errors", "calls", "call_timeouts", "queued_bytes"]
+
+
+# "q" is a slow receiver: each message waits (up to 10 s) until the test sets
+# "gate"; "msg" is recorded at once.
+GATED = RECORDERS + """
+    ipc.receive("msg", record("msg"))
+    ipc.receive("q", function(data)
+        local deadline = ngx.now() + 10
+        while not T.get("gate") and not ngx.worker.exiting()
+              and ngx.now() < deadline
+        do
+            ngx.sleep(0.005)
+        end
+        T.push("q:" .. me, tostring(ipc.sender) .. " " .. T.digest(data))
+    end)
+"""

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from harness import NginxError, child_pids, digest, pattern, wait_for
-from ipc_lua import RECORDERS, stats, wait_received
+from ipc_lua import GATED, RECORDERS, stats, wait_received
 
 KILLS = int(os.environ.get("NGX_IPC_KILLS", "5"))
 
@@ -296,18 +296,6 @@ def test_random_kills_during_big_traffic(nginx):
     assert len(n.error_log().split(KILLED)) - 1 == KILLS
 
 
-GATED = RECORDERS + """
-    ipc.receive("msg", record("msg"))
-    ipc.receive("q", function(data)
-        local deadline = ngx.now() + 10
-        while not T.get("gate") and not ngx.worker.exiting()
-              and ngx.now() < deadline
-        do
-            ngx.sleep(0.005)
-        end
-        T.push("q:" .. me, tostring(ipc.sender) .. " " .. T.digest(data))
-    end)
-"""
 
 SIZE = 200000  # fragmented in a 64 KiB ring
 

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from harness import LuaError, digest, pattern, wait_for
-from ipc_lua import RECORDERS, WORKERS, received, stats, wait_received
+from ipc_lua import GATED, RECORDERS, WORKERS, received, stats, wait_received
 
 HANDLERS = RECORDERS + """
     ipc.receive("msg", record("msg"))
@@ -158,20 +158,6 @@ def test_max_message(nginx, workers):
 
 QUEUE_LIMIT = 1 << 20
 QUEUE_CONFIG = "ipc_ring_size 1m;\nipc_queue_limit 1m;"
-
-# "q" is a slow receiver: each message waits until the test sets "gate".
-GATED = RECORDERS + """
-    ipc.receive("msg", record("msg"))
-    ipc.receive("q", function(data)
-        local deadline = ngx.now() + 10
-        while not T.get("gate") and not ngx.worker.exiting()
-              and ngx.now() < deadline
-        do
-            ngx.sleep(0.005)
-        end
-        T.push("q:" .. me, tostring(ipc.sender) .. " " .. T.digest(data))
-    end)
-"""
 
 # Send 64 KiB messages T.pattern(65536, first), T.pattern(65536, first + 1),
 # ... to PID until one is refused; report what happened.

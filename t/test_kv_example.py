@@ -27,6 +27,7 @@ import pytest
 
 from conftest import require_ipc_module
 from harness import (BAD_LOG_LINE, IPC_MODULE, NGINX_BIN, REPO, child_pids, read_logs,
+                     is_nginx_worker, kill_pid,
                      free_port, wait_for)
 
 EXAMPLE = REPO / "examples" / "kv" / "nginx.conf"
@@ -122,15 +123,15 @@ class Example:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGSTOP)  # no respawn meanwhile
                 for pid in child_pids(self.proc.pid):
-                    _kill(pid)
+                    kill_pid(pid)
                 self.proc.kill()
                 self.proc.wait(timeout)
                 problem = f"nginx did not exit within {timeout} s of SIGQUIT"
         elif self.proc.returncode != 0:
             problem = f"nginx had exited with status {self.proc.returncode}"
         for pid in self.pids:  # workers that outlived their master
-            if _is_nginx_worker(pid):
-                _kill(pid)
+            if is_nginx_worker(pid):
+                kill_pid(pid)
                 problem = (problem or "") + f"; worker {pid} outlived the master"
         return problem
 
@@ -144,18 +145,6 @@ class Example:
         shutil.rmtree(self.prefix, ignore_errors=True)
 
 
-def _kill(pid):
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _is_nginx_worker(pid):
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nginx: worker process")
-    except OSError:
-        return False
 
 
 def owner_of(key, workers):

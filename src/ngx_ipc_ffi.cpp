@@ -111,6 +111,14 @@ ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
         s = ngx_ipc::Status::kNoMemory;
     }
 
+    if (s == ngx_ipc::Status::kOk) {
+        w->active = 1;
+
+        if (!w->polling) {
+            ngx_ipc_busy_poll(w);    /* a reply may follow */
+        }
+    }
+
     return ngx_ipc_status_rc(s, err);
 }
 
@@ -135,6 +143,14 @@ ngx_ipc_ffi_broadcast(const u_char *name, size_t name_len,
         s = ngx_ipc::Status::kNoMemory;
     }
 
+    if (s == ngx_ipc::Status::kOk) {
+        w->active = 1;
+
+        if (!w->polling) {
+            ngx_ipc_busy_poll(w);    /* a reply may follow */
+        }
+    }
+
     return ngx_ipc_status_rc(s, err);
 }
 
@@ -156,6 +172,7 @@ ngx_ipc_status_rc(ngx_ipc::Status s, char **err)
 int
 ngx_ipc_ffi_recv(ngx_ipc::Delivery *out, int max)
 {
+    int                n;
     ngx_ipc_worker_t  *w;
 
     w = ngx_ipc_worker_get();
@@ -164,10 +181,20 @@ ngx_ipc_ffi_recv(ngx_ipc::Delivery *out, int max)
     }
 
     try {
-        return w->endpoint->receive(out, max);
+        n = w->endpoint->receive(out, max);
     } catch (...) {
         return NGX_ERROR;
     }
+
+    if (n > 0) {
+        w->active = 1;
+
+    } else if (n == 0) {
+        /* armed: watch the inbox a while before sleeping */
+        ngx_ipc_busy_poll(w);
+    }
+
+    return n;
 }
 
 

@@ -12,8 +12,14 @@
 #include <dlfcn.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sched.h>
 
 #include <new>
+
+
+#if (nginx_version < 1017005)
+#error "ngx_ipc needs nginx 1.17.5 or later (ngx_posted_next_events)"
+#endif
 
 
 static void *ngx_ipc_create_conf(ngx_cycle_t *cycle);
@@ -30,6 +36,16 @@ static void ngx_ipc_shutdown_watch(ngx_event_t *ev);
 static ngx_uint_t ngx_ipc_live_timers(void);
 static void ngx_ipc_core_log(void *ctx, const char *msg, int err);
 static bool ngx_ipc_alive(int32_t pid);
+static char *ngx_ipc_set_busy_poll(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static void ngx_ipc_poll_found(ngx_ipc_worker_t *w);
+static void ngx_ipc_poll_handler(ngx_event_t *ev);
+static uint64_t ngx_ipc_now_ns(void);
+
+/* ipc_busy_poll's default, in microseconds */
+#define NGX_IPC_DEFAULT_BUSY_POLL  50
+/* and its largest value: a poll holds the worker's CPU this long */
+#define NGX_IPC_MAX_BUSY_POLL      10000
 
 
 static ngx_command_t  ngx_ipc_commands[] = {
@@ -53,6 +69,13 @@ static ngx_command_t  ngx_ipc_commands[] = {
       ngx_conf_set_size_slot,
       0,
       offsetof(ngx_ipc_conf_t, queue_limit),
+      NULL },
+
+    { ngx_string("ipc_busy_poll"),
+      NGX_MAIN_CONF|NGX_DIRECT_CONF|NGX_CONF_TAKE1,
+      ngx_ipc_set_busy_poll,
+      0,
+      offsetof(ngx_ipc_conf_t, busy_poll),
       NULL },
 
       ngx_null_command
@@ -109,6 +132,7 @@ ngx_ipc_create_conf(ngx_cycle_t *cycle)
     conf->ring_size = NGX_CONF_UNSET_SIZE;
     conf->max_message = NGX_CONF_UNSET_SIZE;
     conf->queue_limit = NGX_CONF_UNSET_SIZE;
+    conf->busy_poll = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -130,6 +154,7 @@ ngx_ipc_init_conf(ngx_cycle_t *cycle, void *data)
     ngx_conf_init_size_value(conf->ring_size, 0);       /* 0: sized by workers */
     ngx_conf_init_size_value(conf->max_message, ngx_ipc::kDefaultMaxMessage);
     ngx_conf_init_size_value(conf->queue_limit, ngx_ipc::kDefaultQueueLimit);
+    ngx_conf_init_uint_value(conf->busy_poll, NGX_IPC_DEFAULT_BUSY_POLL);
 
     if (conf->ring_size != 0 && conf->ring_size < ngx_ipc::kMinRingSize) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
@@ -247,6 +272,52 @@ ngx_ipc_create_shared(ngx_cycle_t *cycle, ngx_ipc_conf_t *conf, ngx_uint_t n)
     ngx_ipc_current_conf = conf;
 
     return NGX_OK;
+}
+
+
+/* ipc_busy_poll off | <time>: "50us", "1ms", "0" (nginx time units plus us) */
+static char *
+ngx_ipc_set_busy_poll(ngx_conf_t *cf, ngx_command_t *cmd, void *data)
+{
+    ngx_int_t        v;
+    ngx_str_t       *value, s;
+    ngx_ipc_conf_t  *conf = (ngx_ipc_conf_t *) data;
+
+    if (conf->busy_poll != NGX_CONF_UNSET_UINT) {
+        return (char *) "is duplicate";
+    }
+
+    value = (ngx_str_t *) cf->args->elts;
+    s = value[1];
+
+    if (s.len == 3 && ngx_strncmp(s.data, "off", 3) == 0) {
+        conf->busy_poll = 0;
+        return NGX_CONF_OK;
+    }
+
+    if (s.len > 2 && ngx_strncmp(s.data + s.len - 2, "us", 2) == 0) {
+        v = ngx_atoi(s.data, s.len - 2);
+
+    } else {
+        v = ngx_parse_time(&s, 0);
+        if (v != NGX_ERROR) {
+            v = (v > NGX_IPC_MAX_BUSY_POLL) ? NGX_IPC_MAX_BUSY_POLL + 1
+                                            : v * 1000;
+        }
+    }
+
+    if (v == NGX_ERROR) {
+        return (char *) "has an invalid value: use \"off\" or a time "
+                        "such as \"50us\" or \"1ms\"";
+    }
+
+    if (v > NGX_IPC_MAX_BUSY_POLL) {
+        return (char *) "must be at most 10ms";
+    }
+
+    conf->busy_poll = (ngx_uint_t) v;
+
+    return NGX_CONF_OK;
 }
 
 
@@ -447,6 +518,10 @@ ngx_ipc_attach(ngx_ipc_conf_t *conf)
     w->endpoint = ep;
     w->conn = c;
 
+    w->poll.handler = ngx_ipc_poll_handler;
+    w->poll.data = w;
+    w->poll.log = ngx_cycle->log;
+
     ngx_ipc_attach_failed = 0;
     ngx_ipc_attached = 1;
 
@@ -545,6 +620,108 @@ ngx_ipc_wake_handler(ngx_event_t *rev)
     while ((n = w->endpoint->receive(batch, 64)) > 0) {
         w->endpoint->stats().dropped += n;
     }
+}
+
+
+static uint64_t
+ngx_ipc_now_ns(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000000000 + (uint64_t) ts.tv_nsec;
+}
+
+
+/*
+ * Busy polling. Waking a process asleep in epoll_wait() costs a few
+ * microseconds on bare metal and tens of microseconds on a VM whose idle
+ * vCPU halts: more than everything else a message costs. So after it moved
+ * messages, a worker keeps watching its inbox for ipc_busy_poll: the slot is
+ * disarmed (senders skip the eventfd write), and a posted event re-posts
+ * itself to ngx_posted_next_events, which makes every pass of the event loop
+ * call epoll_wait() with a zero timeout: connections and timers are served
+ * as usual meanwhile. When the time is up the slot is armed again, with the
+ * same handshake as receive().
+ */
+void
+ngx_ipc_busy_poll(ngx_ipc_worker_t *w)
+{
+    if (w->polling) {
+        /* the reader's receive() armed the slot again: the poll watches */
+        w->endpoint->disarm();
+        return;
+    }
+
+    if (!w->active || w->conf->busy_poll == 0 || w->exiting) {
+        return;
+    }
+
+    w->active = 0;
+    w->polling = 1;
+    w->poll_until = ngx_ipc_now_ns() + (uint64_t) w->conf->busy_poll * 1000;
+    w->endpoint->disarm();
+    ngx_post_event(&w->poll, &ngx_posted_next_events);
+}
+
+
+/* The poll saw records: the reader drains them (or, in a worker without
+ * one, the wake-up handler drops and counts them). */
+static void
+ngx_ipc_poll_found(ngx_ipc_worker_t *w)
+{
+    if (w->sema != NULL) {
+        w->sema_post(w->sema, 1);
+
+    } else {
+        ngx_post_event(w->conn->read, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_ipc_poll_handler(ngx_event_t *ev)
+{
+    uint64_t           now;
+    ngx_ipc_worker_t  *w = (ngx_ipc_worker_t *) ev->data;
+
+    if (!w->polling) {
+        return;
+    }
+
+    if (w->endpoint->inbox_pending()) {
+        /* the reader drains it; its empty receive() starts a new poll */
+        w->polling = 0;
+        w->active = 1;
+        ngx_ipc_poll_found(w);
+
+        return;
+    }
+
+    now = ngx_ipc_now_ns();
+
+    if (now >= w->poll_until) {
+        if (w->active && !w->exiting) {
+            /* it sent meanwhile: a reply may be on its way */
+            w->active = 0;
+            w->poll_until = now + (uint64_t) w->conf->busy_poll * 1000;
+
+        } else {
+            w->polling = 0;
+
+            if (w->endpoint->rearm()) {
+                ngx_ipc_poll_found(w);
+            }
+
+            return;
+        }
+    }
+
+    /* a polling worker never keeps a runnable process off its CPU */
+    (void) sched_yield();
+
+    ngx_post_event(ev, &ngx_posted_next_events);
 }
 
 

@@ -27,6 +27,7 @@ typedef struct {
     size_t                     ring_size;
     size_t                     max_message;
     size_t                     queue_limit;
+    ngx_uint_t                 busy_poll;    /* microseconds, 0: off */
 
     /* this configuration's shared state, made by the master */
     void                      *shm;
@@ -56,6 +57,10 @@ typedef struct {
     ngx_ipc_sema_post_pt       sema_post;
     ngx_ipc_exit_t             exit;
     ngx_event_t                watch;        /* cancelable, while exiting */
+    ngx_event_t                poll;         /* busy polling, posted */
+    uint64_t                   poll_until;   /* CLOCK_MONOTONIC, ns */
+    unsigned                   polling:1;
+    unsigned                   active:1;     /* moved messages since */
     unsigned                   exiting:1;
     unsigned                   no_dispatcher_logged:1;
 } ngx_ipc_worker_t;
@@ -65,6 +70,10 @@ extern "C" ngx_module_t  ngx_ipc_module;
 /* Attaches this process to its slot on first use; NULL if this process is
  * not a worker of a configuration that has ngx_ipc (master, helpers). */
 ngx_ipc_worker_t *ngx_ipc_worker_get(void);
+
+/* After this worker moved messages: watch the inbox for a while from the
+ * event loop (ipc_busy_poll) instead of sleeping on the eventfd. */
+void ngx_ipc_busy_poll(ngx_ipc_worker_t *w);
 
 /* Logs a core event at a bounded rate (a storm writes a few lines). */
 void ngx_ipc_log_limited(ngx_uint_t level, ngx_err_t err, const char *msg);

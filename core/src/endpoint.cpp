@@ -320,6 +320,16 @@ int Endpoint::receive(Delivery* out, int max) {
   return n;
 }
 
+bool Endpoint::rearm() {
+  Slot* me = slot_at(shm_, self_);
+  me->sleeping.store(1, std::memory_order_relaxed);
+  // Seq_cst fence: the same handshake as in receive().
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (!inbox_pending()) return false;
+  me->sleeping.store(0, std::memory_order_relaxed);
+  return true;
+}
+
 int Endpoint::scan(Delivery* out, int max) {
   int n = 0;
   for (std::uint32_t i = 0; i < nslots_ && n < max; ++i) {

@@ -120,6 +120,12 @@ class Endpoint {
   }
   // Writes this process's own wake-up fd.
   void wake_self() { wake(self_); }
+  // Busy polling: while the owner watches inbox_pending() itself, senders
+  // need not write the wake-up fd. disarm() clears the flag; rearm() sets it
+  // again and returns true if the inbox has records (the owner must then
+  // drain it with receive(), which arms the slot when it is empty).
+  void disarm() { slot_at(shm_, self_)->sleeping.store(0, std::memory_order_relaxed); }
+  bool rearm();
 
   Stats& stats() { return stats_; }
   std::uint32_t slot() const { return self_; }

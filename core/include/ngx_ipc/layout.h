@@ -44,7 +44,7 @@ constexpr std::uint64_t kMaxRingSize = 1ULL << 30;
 // ring a power of two between the two bounds (see docs/ARCHITECTURE.md).
 constexpr std::uint64_t kRingBudget = 32ULL << 20;
 constexpr std::uint64_t kDefaultRingMin = 32ULL << 10;
-constexpr std::uint64_t kDefaultRingMax = 1ULL << 20;
+constexpr std::uint64_t kDefaultRingMax = 8ULL << 20;
 
 constexpr std::uint64_t kDefaultMaxMessage = 64ULL << 20;
 constexpr std::uint64_t kDefaultQueueLimit = 16ULL << 20;

@@ -101,7 +101,7 @@ TEST(Layout, OffsetsAlignedAndDisjoint) {
 TEST(Layout, DefaultTotalSizes) {
   // What the master maps for a configuration with no ipc_ring_size.
   const std::pair<std::uint32_t, std::uint64_t> expect[] = {
-      {1, 1 * MiB}, {2, 4 * MiB}, {16, 32 * MiB}, {64, 128 * MiB}};
+      {1, 8 * MiB}, {2, 32 * MiB}, {4, 32 * MiB}, {16, 32 * MiB}, {64, 128 * MiB}};
   for (auto [n, rings] : expect) {
     Config c;
     c.nslots = n;

@@ -29,16 +29,16 @@ TEST(Layout, FloorPow2) {
 }
 
 TEST(Layout, DefaultRingSizeSharesTheBudget) {
-  // 32 MiB shared by n * n rings, each a power of two in [32 KiB, 1 MiB].
-  EXPECT_EQ(default_ring_size(1), 1 * MiB);  // 32 MiB / 1, clamped
-  EXPECT_EQ(default_ring_size(2), 1 * MiB);  // 8 MiB, clamped
-  EXPECT_EQ(default_ring_size(4), 1 * MiB);  // 2 MiB, clamped
+  // 32 MiB shared by n * n rings, each a power of two in [32 KiB, 8 MiB].
+  EXPECT_EQ(default_ring_size(1), 8 * MiB);  // 32 MiB / 1, clamped
+  EXPECT_EQ(default_ring_size(2), 8 * MiB);
+  EXPECT_EQ(default_ring_size(4), 2 * MiB);
   EXPECT_EQ(default_ring_size(8), 512 * KiB);
   EXPECT_EQ(default_ring_size(16), 128 * KiB);
   EXPECT_EQ(default_ring_size(32), 32 * KiB);
   EXPECT_EQ(default_ring_size(64), 32 * KiB);  // 8 KiB, clamped up
   EXPECT_EQ(default_ring_size(kMaxSlots), 32 * KiB);
-  EXPECT_EQ(default_ring_size(3), 1 * MiB);
+  EXPECT_EQ(default_ring_size(3), 2 * MiB);  // 32 MiB / 9 = 3.6 MiB -> 2 MiB
   EXPECT_EQ(default_ring_size(24), 32 * KiB);  // 32 MiB / 576 = 58254 -> 32 KiB
 
   std::uint64_t prev = default_ring_size(1);

@@ -47,6 +47,10 @@ STREAM_SIZES = [16, KiB, 64 * KiB, MiB]
 BROADCAST_WORKERS = [2, 4, 8, 16]
 BASELINE_BROADCAST_WORKERS = [2, 4]
 
+# ngx_ipc again with `ipc_busy_poll off;`: every message wakes its receiver
+# through the eventfd, the pure push path
+POLL_OFF = "ngx_ipc_poll_off"
+
 # slact/ngx_lua_ipc's published broadcast benchmark (seconds for 100000 round trips)
 SLACT = {2: (2.1, 2.3), 4: (0.43, 0.50)}
 
@@ -139,8 +143,9 @@ def run_floor(args):
 # ----------------------------------------------------------------- nginx ----
 
 class Nginx:
-    def __init__(self, template, workers, port):
+    def __init__(self, template, workers, port, main_extra=""):
         self.template, self.workers, self.port = template, workers, port
+        self.main_extra = main_extra    # main-context directives, appended
         self.prefix = tempfile.mkdtemp(prefix="ngx_ipc_bench_")
         os.chmod(self.prefix, 0o755)   # workers run as nginx's user: unix sockets here
         self.proc = None
@@ -154,6 +159,7 @@ class Nginx:
                      ("@WORKERS@", str(self.workers)), ("@PREFIX@", self.prefix),
                      ("@BASELINES@", os.path.join(ROOT, "bench", "baselines"))):
             conf = conf.replace(k, v)
+        conf += self.main_extra
         with open(os.path.join(self.prefix, "conf", "nginx.conf"), "w") as f:
             f.write(conf)
         self.proc = subprocess.Popen(
@@ -276,7 +282,7 @@ def size_label(s):
     return "%d MiB" % (s // MiB) if s >= MiB else "%d KiB" % (s // KiB) if s >= KiB else "%d B" % s
 
 
-def bench_system(res, system, template, cfg, baseline):
+def bench_system(res, system, template, cfg, baseline, main_extra=""):
     """Runs the contract endpoints of one system; fills res."""
     reps = cfg.repeats
 
@@ -285,7 +291,7 @@ def bench_system(res, system, template, cfg, baseline):
             return full_n
         return pick_n(ngx, path_fmt, full_n, min_n, cfg.budget, probe_n)
 
-    ngx = Nginx(template, 2, PORT)
+    ngx = Nginx(template, 2, PORT, main_extra)
     try:
         ngx.start()
         if not baseline:    # the probes of sized() warm a baseline up
@@ -318,7 +324,7 @@ def bench_system(res, system, template, cfg, baseline):
         ngx.stop()
 
     for w in (BASELINE_BROADCAST_WORKERS if baseline else cfg.broadcast_workers):
-        ngx = Nginx(template, w, PORT)
+        ngx = Nginx(template, w, PORT, main_extra)
         try:
             ngx.start()
             if not baseline:
@@ -531,7 +537,7 @@ def chart(res, systems):
                 for s in systems:
                     v = res.get(s, row)
                     if v:
-                        color = {"ngx_ipc": "0xc0392b", "floor": "0x7f7f7f"}.get(s, "0x4472c4")
+                        color = {"ngx_ipc": "0xc0392b", POLL_OFF: "0xe6928a", "floor": "0x7f7f7f"}.get(s, "0x4472c4")
                         f.write('%d "%s" %g "%s" %s\n' % (k, s, v, fmt(v), color))
                         k += 1
             if k == 0:
@@ -601,7 +607,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small N, 1 repeat, for iterating")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--no-doc", action="store_true", help="print only; do not write docs/")
-    ap.add_argument("--only", default=None, help="comma list of systems: floor,ngx_ipc,<baseline>")
+    ap.add_argument("--only", default=None, help="comma list of systems: floor,ngx_ipc,%s,<baseline>" % POLL_OFF)
     ap.add_argument("--report-only", action="store_true",
                     help="re-render table, doc and chart from the last run's results")
     cfg = ap.parse_args()
@@ -646,6 +652,14 @@ def main():
         except Exception as e:   # report what was measured
             res.notes.append("ngx_ipc: %s" % e)
             log("ngx_ipc failed:", e)
+    if not only or POLL_OFF in only:
+        log(POLL_OFF)
+        try:
+            bench_system(res, POLL_OFF, os.path.join(ROOT, "bench", "ngx_ipc", "nginx.conf"),
+                         cfg, baseline=False, main_extra="\nipc_busy_poll off;\n")
+        except Exception as e:
+            res.notes.append("%s: %s" % (POLL_OFF, e))
+            log(POLL_OFF, "failed:", e)
     for b in baselines:
         log("baseline", b)
         try:
@@ -655,7 +669,7 @@ def main():
             res.notes.append("baseline %s: %s" % (b, e))
             log("baseline %s failed: %s" % (b, e))
 
-    systems = [s for s in ["floor", "ngx_ipc"] + baselines if any(k[0] == s for k in res.values)]
+    systems = [s for s in ["floor", "ngx_ipc", POLL_OFF] + baselines if any(k[0] == s for k in res.values)]
     took = time.monotonic() - t_start
     os.makedirs(BIN, exist_ok=True)
     with open(os.path.join(BIN, "results.json"), "w") as f:

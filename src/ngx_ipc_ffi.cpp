@@ -181,7 +181,8 @@ ngx_ipc_ffi_recv(ngx_ipc::Delivery *out, int max)
     }
 
     try {
-        n = w->endpoint->receive(out, max);
+        /* while a poll watches the inbox, the slot stays disarmed */
+        n = w->endpoint->receive(out, max, !w->polling);
     } catch (...) {
         return NGX_ERROR;
     }

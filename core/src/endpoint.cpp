@@ -303,11 +303,11 @@ void Endpoint::wake(std::uint32_t k) {
   if (n < 0 && errno != EAGAIN) log("write() to a wake-up fd failed", errno);
 }
 
-int Endpoint::receive(Delivery* out, int max) {
+int Endpoint::receive(Delivery* out, int max, bool arm) {
   release();
   if (max > kMaxBatch) max = kMaxBatch;
   int n = scan(out, max);
-  if (n == 0) {
+  if (n == 0 && arm) {
     Slot* me = slot_at(shm_, self_);
     me->sleeping.store(1, std::memory_order_relaxed);
     // Seq_cst fence: pairs with the fence in notify(); see there.

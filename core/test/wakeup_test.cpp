@@ -58,6 +58,26 @@ TEST(Wakeup, ReceiveReturningZeroArmsSleeping) {
   EXPECT_EQ(sleeping(w, 1), 0u);
 }
 
+TEST(Wakeup, ReceiveWithoutArmLeavesTheSlotAlone) {
+  // A busy poll watches the inbox: an empty receive must not arm the slot,
+  // and one that finds messages delivers them as usual.
+  World w(2, 4096);
+  Delivery out[4];
+  EXPECT_EQ(w.ep(1).receive(out, 4, false), 0);
+  EXPECT_EQ(sleeping(w, 1), 0u);
+  ASSERT_EQ(test::send_str(w.ep(0), w.pid(1), "n", "d"), Status::kOk);
+  EXPECT_EQ(w.fds().take(1), 0u) << "a disarmed slot is not woken";
+  ASSERT_EQ(w.ep(1).receive(out, 4, false), 1);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(out[0].data), out[0].data_len), "d");
+  EXPECT_EQ(w.ep(1).receive(out, 4, false), 0);
+  EXPECT_EQ(sleeping(w, 1), 0u);
+  // And an armed slot stays armed through it.
+  EXPECT_EQ(w.ep(1).receive(out, 4), 0);
+  EXPECT_EQ(sleeping(w, 1), 1u);
+  EXPECT_EQ(w.ep(1).receive(out, 4, false), 0);
+  EXPECT_EQ(sleeping(w, 1), 1u);
+}
+
 TEST(Wakeup, NoWakeUpWhileTheReceiverIsAwake) {
   World w(2, 64 * KiB);
   for (int i = 0; i < 50; ++i) ASSERT_EQ(test::send_str(w.ep(0), w.pid(1), "n", "d"), Status::kOk);

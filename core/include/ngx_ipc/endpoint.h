@@ -106,7 +106,9 @@ class Endpoint {
   // Takes up to max messages from the inbox. Returns 0 only when the inbox
   // was empty after this slot was marked asleep: from then on, any sender
   // writes this slot's wake-up fd. Releases the previous batch first.
-  int receive(Delivery* out, int max);
+  // With arm false (a busy poll watches the inbox), an empty inbox returns 0
+  // and leaves the slot as it is.
+  int receive(Delivery* out, int max, bool arm = true);
   // Gives the ring space of the last batch back to the senders.
   void release();
   // Writes what the backlog holds as far as the rings take it. Returns true
@@ -124,7 +126,11 @@ class Endpoint {
   // need not write the wake-up fd. disarm() clears the flag; rearm() sets it
   // again and returns true if the inbox has records (the owner must then
   // drain it with receive(), which arms the slot when it is empty).
-  void disarm() { slot_at(shm_, self_)->sleeping.store(0, std::memory_order_relaxed); }
+  void disarm() {
+    // Senders load this line after every publish: write it only if needed.
+    std::atomic<std::uint32_t>& f = slot_at(shm_, self_)->sleeping;
+    if (f.load(std::memory_order_relaxed) != 0) f.store(0, std::memory_order_relaxed);
+  }
   bool rearm();
 
   Stats& stats() { return stats_; }

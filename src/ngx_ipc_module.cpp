@@ -41,11 +41,20 @@ static char *ngx_ipc_set_busy_poll(ngx_conf_t *cf, ngx_command_t *cmd,
 static void ngx_ipc_poll_found(ngx_ipc_worker_t *w);
 static void ngx_ipc_poll_handler(ngx_event_t *ev);
 static uint64_t ngx_ipc_now_ns(void);
+static void ngx_ipc_poll_end(ngx_ipc_worker_t *w);
 
 /* ipc_busy_poll's default, in microseconds */
 #define NGX_IPC_DEFAULT_BUSY_POLL  50
 /* and its largest value: a poll holds the worker's CPU this long */
 #define NGX_IPC_MAX_BUSY_POLL      10000
+/* a sched_yield() that kept the worker off its CPU this long (ns): other
+ * processes want the CPUs (a VM's own hiccups stay well below) */
+#define NGX_IPC_POLL_STOLEN        250000
+/* so many such yields within this time (ns), */
+#define NGX_IPC_POLL_STRIKES       3
+#define NGX_IPC_POLL_STRIKE_SPAN   20000000
+/* and then no poll for this long (ns) */
+#define NGX_IPC_POLL_BACKOFF       100000000
 
 
 static ngx_command_t  ngx_ipc_commands[] = {
@@ -644,10 +653,21 @@ ngx_ipc_now_ns(void)
  * call epoll_wait() with a zero timeout: connections and timers are served
  * as usual meanwhile. When the time is up the slot is armed again, with the
  * same handshake as receive().
+ *
+ * Polling only pays while the worker has a CPU to itself. Each pass yields
+ * the CPU to any runnable process; if sched_yield() keeps the worker off its
+ * CPU for a time slice (250 us or more), three times within 20 ms, other
+ * processes want the CPUs: messages would wait for the scheduler to give it
+ * back, while an eventfd wake-up gets it run at once. The poll ends, and
+ * the worker does not poll again for 100 ms. (A single long yield can be
+ * the VM's host taking the vCPU away: that happens here a few times a
+ * second and says nothing about other processes.)
  */
 void
 ngx_ipc_busy_poll(ngx_ipc_worker_t *w)
 {
+    uint64_t  now;
+
     if (w->polling) {
         /* the reader's receive() armed the slot again: the poll watches */
         w->endpoint->disarm();
@@ -659,8 +679,14 @@ ngx_ipc_busy_poll(ngx_ipc_worker_t *w)
     }
 
     w->active = 0;
+    now = ngx_ipc_now_ns();
+
+    if (now < w->poll_backoff) {
+        return;
+    }
+
     w->polling = 1;
-    w->poll_until = ngx_ipc_now_ns() + (uint64_t) w->conf->busy_poll * 1000;
+    w->poll_until = now + (uint64_t) w->conf->busy_poll * 1000;
     w->endpoint->disarm();
     ngx_post_event(&w->poll, &ngx_posted_next_events);
 }
@@ -676,6 +702,18 @@ ngx_ipc_poll_found(ngx_ipc_worker_t *w)
 
     } else {
         ngx_post_event(w->conn->read, &ngx_posted_events);
+    }
+}
+
+
+/* Arms the slot again: from now on senders wake the worker. */
+static void
+ngx_ipc_poll_end(ngx_ipc_worker_t *w)
+{
+    w->polling = 0;
+
+    if (w->endpoint->rearm()) {
+        ngx_ipc_poll_found(w);
     }
 }
 
@@ -702,24 +740,37 @@ ngx_ipc_poll_handler(ngx_event_t *ev)
     now = ngx_ipc_now_ns();
 
     if (now >= w->poll_until) {
-        if (w->active && !w->exiting) {
-            /* it sent meanwhile: a reply may be on its way */
-            w->active = 0;
-            w->poll_until = now + (uint64_t) w->conf->busy_poll * 1000;
-
-        } else {
-            w->polling = 0;
-
-            if (w->endpoint->rearm()) {
-                ngx_ipc_poll_found(w);
-            }
-
+        if (!w->active || w->exiting) {
+            ngx_ipc_poll_end(w);
             return;
         }
+
+        /* it sent meanwhile: a reply may be on its way */
+        w->active = 0;
+        w->poll_until = now + (uint64_t) w->conf->busy_poll * 1000;
     }
 
     /* a polling worker never keeps a runnable process off its CPU */
     (void) sched_yield();
+
+    if (ngx_ipc_now_ns() - now > NGX_IPC_POLL_STOLEN) {
+        /*
+         * Another process ran a time slice meanwhile, or the VM's host
+         * took the vCPU for a while: a few of these close together mean
+         * the former.
+         */
+        if (now - w->poll_strike_time > NGX_IPC_POLL_STRIKE_SPAN) {
+            w->poll_strike_time = now;
+            w->poll_strikes = 0;
+        }
+
+        if (++w->poll_strikes >= NGX_IPC_POLL_STRIKES) {
+            w->poll_strikes = 0;
+            w->poll_backoff = now + NGX_IPC_POLL_BACKOFF;
+            ngx_ipc_poll_end(w);
+            return;
+        }
+    }
 
     ngx_post_event(ev, &ngx_posted_next_events);
 }

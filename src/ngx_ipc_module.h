@@ -59,6 +59,9 @@ typedef struct {
     ngx_event_t                watch;        /* cancelable, while exiting */
     ngx_event_t                poll;         /* busy polling, posted */
     uint64_t                   poll_until;   /* CLOCK_MONOTONIC, ns */
+    uint64_t                   poll_backoff; /* no poll before (monotonic) */
+    uint64_t                   poll_strike_time; /* the first long yield */
+    ngx_uint_t                 poll_strikes; /* long yields since then */
     unsigned                   polling:1;
     unsigned                   active:1;     /* moved messages since */
     unsigned                   exiting:1;

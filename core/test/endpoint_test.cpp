@@ -4,7 +4,6 @@
 #include "ngx_ipc/endpoint.h"
 
 #include <gtest/gtest.h>
-
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -274,8 +273,7 @@ TEST(Endpoint, FullBacklogForADeadProcessIsDroppedNotBlocking) {
   std::uint64_t dropped = w.ep(0).stats().dropped;
   std::vector<Received> got;
   for (int i = 0; i < 200; ++i) {
-    ASSERT_EQ(test::broadcast_str(w.ep(0), "b", std::to_string(i) + data, false), Status::kOk)
-        << i;
+    ASSERT_EQ(test::broadcast_str(w.ep(0), "b", std::to_string(i) + data, false), Status::kOk) << i;
     std::vector<Received> more = test::drain(w.ep(2));
     got.insert(got.end(), more.begin(), more.end());
     w.ep(0).flush();

@@ -24,7 +24,6 @@ using test::World;
 constexpr std::uint64_t KiB = 1024;
 constexpr std::uint64_t MiB = 1024 * KiB;
 
-
 // A short, random busy wait: moves the kill off the moment the parent
 // noticed progress, so that it lands anywhere in the writer's loop.
 void jitter(test::Rng& rng) {

@@ -24,7 +24,6 @@ using test::World;
 constexpr std::uint64_t KiB = 1024;
 constexpr std::uint64_t MiB = 1024 * KiB;
 
-
 void expect_exit0(Child& c, int timeout_ms = 60000) {
   int status = 0;
   ASSERT_TRUE(c.wait(timeout_ms, &status)) << "child " << c.pid() << " did not end";
@@ -83,7 +82,8 @@ TEST(Fork, ProducerProcessConsumerProcess) {
   test::Deadline deadline(std::chrono::seconds(120));
   Child producer([&] {
     w.ep(1).start(getpid());
-    return test::child_report(test::run_sender(w.ep(1), w.fds()[1], w.ep(0).pid(), 1, n, seed, mix, deadline));
+    return test::child_report(
+        test::run_sender(w.ep(1), w.fds()[1], w.ep(0).pid(), 1, n, seed, mix, deadline));
   });
   EXPECT_EQ(test::run_receiver(w.ep(0), w.fds()[0], {{producer.pid(), 1, n}}, deadline), "");
   expect_exit0(producer);
@@ -119,7 +119,8 @@ TEST(Fork, PingPongProcesses) {
   // The child pings first, so the parent knows its PID is live.
   Child pinger([&] {
     w.ep(1).start(getpid());
-    return test::child_report(test::run_pinger(w.ep(1), w.fds()[1], w.ep(0).pid(), rounds, deadline));
+    return test::child_report(
+        test::run_pinger(w.ep(1), w.fds()[1], w.ep(0).pid(), rounds, deadline));
   });
   EXPECT_EQ(test::run_ponger(w.ep(0), w.fds()[0], pinger.pid(), rounds, deadline), "");
   expect_exit0(pinger);
@@ -135,7 +136,8 @@ TEST(Fork, BothWaysWithFullRingsProcesses) {
   Child peer([&] {
     w.ep(1).start(getpid());
     CHILD_CHECK(test::send_str(w.ep(1), parent, "hello", "") == Status::kOk);
-    return test::child_report(test::run_duplex(w.ep(1), w.fds()[1], parent, 1, 0, n, seed, mix, deadline));
+    return test::child_report(
+        test::run_duplex(w.ep(1), w.fds()[1], parent, 1, 0, n, seed, mix, deadline));
   });
   std::string err;
   test::Received hello = wait_one(w.ep(0), w.fds()[0], deadline, &err);

@@ -38,7 +38,7 @@ TEST(Layout, DefaultRingSizeSharesTheBudget) {
   EXPECT_EQ(default_ring_size(32), 32 * KiB);
   EXPECT_EQ(default_ring_size(64), 32 * KiB);  // 8 KiB, clamped up
   EXPECT_EQ(default_ring_size(kMaxSlots), 32 * KiB);
-  EXPECT_EQ(default_ring_size(3), 2 * MiB);  // 32 MiB / 9 = 3.6 MiB -> 2 MiB
+  EXPECT_EQ(default_ring_size(3), 2 * MiB);    // 32 MiB / 9 = 3.6 MiB -> 2 MiB
   EXPECT_EQ(default_ring_size(24), 32 * KiB);  // 32 MiB / 576 = 58254 -> 32 KiB
 
   std::uint64_t prev = default_ring_size(1);

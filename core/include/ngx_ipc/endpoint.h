@@ -117,9 +117,7 @@ class Endpoint {
   // True if some inbox ring holds unread records.
   bool inbox_pending();
   // True while this slot is marked asleep (armed): a sender will wake it.
-  bool armed() const {
-    return slot_at(shm_, self_)->sleeping.load(std::memory_order_relaxed) != 0;
-  }
+  bool armed() const { return slot_at(shm_, self_)->sleeping.load(std::memory_order_relaxed) != 0; }
   // Writes this process's own wake-up fd.
   void wake_self() { wake(self_); }
   // Busy polling: while the owner watches inbox_pending() itself, senders

@@ -115,13 +115,13 @@ static_assert(sizeof(RingCtl) == 3 * kCacheLine);
 constexpr std::uint16_t kRecordMagic = 0x1b7c;
 
 enum RecordFlags : std::uint16_t {
-  kFirst = 1u << 0,      // first fragment of a message
-  kLast = 1u << 1,       // last fragment of a message
-  kPad = 1u << 2,        // filler up to the end of the ring; no payload
-  kBroadcast = 1u << 3,  // addressed to the slot, any incarnation
-  kRequest = 1u << 4,    // ipc.call request; call_id set
-  kReply = 1u << 5,      // ipc.call reply; call_id set
-  kStatusMask = 3u << 6, // reply status (kReply only)
+  kFirst = 1u << 0,       // first fragment of a message
+  kLast = 1u << 1,        // last fragment of a message
+  kPad = 1u << 2,         // filler up to the end of the ring; no payload
+  kBroadcast = 1u << 3,   // addressed to the slot, any incarnation
+  kRequest = 1u << 4,     // ipc.call request; call_id set
+  kReply = 1u << 5,       // ipc.call reply; call_id set
+  kStatusMask = 3u << 6,  // reply status (kReply only)
 };
 
 struct RecordHeader {

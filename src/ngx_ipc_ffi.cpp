@@ -191,7 +191,7 @@ ngx_ipc_ffi_recv(ngx_ipc::Delivery *out, int max)
         w->active = 1;
 
     } else if (n == 0) {
-        /* armed: watch the inbox a while before sleeping */
+        /* empty: watch the inbox a while before sleeping */
         ngx_ipc_busy_poll(w);
     }
 

@@ -553,7 +553,9 @@ def test_polling_gives_way_to_other_processes(nginx):
     n.lua(RUN_PINGPONG % 10, worker=0)
     hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(os.cpu_count())]
     try:
-        time.sleep(0.2)  # let the scheduler see them
+        # running: each has used CPU (a tick is 10 ms)
+        wait_for(lambda: all(cpu_ticks(h.pid) >= 2 for h in hogs), timeout=5,
+                 what="the CPU hogs to run")
         rounds = 300
         t0 = time.monotonic()
         assert n.lua(RUN_PINGPONG % rounds, worker=0, timeout=40) == [True, rounds]

@@ -332,11 +332,14 @@ bool Endpoint::rearm() {
 
 int Endpoint::scan(Delivery* out, int max) {
   int n = 0;
-  for (std::uint32_t i = 0; i < nslots_ && n < max; ++i) {
+  std::uint64_t bytes = 0;
+  // A batch ends at kBatchBytes once it holds a message: never before, or
+  // a message bigger than that would never complete.
+  for (std::uint32_t i = 0; i < nslots_ && n < max && (n == 0 || bytes < kBatchBytes); ++i) {
     std::uint32_t k = (rr_ + i) % nslots_;
     InRing& r = in_[k];
     RecordView v;
-    while (n < max) {
+    while (n < max && (n == 0 || bytes < kBatchBytes)) {
       Consumer::Next st = r.consumer.next(&v);
       if (st == Consumer::Next::kEmpty) break;
       r.read = true;
@@ -347,6 +350,7 @@ int Endpoint::scan(Delivery* out, int max) {
         r.consumer.reset();
         break;
       }
+      bytes += v.payload_len;
       if (take(r, v, &out[n])) ++n;
     }
   }

@@ -109,6 +109,42 @@ TEST(Endpoint, BatchesRespectMax) {
   EXPECT_EQ(w.ep(1).receive(out, 3), 0);
 }
 
+TEST(Endpoint, BatchesEndAtKBatchBytesOnceTheyHoldAMessage) {
+  // Big messages come one or a few per batch, so that their ring space goes
+  // back to the sender early; one bigger than kBatchBytes still comes whole.
+  World w(2, 8 * MiB, 4 * MiB, 16 * MiB);
+  const std::uint64_t part = kBatchBytes / 2 + 1;  // two of them pass the mark
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_EQ(test::send_str(w.ep(0), w.pid(1), "p", std::string(part, char('a' + i))),
+              Status::kOk);
+  }
+  ASSERT_EQ(test::send_str(w.ep(0), w.pid(1), "big", std::string(3 * MiB, 'z')), Status::kOk);
+  Delivery out[16];
+  ASSERT_EQ(w.ep(1).receive(out, 16), 2);
+  EXPECT_EQ(test::copy_delivery(out[0]).data, std::string(part, 'a'));
+  EXPECT_EQ(test::copy_delivery(out[1]).data, std::string(part, 'b'));
+  ASSERT_EQ(w.ep(1).receive(out, 16), 2);
+  EXPECT_EQ(test::copy_delivery(out[1]).data, std::string(part, 'd'));
+  ASSERT_EQ(w.ep(1).receive(out, 16), 1);
+  EXPECT_EQ(test::copy_delivery(out[0]).name, "big");
+  EXPECT_EQ(out[0].data_len, 3 * MiB);
+  EXPECT_EQ(w.ep(1).receive(out, 16), 0);
+}
+
+TEST(Endpoint, AMessageBiggerThanTheRingAndKBatchBytesCompletes) {
+  // Fragments of one message past kBatchBytes: the batch may not end before
+  // the message is whole, or the rest would wait for a wake-up that never
+  // comes (the sender has published everything).
+  World w(2, 64 * KiB, 8 * MiB, 16 * MiB);
+  std::vector<unsigned char> data = test::make_message(1, 3, 3 * MiB);
+  ASSERT_EQ(test::send_bytes(w.ep(0), w.pid(1), "f", data), Status::kOk);
+  bool ok;
+  std::vector<Received> got = test::pump(w.ep(0), w.ep(1), &ok);
+  ASSERT_TRUE(ok);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].data.size(), 3 * MiB);
+}
+
 TEST(Endpoint, LongestNameAndLargeDataArriveWhole) {
   World w(2, 4096, 2 * MiB, 64 * KiB);
   std::string name(kMaxNameLen, 'n');

@@ -46,6 +46,11 @@ constexpr std::uint64_t kRingBudget = 32ULL << 20;
 constexpr std::uint64_t kDefaultRingMin = 32ULL << 10;
 constexpr std::uint64_t kDefaultRingMax = 8ULL << 20;
 
+// receive() ends a batch once it holds this many payload bytes, so that a
+// stream of big messages gives ring space back message by message instead
+// of once per ring-full (the sender then rarely needs its backlog).
+constexpr std::uint64_t kBatchBytes = 1ULL << 20;
+
 constexpr std::uint64_t kDefaultMaxMessage = 64ULL << 20;
 constexpr std::uint64_t kDefaultQueueLimit = 16ULL << 20;
 

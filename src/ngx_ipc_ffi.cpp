@@ -285,11 +285,7 @@ ngx_ipc_runner_gone(void *data)
 }
 
 
-/*
- * Lets the event loop run once: sema is posted from the wake handler on the
- * next pass, after the I/O events of that pass. (ngx.sleep(0) would do, but
- * without OpenResty's delayed-events patch it logs a warning every time.)
- */
+/* Lets the event loop run once, then posts sema (see ngx_ipc_yield). */
 int
 ngx_ipc_ffi_yield(void *sema)
 {
@@ -300,8 +296,7 @@ ngx_ipc_ffi_yield(void *sema)
         return NGX_ERROR;
     }
 
-    w->yield_sema = sema;
-    w->endpoint->wake_self();
+    ngx_ipc_yield(w, sema);
 
     return NGX_OK;
 }

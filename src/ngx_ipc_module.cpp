@@ -38,6 +38,7 @@ static void ngx_ipc_core_log(void *ctx, const char *msg, int err);
 static bool ngx_ipc_alive(int32_t pid);
 static char *ngx_ipc_set_busy_poll(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static void ngx_ipc_yield_handler(ngx_event_t *ev);
 static void ngx_ipc_poll_found(ngx_ipc_worker_t *w);
 static void ngx_ipc_poll_handler(ngx_event_t *ev);
 static uint64_t ngx_ipc_now_ns(void);
@@ -531,6 +532,10 @@ ngx_ipc_attach(ngx_ipc_conf_t *conf)
     w->poll.data = w;
     w->poll.log = ngx_cycle->log;
 
+    w->yield.handler = ngx_ipc_yield_handler;
+    w->yield.data = w;
+    w->yield.log = ngx_cycle->log;
+
     ngx_ipc_attach_failed = 0;
     ngx_ipc_attached = 1;
 
@@ -581,12 +586,6 @@ ngx_ipc_wake_handler(ngx_event_t *rev)
     if (read(c->fd, &count, sizeof(count)) == -1 && ngx_errno != NGX_EAGAIN) {
         ngx_ipc_log_limited(NGX_LOG_ALERT, ngx_errno,
                             "read() from the wake-up eventfd failed");
-    }
-
-    if (w->yield_sema != NULL) {
-        /* a dispatcher let the event loop run: it may go on now */
-        w->sema_post(w->yield_sema, 1);
-        w->yield_sema = NULL;
     }
 
     w->endpoint->flush();
@@ -640,6 +639,35 @@ ngx_ipc_now_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
 
     return (uint64_t) ts.tv_sec * 1000000000 + (uint64_t) ts.tv_nsec;
+}
+
+
+/*
+ * Lets the event loop run once, then posts sema: an event posted to
+ * ngx_posted_next_events runs after the next epoll_wait(), which nginx then
+ * calls with a zero timeout. (ngx.sleep(0) would do, but without
+ * OpenResty's delayed-events patch it logs a warning every time.)
+ */
+void
+ngx_ipc_yield(ngx_ipc_worker_t *w, void *sema)
+{
+    w->yield_sema = sema;
+    ngx_post_event(&w->yield, &ngx_posted_next_events);
+}
+
+
+static void
+ngx_ipc_yield_handler(ngx_event_t *ev)
+{
+    void              *sema;
+    ngx_ipc_worker_t  *w = (ngx_ipc_worker_t *) ev->data;
+
+    sema = w->yield_sema;
+    w->yield_sema = NULL;
+
+    if (sema != NULL) {
+        w->sema_post(sema, 1);
+    }
 }
 
 

@@ -54,6 +54,7 @@ typedef struct {
     ngx_connection_t          *conn;         /* the slot's eventfd */
     void                      *sema;         /* the Lua dispatchers' inbox */
     void                      *yield_sema;   /* posted on the next pass */
+    ngx_event_t                yield;        /* posts it */
     ngx_ipc_sema_post_pt       sema_post;
     ngx_ipc_exit_t             exit;
     ngx_event_t                watch;        /* cancelable, while exiting */
@@ -77,6 +78,9 @@ ngx_ipc_worker_t *ngx_ipc_worker_get(void);
 /* After this worker moved messages: watch the inbox for a while from the
  * event loop (ipc_busy_poll) instead of sleeping on the eventfd. */
 void ngx_ipc_busy_poll(ngx_ipc_worker_t *w);
+
+/* Posts sema after the event loop's next pass (a dispatcher's yield). */
+void ngx_ipc_yield(ngx_ipc_worker_t *w, void *sema);
 
 /* Logs a core event at a bounded rate (a storm writes a few lines). */
 void ngx_ipc_log_limited(ngx_uint_t level, ngx_err_t err, const char *msg);

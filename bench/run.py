@@ -610,22 +610,16 @@ def main():
 
     if not only or "floor" in only:
         run_floors(res, cfg)
-    if not only or "ngx_ipc" in only:
-        log("ngx_ipc")
+    ngx_ipc_conf = os.path.join(ROOT, "bench", "ngx_ipc", "nginx.conf")
+    for system, main_extra in (("ngx_ipc", ""), (POLL_OFF, "\nipc_busy_poll off;\n")):
+        if only and system not in only:
+            continue
+        log(system)
         try:
-            bench_system(res, "ngx_ipc", os.path.join(ROOT, "bench", "ngx_ipc", "nginx.conf"),
-                         cfg, baseline=False)
+            bench_system(res, system, ngx_ipc_conf, cfg, baseline=False, main_extra=main_extra)
         except Exception as e:   # report what was measured
-            res.notes.append("ngx_ipc: %s" % e)
-            log("ngx_ipc failed:", e)
-    if not only or POLL_OFF in only:
-        log(POLL_OFF)
-        try:
-            bench_system(res, POLL_OFF, os.path.join(ROOT, "bench", "ngx_ipc", "nginx.conf"),
-                         cfg, baseline=False, main_extra="\nipc_busy_poll off;\n")
-        except Exception as e:
-            res.notes.append("%s: %s" % (POLL_OFF, e))
-            log(POLL_OFF, "failed:", e)
+            res.notes.append("%s: %s" % (system, e))
+            log(system, "failed:", e)
     for b in baselines:
         log("baseline", b)
         try:

@@ -112,11 +112,7 @@ ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
     }
 
     if (s == ngx_ipc::Status::kOk) {
-        w->active = 1;
-
-        if (!w->polling) {
-            ngx_ipc_busy_poll(w);    /* a reply may follow */
-        }
+        ngx_ipc_busy_poll_sent(w);
     }
 
     return ngx_ipc_status_rc(s, err);
@@ -144,11 +140,7 @@ ngx_ipc_ffi_broadcast(const u_char *name, size_t name_len,
     }
 
     if (s == ngx_ipc::Status::kOk) {
-        w->active = 1;
-
-        if (!w->polling) {
-            ngx_ipc_busy_poll(w);    /* a reply may follow */
-        }
+        ngx_ipc_busy_poll_sent(w);
     }
 
     return ngx_ipc_status_rc(s, err);

@@ -720,6 +720,18 @@ ngx_ipc_busy_poll(ngx_ipc_worker_t *w)
 }
 
 
+void
+ngx_ipc_busy_poll_sent(ngx_ipc_worker_t *w)
+{
+    w->active = 1;
+
+    /* (while a poll runs, the flag extends it: nothing more to do) */
+    if (!w->polling) {
+        ngx_ipc_busy_poll(w);
+    }
+}
+
+
 /* The poll saw records: the reader drains them (or, in a worker without
  * one, the wake-up handler drops and counts them). */
 static void

@@ -78,6 +78,8 @@ ngx_ipc_worker_t *ngx_ipc_worker_get(void);
 /* After this worker moved messages: watch the inbox for a while from the
  * event loop (ipc_busy_poll) instead of sleeping on the eventfd. */
 void ngx_ipc_busy_poll(ngx_ipc_worker_t *w);
+/* After a successful send: a reply may follow, poll for it. */
+void ngx_ipc_busy_poll_sent(ngx_ipc_worker_t *w);
 
 /* Posts sema after the event loop's next pass (a dispatcher's yield). */
 void ngx_ipc_yield(ngx_ipc_worker_t *w, void *sema);

@@ -157,6 +157,21 @@ def context_switches(pid):
     return count
 
 
+def assert_idle(pids, what):
+    """Over one measured second, no process of pids uses CPU or wakes up.
+    A tick is 10 ms of CPU: an idle process uses none; 2 are allowed for
+    noise. Each wake-up from epoll_wait() is a context switch: polling even
+    every 10 ms shows as ~100, and a busy poll thousands; a few are allowed."""
+    ticks = {pid: cpu_ticks(pid) for pid in pids}
+    switches = {pid: context_switches(pid) for pid in pids}
+    time.sleep(1.0)  # the measured window itself, not a wait for a condition
+    ticks = {pid: cpu_ticks(pid) - ticks[pid] for pid in pids}
+    switches = {pid: context_switches(pid) - switches[pid] for pid in pids}
+    assert all(t <= 2 for t in ticks.values()), f"CPU ticks in 1 s {what}: {ticks}"
+    assert all(s <= 5 for s in switches.values()), \
+        f"context switches in 1 s {what}: {switches}"
+
+
 class Nginx:
     """One nginx instance under a temporary prefix.
 

@@ -335,11 +335,12 @@ int Endpoint::scan(Delivery* out, int max) {
   std::uint64_t bytes = 0;
   // A batch ends at kBatchBytes once it holds a message: never before, or
   // a message bigger than that would never complete.
-  for (std::uint32_t i = 0; i < nslots_ && n < max && (n == 0 || bytes < kBatchBytes); ++i) {
+  auto room = [&] { return n < max && (n == 0 || bytes < kBatchBytes); };
+  for (std::uint32_t i = 0; i < nslots_ && room(); ++i) {
     std::uint32_t k = (rr_ + i) % nslots_;
     InRing& r = in_[k];
     RecordView v;
-    while (n < max && (n == 0 || bytes < kBatchBytes)) {
+    while (room()) {
       Consumer::Next st = r.consumer.next(&v);
       if (st == Consumer::Next::kEmpty) break;
       r.read = true;

@@ -30,10 +30,37 @@ typedef int (*ngx_ipc_lua_loadbuffer_pt)(lua_State *L, const char *buf,
     size_t size, const char *name);
 typedef void (*ngx_ipc_lua_call_pt)(lua_State *L, int nargs, int nresults);
 typedef int (*ngx_ipc_lua_error_pt)(lua_State *L);
+typedef lua_State *(*ngx_ipc_get_global_state_pt)(ngx_conf_t *cf);
+typedef void (*ngx_ipc_lua_pushlightuserdata_pt)(lua_State *L, void *p);
+typedef void (*ngx_ipc_lua_pushboolean_pt)(lua_State *L, int b);
+typedef void (*ngx_ipc_lua_rawop_pt)(lua_State *L, int idx);
+typedef int (*ngx_ipc_lua_toboolean_pt)(lua_State *L, int idx);
+typedef void (*ngx_ipc_lua_settop_pt)(lua_State *L, int idx);
+typedef const char *(*ngx_ipc_lua_pushstring_pt)(lua_State *L,
+    const char *s);
 
-static ngx_ipc_lua_loadbuffer_pt  ngx_ipc_luaL_loadbuffer;
-static ngx_ipc_lua_call_pt        ngx_ipc_lua_call;
-static ngx_ipc_lua_error_pt       ngx_ipc_lua_error;
+#define NGX_IPC_LUA_REGISTRYINDEX  (-10000)    /* Lua 5.1 and LuaJIT */
+
+static ngx_ipc_lua_loadbuffer_pt         ngx_ipc_luaL_loadbuffer;
+static ngx_ipc_lua_call_pt               ngx_ipc_lua_call;
+static ngx_ipc_lua_error_pt              ngx_ipc_lua_error;
+static ngx_ipc_lua_pushlightuserdata_pt  ngx_ipc_lua_pushlightuserdata;
+static ngx_ipc_lua_pushboolean_pt        ngx_ipc_lua_pushboolean;
+static ngx_ipc_lua_rawop_pt              ngx_ipc_lua_rawget;
+static ngx_ipc_lua_rawop_pt              ngx_ipc_lua_rawset;
+static ngx_ipc_lua_toboolean_pt          ngx_ipc_lua_toboolean;
+static ngx_ipc_lua_settop_pt             ngx_ipc_lua_settop;
+static ngx_ipc_lua_pushstring_pt         ngx_ipc_lua_pushstring;
+
+/*
+ * Its address is the registry key that marks lua-nginx-module's main Lua VM,
+ * the one that init_by_lua*, init_worker_by_lua* and every request share.
+ * With "lua_code_cache off" each request gets a Lua VM of its own, where the
+ * mark is missing: ngx.ipc's light threads and handlers live in one VM per
+ * worker, so the loader refuses to run there.
+ */
+static char  ngx_ipc_main_vm_key;
+static ngx_uint_t  ngx_ipc_main_vm_marked;
 
 
 static ngx_int_t ngx_http_ipc_postconfiguration(ngx_conf_t *cf);
@@ -95,7 +122,9 @@ ngx_module_t  ngx_http_ipc_module = {
 static ngx_int_t
 ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
 {
-    ngx_ipc_add_preload_pt  add_preload;
+    lua_State                    *L;
+    ngx_ipc_add_preload_pt        add_preload;
+    ngx_ipc_get_global_state_pt   get_global_state;
 
     add_preload = (ngx_ipc_add_preload_pt)
                       dlsym(RTLD_DEFAULT, "ngx_http_lua_add_package_preload");
@@ -105,13 +134,44 @@ ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
     ngx_ipc_lua_error = (ngx_ipc_lua_error_pt)
                             dlsym(RTLD_DEFAULT, "lua_error");
 
+    get_global_state = (ngx_ipc_get_global_state_pt)
+                           dlsym(RTLD_DEFAULT, "ngx_http_lua_get_global_state");
+    ngx_ipc_lua_pushlightuserdata = (ngx_ipc_lua_pushlightuserdata_pt)
+                                  dlsym(RTLD_DEFAULT, "lua_pushlightuserdata");
+    ngx_ipc_lua_pushboolean = (ngx_ipc_lua_pushboolean_pt)
+                                  dlsym(RTLD_DEFAULT, "lua_pushboolean");
+    ngx_ipc_lua_rawget = (ngx_ipc_lua_rawop_pt)
+                             dlsym(RTLD_DEFAULT, "lua_rawget");
+    ngx_ipc_lua_rawset = (ngx_ipc_lua_rawop_pt)
+                             dlsym(RTLD_DEFAULT, "lua_rawset");
+    ngx_ipc_lua_toboolean = (ngx_ipc_lua_toboolean_pt)
+                                dlsym(RTLD_DEFAULT, "lua_toboolean");
+    ngx_ipc_lua_settop = (ngx_ipc_lua_settop_pt)
+                             dlsym(RTLD_DEFAULT, "lua_settop");
+    ngx_ipc_lua_pushstring = (ngx_ipc_lua_pushstring_pt)
+                                 dlsym(RTLD_DEFAULT, "lua_pushstring");
+
     if (add_preload == NULL || ngx_ipc_luaL_loadbuffer == NULL
-        || ngx_ipc_lua_call == NULL || ngx_ipc_lua_error == NULL)
+        || ngx_ipc_lua_call == NULL || ngx_ipc_lua_error == NULL
+        || get_global_state == NULL || ngx_ipc_lua_pushlightuserdata == NULL
+        || ngx_ipc_lua_pushboolean == NULL || ngx_ipc_lua_rawget == NULL
+        || ngx_ipc_lua_rawset == NULL || ngx_ipc_lua_toboolean == NULL
+        || ngx_ipc_lua_settop == NULL || ngx_ipc_lua_pushstring == NULL)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "ngx_ipc needs ngx_http_lua_module: load it "
                            "(load_module) before ngx_ipc_module");
         return NGX_ERROR;
+    }
+
+    /* registry[&ngx_ipc_main_vm_key] = true in the main VM */
+    L = get_global_state(cf);
+    ngx_ipc_main_vm_marked = (L != NULL);
+
+    if (L != NULL) {
+        ngx_ipc_lua_pushlightuserdata(L, &ngx_ipc_main_vm_key);
+        ngx_ipc_lua_pushboolean(L, 1);
+        ngx_ipc_lua_rawset(L, NGX_IPC_LUA_REGISTRYINDEX);
     }
 
     return add_preload(cf, "ngx.ipc", ngx_http_ipc_lua_loader);
@@ -121,6 +181,24 @@ ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
 static int
 ngx_http_ipc_lua_loader(lua_State *L)
 {
+    int  main_vm;
+
+    if (ngx_ipc_main_vm_marked) {
+        ngx_ipc_lua_pushlightuserdata(L, &ngx_ipc_main_vm_key);
+        ngx_ipc_lua_rawget(L, NGX_IPC_LUA_REGISTRYINDEX);
+        main_vm = ngx_ipc_lua_toboolean(L, -1);
+        ngx_ipc_lua_settop(L, -2);
+
+        if (!main_vm) {
+            ngx_ipc_lua_pushstring(L,
+                "ngx.ipc does not work with \"lua_code_cache off\": each "
+                "request then runs in a Lua VM of its own, and ngx.ipc needs "
+                "the one VM of its worker; remove \"lua_code_cache off\" "
+                "(or set it on) where ngx.ipc is used");
+            return ngx_ipc_lua_error(L);
+        }
+    }
+
     if (ngx_ipc_luaL_loadbuffer(L, ngx_ipc_lua_source,
                         ngx_ipc_lua_source_end - ngx_ipc_lua_source,
                         "=ngx.ipc")

@@ -32,26 +32,29 @@ VALUES = {
     "thread": "coroutine.create(function() end)",
 }
 
-# function -> (valid arguments, types each argument accepts)
+# function -> (valid arguments, types each argument accepts). As in
+# ngx_lua_ipc, a PID may be a numeric string (from ngx.var) and a name a
+# number (its string form); BAD_VALUES has the strings that are no number.
 SIGNATURES = {
     "send": (["PID", '"msg"', '"x"'],
-             [{"number"}, {"string"}, {"string", "number", "nil"}]),
+             [{"number", "string"}, {"string", "number"}, {"string", "number", "nil"}]),
     "broadcast": (['"msg"', '"x"', "nil"],
-                  [{"string"}, {"string", "number", "nil"}, {"table", "nil"}]),
+                  [{"string", "number"}, {"string", "number", "nil"}, {"table", "nil"}]),
     "receive": (['"msg"', "function() end"],
-                [{"string", "table"}, {"function", "nil"}]),
+                [{"string", "number", "table"}, {"function", "nil"}]),
     "call": (["PID", '"echo"', '"x"', "1"],
-             [{"number"}, {"string"}, {"string", "number", "nil"}, {"number", "nil"}]),
+             [{"number", "string"}, {"string", "number"}, {"string", "number", "nil"},
+              {"number", "nil"}]),
     "reply": (['"msg"', '"x"'],
-              [{"string"}, {"string", "number", "nil"}]),
+              [{"string", "number"}, {"string", "number", "nil"}]),
 }
 
 # Values of an accepted type that are still programmer errors.
 BAD_VALUES = {
-    "send": {2: ['""']},
+    "send": {1: ['"abc"', '""', '"12 pids"'], 2: ['""']},
     "broadcast": {1: ['""']},
-    "receive": {1: ['""', '{ [1] = print }', '{ [""] = print }', '{ x = 1 }']},
-    "call": {2: ['""'], 4: ["0", "-1", "-math.huge"]},
+    "receive": {1: ['""', '{ [true] = print }', '{ [""] = print }', '{ x = 1 }']},
+    "call": {1: ['"abc"', '""'], 2: ['""'], 4: ["0", "-1", "-math.huge"]},
     "reply": {1: ['""']},
 }
 

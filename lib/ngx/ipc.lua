@@ -21,9 +21,12 @@ local bor = bit.bor
 local ffi_new = ffi.new
 local ffi_string = ffi.string
 local error = error
+local ipairs = ipairs
+local getmetatable = debug.getmetatable
 local pairs = pairs
 local pcall = pcall
 local rawget = rawget
+local rawset = rawset
 local setmetatable = setmetatable
 local str_sub = string.sub
 local tonumber = tonumber
@@ -137,9 +140,11 @@ do
 end
 
 
-local _M = { version = "0.1.0" }
+-- handlers: the registered handlers by name, public as in ngx_lua_ipc
+-- (ipc.handlers), which dispatches through it too: a handler stored there
+-- directly, or a whole new table assigned to it, is what runs.
+local _M = { version = "0.1.0", handlers = {} }
 
-local handlers = {}
 local errmsg = ffi_new("char *[1]")
 local msgs = ffi_new("ngx_ipc_msg_t[?]", BATCH)
 local pids_buf = ffi_new("int[?]", MAX_SLOTS)
@@ -157,6 +162,8 @@ local reader_full = false
 local reader_done = false
 local current_sender    -- sender of the message being handled
 local current_name      -- name of the message being handled
+local current_call      -- call id of the request being handled, until its
+                        -- reply is sent
 
 -- the queue from reader to runner: parallel arrays, items [q_first, q_last]
 local q_name, q_data, q_sender, q_flags, q_id = {}, {}, {}, {}, {}
@@ -182,14 +189,42 @@ local function check_type(v, want, n, fname)
 end
 
 
+-- name: a non-empty string, or a number (its string form), as ngx_lua_ipc
+-- takes it (luaL_checklstring). Returns the name as a string.
 local function check_name(name, n, fname)
-    if type(name) ~= "string" then
-        bad_arg(n, fname, "string expected, got " .. type(name))
+    local t = type(name)
+    if t == "number" then
+        return tostring(name)
+    end
+
+    if t ~= "string" then
+        bad_arg(n, fname, "string expected, got " .. t)
     end
 
     if name == "" then
         bad_arg(n, fname, "non-empty string expected")
     end
+
+    return name
+end
+
+
+-- pid: a number, or a string that converts to one, as from ngx.var
+-- (ngx_lua_ipc takes it with luaL_checknumber). Returns the number.
+local function check_pid(pid, n, fname)
+    local t = type(pid)
+    if t == "number" then
+        return pid
+    end
+
+    if t == "string" then
+        local num = tonumber(pid)
+        if num then
+            return num
+        end
+    end
+
+    bad_arg(n, fname, "number expected, got " .. t)
 end
 
 
@@ -218,6 +253,31 @@ local function not_available()
 end
 
 
+-- A handler's error value as text: a string or a number as such, an
+-- object through its __tostring, anything else as Lua's own interpreter
+-- says it ("(error object is a table value)").
+local function error_text(err)
+    local t = type(err)
+    if t == "string" then
+        return err
+    end
+
+    if t == "number" then
+        return tostring(err)
+    end
+
+    local mt = getmetatable(err)
+    if mt and mt.__tostring then
+        local ok, s = pcall(tostring, err)
+        if ok and type(s) == "string" then
+            return s
+        end
+    end
+
+    return "(error object is a " .. t .. " value)"
+end
+
+
 local log_second, log_count, log_suppressed = 0, 0, 0
 
 local function log_handler_error(name, err)
@@ -243,7 +303,7 @@ local function log_handler_error(name, err)
     end
 
     ngx_log(ngx_ERR, "ngx_ipc: handler for alert \"", name, "\" failed: ",
-            tostring(err))
+            error_text(err))
 end
 
 
@@ -264,7 +324,10 @@ local function handle_request(handler, name, data, sender, call_id)
         return send_reply(sender, name, S_NO_HANDLER, call_id, "")
     end
 
+    current_call = call_id
     local ok, res = pcall(handler, data)
+    current_call = nil
+
     if ok then
         local t = type(res)
         if t == "string" then
@@ -284,7 +347,7 @@ local function handle_request(handler, name, data, sender, call_id)
 
     stats.handler_errors = stats.handler_errors + 1
     log_handler_error(name, res)
-    send_reply(sender, name, S_ERROR, call_id, tostring(res))
+    send_reply(sender, name, S_ERROR, call_id, error_text(res))
 end
 
 
@@ -297,7 +360,8 @@ end
 -- Runs the handler of one message, in the runner's light thread.
 local function handle(name, data, sender, flags, call_id)
     local ok, err
-    local handler = handlers[name]
+    local handlers = _M.handlers
+    local handler = type(handlers) == "table" and handlers[name] or nil
 
     current_sender = sender
     current_name = name
@@ -373,7 +437,6 @@ local run
 -- ends the whole light thread. That handler is over; start a new runner.
 local function restart_runner()
     exit_state.runner_gone = 0
-    current_sender = nil
     runner_idle = false
 
     if current_name then
@@ -384,8 +447,21 @@ local function restart_runner()
 
         ngx_log(ngx_NOTICE, "ngx_ipc: the handler for alert \"", name,
                 "\" ended its light thread; delivery goes on in a new one")
+
+        -- an ipc.call() waits for this handler: answer it now
+        if current_call then
+            stats.handler_errors = stats.handler_errors + 1
+            send_reply(current_sender, current_name, S_ERROR, current_call,
+                       "the handler ended its light thread (ngx.exit(), or "
+                       .. "an error in a coroutine it ran) before it "
+                       .. "returned")
+            current_call = nil
+        end
+
         current_name = nil
     end
+
+    current_sender = nil
 
     local ok, err = timer_at(0, run)
     if not ok then
@@ -615,15 +691,15 @@ end
 
 
 function _M.send(pid, name, data)
-    check_type(pid, "number", 1, "send")
-    check_name(name, 2, "send")
+    pid = check_pid(pid, 1, "send")
+    name = check_name(name, 2, "send")
     data = check_data(data, 3, "send")
     return send(pid, name, data)
 end
 
 
 function _M.broadcast(name, data, opts)
-    check_name(name, 1, "broadcast")
+    name = check_name(name, 1, "broadcast")
     data = check_data(data, 2, "broadcast")
 
     local include_self = true
@@ -642,18 +718,43 @@ function _M.broadcast(name, data, opts)
 end
 
 
+-- The handlers table to register into (ipc.handlers, made anew if a user
+-- replaced it with something that is not a table).
+local function handlers_table()
+    local handlers = _M.handlers
+    if type(handlers) ~= "table" then
+        handlers = {}
+        _M.handlers = handlers
+    end
+
+    return handlers
+end
+
+
 -- receive(name, handler), receive(name, nil), receive({ name = handler })
 function _M.receive(name, handler)
+    if get_phase() == "init" then
+        -- the master's VM: no worker would run them (as ngx_lua_ipc says)
+        error("ipc.receive cannot be used in init_by_lua*: register "
+              .. "handlers in init_worker_by_lua*", 2)
+    end
+
     if type(name) == "table" then
         if handler ~= nil then
             error("bad argument #2 to 'receive' (nil expected with a table "
                   .. "of handlers, got " .. type(handler) .. ")", 2)
         end
 
+        -- check them all before registering any
+        local names = {}
         for k, v in pairs(name) do
-            if type(k) ~= "string" or k == "" then
+            local tk = type(k)
+            if tk == "number" then
+                k = tostring(k)
+
+            elseif tk ~= "string" or k == "" then
                 error("bad argument #1 to 'receive' (table keys must be "
-                      .. "non-empty strings, got " .. type(k) .. ")", 2)
+                      .. "non-empty strings, got " .. tk .. ")", 2)
             end
 
             if #k > MAX_NAME then
@@ -664,14 +765,17 @@ function _M.receive(name, handler)
                 error("bad argument #1 to 'receive' (function expected for \""
                       .. k .. "\", got " .. type(v) .. ")", 2)
             end
+
+            names[k] = v
         end
 
-        for k, v in pairs(name) do
+        local handlers = handlers_table()
+        for k, v in pairs(names) do
             handlers[k] = v
         end
 
     else
-        check_name(name, 1, "receive")
+        name = check_name(name, 1, "receive")
 
         if handler ~= nil then
             check_type(handler, "function", 2, "receive")
@@ -681,7 +785,7 @@ function _M.receive(name, handler)
             return nil, "name too long"    -- no message could carry it
         end
 
-        handlers[name] = handler
+        handlers_table()[name] = handler
     end
 
     start()
@@ -694,15 +798,15 @@ function _M.reply(name, data)
         error("ipc.reply called outside an ipc handler", 2)
     end
 
-    check_name(name, 1, "reply")
+    name = check_name(name, 1, "reply")
     data = check_data(data, 2, "reply")
     return send(current_sender, name, data)
 end
 
 
 function _M.call(pid, name, data, timeout)
-    check_type(pid, "number", 1, "call")
-    check_name(name, 2, "call")
+    pid = check_pid(pid, 1, "call")
+    name = check_name(name, 2, "call")
     data = check_data(data, 3, "call")
 
     if timeout == nil then
@@ -783,6 +887,22 @@ function _M.pids()
 end
 
 
+-- ngx_lua_ipc's: the PIDs of the other running workers of this
+-- configuration, in worker id order.
+function _M.get_other_worker_pids()
+    local me = worker_pid()
+    local t, n = {}, 0
+    for _, pid in ipairs(_M.pids()) do
+        if pid and pid ~= me then
+            n = n + 1
+            t[n] = pid
+        end
+    end
+
+    return t
+end
+
+
 function _M.stats()
     start()
 
@@ -808,11 +928,19 @@ end
 
 
 -- ipc.sender: the sender's PID while a handler runs (in the runner's light
--- thread), nil anywhere else.
+-- thread), nil anywhere else. Setting ipc.default_handler starts this
+-- worker's delivery, as receive() does.
 return setmetatable(_M, {
     __index = function(_, key)
         if key == "sender" and in_runner() then
             return current_sender
         end
-    end
+    end,
+
+    __newindex = function(t, key, value)
+        rawset(t, key, value)
+        if key == "default_handler" and value ~= nil then
+            start()
+        end
+    end,
 })

@@ -13,7 +13,8 @@ extern "C" {
 
 #include <dlfcn.h>
 
-#include "ngx_ipc_lua_path.h"   /* written by ./config: NGX_IPC_LUA_PATH */
+#include "ngx_ipc_lua_path.h"   /* written by ./config: NGX_IPC_LUA_PATH,
+                                   NGX_IPC_CLUSTER_LUA_PATH */
 
 
 /*
@@ -65,11 +66,16 @@ static ngx_uint_t  ngx_ipc_main_vm_marked;
 
 static ngx_int_t ngx_http_ipc_postconfiguration(ngx_conf_t *cf);
 static int ngx_http_ipc_lua_loader(lua_State *L);
+static int ngx_http_ipc_cluster_lua_loader(lua_State *L);
+static int ngx_http_ipc_load(lua_State *L, const char *src, size_t len,
+    const char *name);
 
 
-/* lib/ngx/ipc.lua, embedded by the assembler */
+/* lib/ngx/ipc.lua and lib/ngx/ipc/cluster.lua, embedded by the assembler */
 extern "C" const char  ngx_ipc_lua_source[];
 extern "C" const char  ngx_ipc_lua_source_end[];
+extern "C" const char  ngx_ipc_cluster_lua_source[];
+extern "C" const char  ngx_ipc_cluster_lua_source_end[];
 
 __asm__(
     ".section .rodata\n"
@@ -80,6 +86,13 @@ __asm__(
     "ngx_ipc_lua_source:\n"
     ".incbin \"" NGX_IPC_LUA_PATH "\"\n"
     "ngx_ipc_lua_source_end:\n"
+    ".global ngx_ipc_cluster_lua_source\n"
+    ".global ngx_ipc_cluster_lua_source_end\n"
+    ".hidden ngx_ipc_cluster_lua_source\n"
+    ".hidden ngx_ipc_cluster_lua_source_end\n"
+    "ngx_ipc_cluster_lua_source:\n"
+    ".incbin \"" NGX_IPC_CLUSTER_LUA_PATH "\"\n"
+    "ngx_ipc_cluster_lua_source_end:\n"
     ".previous\n"
 );
 
@@ -174,7 +187,11 @@ ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
         ngx_ipc_lua_rawset(L, NGX_IPC_LUA_REGISTRYINDEX);
     }
 
-    return add_preload(cf, "ngx.ipc", ngx_http_ipc_lua_loader);
+    if (add_preload(cf, "ngx.ipc", ngx_http_ipc_lua_loader) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return add_preload(cf, "ngx.ipc.cluster", ngx_http_ipc_cluster_lua_loader);
 }
 
 
@@ -199,11 +216,26 @@ ngx_http_ipc_lua_loader(lua_State *L)
         }
     }
 
-    if (ngx_ipc_luaL_loadbuffer(L, ngx_ipc_lua_source,
-                        ngx_ipc_lua_source_end - ngx_ipc_lua_source,
-                        "=ngx.ipc")
-        != 0)
-    {
+    return ngx_http_ipc_load(L, ngx_ipc_lua_source,
+                             ngx_ipc_lua_source_end - ngx_ipc_lua_source,
+                             "=ngx.ipc");
+}
+
+
+static int
+ngx_http_ipc_cluster_lua_loader(lua_State *L)
+{
+    return ngx_http_ipc_load(L, ngx_ipc_cluster_lua_source,
+                             ngx_ipc_cluster_lua_source_end
+                             - ngx_ipc_cluster_lua_source,
+                             "=ngx.ipc.cluster");
+}
+
+
+static int
+ngx_http_ipc_load(lua_State *L, const char *src, size_t len, const char *name)
+{
+    if (ngx_ipc_luaL_loadbuffer(L, src, len, name) != 0) {
         return ngx_ipc_lua_error(L);
     }
 

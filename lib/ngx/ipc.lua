@@ -65,6 +65,7 @@ local F_STATUS = 0xc0      -- reply status: ...
 local S_OK = 0x00          -- the handler's first return value
 local S_ERROR = 0x40       -- the handler raised; data is the message
 local S_NO_HANDLER = 0x80  -- no handler for the name
+local S_KICK = 0xc0        -- not a reply: wakes the cluster agent's writer
 local REPLY_NAME = "r"     -- the name a reply carries (it is not used)
 
 -- where ngx.sleep may be used, and so ipc.call
@@ -164,6 +165,13 @@ local current_sender    -- sender of the message being handled
 local current_name      -- name of the message being handled
 local current_call      -- call id of the request being handled, until its
                         -- reply is sent
+local current_node      -- origin node of the message being handled
+
+-- the cluster link (ipc_cluster): ngx.ipc.cluster, or false without it
+local cluster
+local cluster_in        -- the local name that carries a cluster entry
+local node_name         -- this node's name, with ipc_cluster
+local kick_pid = ffi_new("int[1]")
 
 -- the queue from reader to runner: parallel arrays, items [q_first, q_last]
 local q_name, q_data, q_sender, q_flags, q_id = {}, {}, {}, {}, {}
@@ -360,11 +368,23 @@ end
 -- Runs the handler of one message, in the runner's light thread.
 local function handle(name, data, sender, flags, call_id)
     local ok, err
+    local node = node_name
+
+    if name == cluster_in then
+        -- an entry of another node, fanned out here by the cluster agent
+        node, name, data = cluster.unpack(data)
+        if not node then
+            return                 -- this worker handled it already
+        end
+        sender = nil
+    end
+
     local handlers = _M.handlers
     local handler = type(handlers) == "table" and handlers[name] or nil
 
     current_sender = sender
     current_name = name
+    current_node = node
 
     if band(flags, F_REQUEST) ~= 0 then
         handle_request(handler, name, data, sender, call_id)
@@ -386,6 +406,7 @@ local function handle(name, data, sender, flags, call_id)
 
     current_sender = nil
     current_name = nil
+    current_node = nil
 
     if not ok then
         stats.handler_errors = stats.handler_errors + 1
@@ -505,7 +526,13 @@ local function reader(premature)
                     local flags = m.flags
 
                     if band(flags, F_REPLY) ~= 0 then
-                        resolve(m.call_id, flags, data)
+                        if band(flags, F_STATUS) == S_KICK then
+                            if cluster then
+                                cluster.kick()
+                            end
+                        else
+                            resolve(m.call_id, flags, data)
+                        end
 
                     else
                         local last = q_last + 1
@@ -610,6 +637,18 @@ function run(premature)
 end
 
 
+-- A broadcast to this node's workers, for the cluster agent.
+local function broadcast_local(name, data)
+    if C.ngx_ipc_ffi_broadcast(name, #name, data, #data, 1, errmsg)
+       == NGX_OK
+    then
+        return true
+    end
+
+    return nil, ffi_string(errmsg[0])
+end
+
+
 -- Attaches this worker and starts its light threads, once per worker. Does
 -- nothing in the master (init_by_lua*): the first call in a worker does it.
 local function start()
@@ -632,6 +671,17 @@ local function start()
 
     stats = C.ngx_ipc_ffi_stats()
     exit_state = C.ngx_ipc_ffi_exit_state()
+
+    if cluster == nil then
+        local mod = require "ngx.ipc.cluster"
+        local cfg = mod.init({ broadcast_local = broadcast_local,
+                               new_sema = semaphore.new })
+        cluster = cfg and mod or false
+        if cfg then
+            cluster_in = mod.IN_NAME
+            node_name = cfg.node
+        end
+    end
 
     -- each light thread is started once, even if the other one failed to
     local ok, err = true, nil
@@ -702,19 +752,49 @@ function _M.broadcast(name, data, opts)
     name = check_name(name, 1, "broadcast")
     data = check_data(data, 2, "broadcast")
 
-    local include_self = true
+    local include_self, scope = true, nil
     if opts ~= nil then
         check_type(opts, "table", 3, "broadcast")
 
         if opts.include_self ~= nil then
             include_self = opts.include_self and true or false
         end
+
+        scope = opts.scope
+        if scope ~= nil and scope ~= "local" and scope ~= "cluster" then
+            error("bad argument #3 to 'broadcast' (scope \"local\" or "
+                  .. "\"cluster\" expected, got " .. tostring(scope) .. ")", 2)
+        end
     end
 
     start()
 
-    return result(C.ngx_ipc_ffi_broadcast(name, #name, data, #data,
-                                          include_self and 1 or 0, errmsg))
+    if scope ~= "cluster" then
+        return result(C.ngx_ipc_ffi_broadcast(name, #name, data, #data,
+                                              include_self and 1 or 0,
+                                              errmsg))
+    end
+
+    if not cluster then
+        if not started then
+            not_available()
+        end
+        return refuse("no ipc_cluster in this configuration")
+    end
+
+    -- here at once through the local path, to the other nodes by the agent
+    local rc = cluster.broadcast(name, data, include_self, kick_pid, errmsg)
+    if rc ~= NGX_OK then
+        return result(rc)
+    end
+
+    if kick_pid[0] > 0 then
+        -- the agent sleeps: wake it (if this fails, it wakes within 1 s)
+        C.ngx_ipc_ffi_send(kick_pid[0], REPLY_NAME, #REPLY_NAME, "", 0,
+                           bor(F_REPLY, S_KICK), 0, errmsg)
+    end
+
+    return true
 end
 
 
@@ -795,6 +875,11 @@ end
 
 function _M.reply(name, data)
     if current_sender == nil or not in_runner() then
+        if current_name and in_runner() then
+            error("ipc.reply cannot answer a message from another node "
+                  .. "(ipc.sender_node is " .. tostring(current_node) .. ")",
+                  2)
+        end
         error("ipc.reply called outside an ipc handler", 2)
     end
 
@@ -887,6 +972,18 @@ function _M.pids()
 end
 
 
+-- The cluster link's state, { enabled = false } without ipc_cluster.
+function _M.cluster()
+    start()
+
+    if not cluster then
+        return { enabled = false, connected = false }
+    end
+
+    return cluster.state()
+end
+
+
 -- ngx_lua_ipc's: the PIDs of the other running workers of this
 -- configuration, in worker id order.
 function _M.get_other_worker_pids()
@@ -928,12 +1025,18 @@ end
 
 
 -- ipc.sender: the sender's PID while a handler runs (in the runner's light
--- thread), nil anywhere else. Setting ipc.default_handler starts this
+-- thread; nil for a message from another node), nil anywhere else.
+-- ipc.sender_node: the node the message came from (this node's name for a
+-- local one), with ipc_cluster; nil anywhere else. Setting ipc.default_handler starts this
 -- worker's delivery, as receive() does.
 return setmetatable(_M, {
     __index = function(_, key)
         if key == "sender" and in_runner() then
             return current_sender
+        end
+
+        if key == "sender_node" and in_runner() then
+            return current_node
         end
     end,
 

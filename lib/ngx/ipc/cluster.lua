@@ -1,0 +1,739 @@
+-- ngx.ipc.cluster: the link between this nginx and the others of a cluster,
+-- through one Redis stream (the ipc_cluster directive). Loaded by ngx.ipc.
+--
+-- One worker per node, the agent, holds the link: every worker asks for the
+-- lease four times a second (ngx_ipc_ffi_cluster_lease), so that a dead or
+-- hung agent is replaced within a second. The agent runs two light threads,
+-- each with its own Redis connection:
+--   the writer takes the node's cluster broadcasts from the outbox in shared
+--   memory and adds them to the stream in pipelined batches (XADD MAXLEN ~);
+--   it moves the outbox's tail only once Redis acknowledged them, so that
+--   an agent killed mid-batch leaves them for the next one;
+--   the reader follows the stream (XREAD BLOCK from the last id, kept in
+--   shared memory) and fans every entry of another node out to this node's
+--   workers through the local path.
+-- An entry carries its node's name, the node's epoch (the life of its
+-- shared memory) and a sequence number; a worker drops a number it has seen
+-- from that node and epoch, so an entry sent twice (by an agent that died
+-- before it could commit) is handled once. See docs/ARCHITECTURE.md.
+
+local ffi = require "ffi"
+
+local C = ffi.C
+local ffi_new = ffi.new
+local ffi_string = ffi.string
+local math_floor = math.floor
+local math_max = math.max
+local math_min = math.min
+local pairs = pairs
+local pcall = pcall
+local str_find = string.find
+local str_sub = string.sub
+local tonumber = tonumber
+local tostring = tostring
+local type = type
+local ngx = ngx
+local ngx_log = ngx.log
+local ngx_ERR = ngx.ERR
+local ngx_WARN = ngx.WARN
+local ngx_NOTICE = ngx.NOTICE
+local ngx_null = ngx.null
+local ngx_now = ngx.now
+local ngx_sleep = ngx.sleep
+local timer_at = ngx.timer.at
+local timer_every = ngx.timer.every
+local update_time = ngx.update_time
+local worker_exiting = ngx.worker.exiting
+
+
+local NGX_OK = 0
+local LEASE_PERIOD = 0.25      -- seconds between two lease checks
+local BATCH = 256              -- outbox entries per XADD pipeline ...
+local BATCH_BYTES = 4 * 1024 * 1024   -- ... and about so many bytes
+local READ_BUDGET = 64 * 1024 * 1024   -- bytes an XREAD may bring, at most:
+                               -- its COUNT is this over max_message
+local BLOCK_MS = 500           -- XREAD BLOCK: how soon an exiting agent ends
+local TIMEOUT_MS = 2000        -- socket timeouts
+local BACKOFF_MIN, BACKOFF_MAX = 0.1, 5   -- seconds between reconnects
+local LOG_PERIOD = 10          -- seconds between two lines of one failure
+local NODES_PERIOD = 1         -- seconds between two records of our position
+local IN_NAME = "ipc:cluster:in"    -- the local message that carries an entry
+local GAP_NAME = "ipc:cluster_gap"  -- the user's hook
+
+-- counter indexes: enum Counter in src/ngx_ipc_cluster.cpp
+local K_PUBLISHED, K_REFUSED, K_ADDED, K_RECEIVED, K_GAPS, K_RECONNECTS,
+      K_ERRORS, K_CONNECTED, K_LAG_MS, K_NODE_CLASHES = 0, 1, 2, 3, 4, 5, 6,
+                                                       7, 8, 9
+local COUNTER_NAMES = {
+    [K_PUBLISHED] = "published", [K_REFUSED] = "refused",
+    [K_ADDED] = "added", [K_RECEIVED] = "received", [K_GAPS] = "gaps",
+    [K_RECONNECTS] = "reconnects", [K_ERRORS] = "errors",
+    [K_NODE_CLASHES] = "node_clashes",
+}
+
+
+ffi.cdef[[
+typedef struct {
+    const unsigned char  *host;
+    size_t                host_len;
+    const unsigned char  *user;
+    size_t                user_len;
+    const unsigned char  *password;
+    size_t                password_len;
+    const unsigned char  *stream;
+    size_t                stream_len;
+    const unsigned char  *node;
+    size_t                node_len;
+    int                   port;
+    int                   db;
+    uint64_t              maxlen;
+    uint64_t              max_message;
+    uint64_t              epoch;
+} ngx_ipc_cluster_info_t;
+
+typedef struct {
+    const unsigned char  *name;
+    const unsigned char  *data;
+    uint64_t              seq;
+    uint64_t              data_len;
+    uint32_t              name_len;
+    int32_t               pid;
+} ngx_ipc_cluster_entry_t;
+
+int ngx_ipc_ffi_cluster_info(ngx_ipc_cluster_info_t *out);
+int ngx_ipc_ffi_cluster_broadcast(const unsigned char *name, size_t name_len,
+    const unsigned char *data, size_t data_len, int include_self,
+    int *kick_pid, char **err);
+int ngx_ipc_ffi_cluster_lease(int *agent_pid);
+int ngx_ipc_ffi_cluster_agent(void);
+void ngx_ipc_ffi_cluster_release(void);
+int ngx_ipc_ffi_cluster_peek(ngx_ipc_cluster_entry_t *out, int max,
+    size_t max_bytes, uint64_t from, uint64_t *end);
+uint64_t ngx_ipc_ffi_cluster_tail(void);
+uint64_t ngx_ipc_ffi_cluster_queued(void);
+void ngx_ipc_ffi_cluster_commit(uint64_t end);
+int ngx_ipc_ffi_cluster_arm(uint64_t from);
+int ngx_ipc_ffi_cluster_get_text(int which, char *buf, int size);
+void ngx_ipc_ffi_cluster_set_text(int which, const char *text, size_t len);
+uint64_t *ngx_ipc_ffi_cluster_counters(void);
+void ngx_ipc_ffi_cluster_count(int which, int64_t n);
+void ngx_ipc_ffi_cluster_gauge(int which, uint64_t v);
+]]
+
+
+local _M = { IN_NAME = IN_NAME }
+
+local cfg                -- this node's settings, from the directive
+local redis              -- lua-resty-redis
+local ipc_api            -- what ngx.ipc lends us (see init)
+local counters           -- uint64_t * into the zone
+local kick_sema          -- the writer sleeps on it; a kick posts it
+local agent_pid = ffi_new("int[1]")
+local peek_end = ffi_new("uint64_t[1]")
+local entries = ffi_new("ngx_ipc_cluster_entry_t[?]", BATCH)
+local text_buf = ffi_new("char[?]", 128)
+
+local agent = false      -- this worker runs the agent's light threads
+local threads = 0        -- of them, running
+local start_id           -- where this agent started reading
+local seen = {}          -- node .. "/" .. epoch -> highest seq handled
+
+
+-- A failure logged at most once per LOG_PERIOD per kind, with a count of
+-- the ones not logged.
+local log_last, log_skipped = {}, {}
+
+local function log_limited(level, kind, ...)
+    local now = ngx_now()
+    local last = log_last[kind]
+    if last and now - last < LOG_PERIOD then
+        log_skipped[kind] = (log_skipped[kind] or 0) + 1
+        return
+    end
+
+    local skipped = log_skipped[kind] or 0
+    log_last[kind], log_skipped[kind] = now, 0
+    if skipped > 0 then
+        ngx_log(level, "ngx_ipc cluster: ", ..., " (", skipped,
+                " more since the last such line)")
+    else
+        ngx_log(level, "ngx_ipc cluster: ", ...)
+    end
+end
+
+
+local function get_text(which)
+    local n = C.ngx_ipc_ffi_cluster_get_text(which, text_buf, 128)
+    if n <= 0 then
+        return ""
+    end
+
+    return ffi_string(text_buf, n)
+end
+
+
+local function set_text(which, s)
+    C.ngx_ipc_ffi_cluster_set_text(which, s, #s)
+end
+
+
+local function fail(kind, msg)
+    C.ngx_ipc_ffi_cluster_count(K_ERRORS, 1)
+    set_text(1, msg)
+    log_limited(ngx_ERR, kind, msg, " (", cfg.where, ")")
+end
+
+
+-- "ms-seq" ids, compared as Redis does
+local function parse_id(id)
+    local dash = str_find(id, "-", 1, true)
+    if not dash then
+        return tonumber(id) or 0, 0
+    end
+
+    return tonumber(str_sub(id, 1, dash - 1)) or 0,
+           tonumber(str_sub(id, dash + 1)) or 0
+end
+
+
+local function id_greater(a, b)
+    local am, as = parse_id(a)
+    local bm, bs = parse_id(b)
+    return am > bm or (am == bm and as > bs)
+end
+
+
+local function active()
+    return agent and not worker_exiting()
+end
+
+
+-- A Redis connection, authenticated, on the right database.
+local function connect()
+    local red = redis:new()
+    red:set_timeout(TIMEOUT_MS)
+
+    local ok, err = red:connect(cfg.host, cfg.port)
+    if not ok then
+        return nil, "cannot connect: " .. tostring(err)
+    end
+
+    if cfg.password ~= "" then
+        if cfg.user ~= "" then
+            ok, err = red:auth(cfg.user, cfg.password)
+        else
+            ok, err = red:auth(cfg.password)
+        end
+
+        if not ok then
+            red:close()
+            return nil, "authentication failed: " .. tostring(err)
+        end
+    end
+
+    if cfg.db ~= 0 then
+        ok, err = red:select(cfg.db)
+        if not ok then
+            red:close()
+            return nil, "SELECT " .. cfg.db .. " failed: " .. tostring(err)
+        end
+    end
+
+    return red
+end
+
+
+-- Delivers a message to every worker of this node through the local path,
+-- waiting while a worker's queue is full (nothing may be lost here).
+local function deliver_local(name, data)
+    while true do
+        local ok, err = ipc_api.broadcast_local(name, data)
+        if ok then
+            return true
+        end
+
+        if err ~= "queue full" or not active() then
+            return nil, err
+        end
+
+        ngx_sleep(0.001)
+    end
+end
+
+
+local function report_gap(reason)
+    C.ngx_ipc_ffi_cluster_count(K_GAPS, 1)
+    ngx_log(ngx_WARN, "ngx_ipc cluster: this node missed entries of stream \"",
+            cfg.stream, "\": ", reason, "; \"", GAP_NAME,
+            "\" handlers are told")
+    local ok, err = deliver_local(GAP_NAME, reason)
+    if not ok then
+        ngx_log(ngx_ERR, "ngx_ipc cluster: cannot tell the gap: ", err)
+    end
+end
+
+
+-- XINFO STREAM as a table; nil if the stream does not exist.
+local function stream_info(red)
+    local res, err = red:xinfo("STREAM", cfg.stream)
+    if not res then
+        if err and str_find(err, "no such key", 1, true) then
+            return {}
+        end
+        return nil, err
+    end
+
+    local t = {}
+    for i = 1, #res, 2 do
+        t[res[i]] = res[i + 1]
+    end
+    return t
+end
+
+
+-- Entries after `id` were trimmed before we read them?
+local function check_trimmed(red, id)
+    local info, err = stream_info(red)
+    if not info then
+        return nil, err
+    end
+
+    local deleted = info["max-deleted-entry-id"]
+    if type(deleted) == "string" and id_greater(deleted, id) then
+        report_gap("the stream was trimmed past " .. id .. " (up to "
+                   .. deleted .. ") before this node read it")
+    end
+
+    return true
+end
+
+
+-- Where the reader starts: the last id fanned out here (kept in shared
+-- memory, so it outlives an agent and a reload), else the stream's end.
+local function resume(red)
+    local last = get_text(0)
+    if last ~= "" then
+        local ok, err = check_trimmed(red, last)
+        if not ok then
+            return nil, err
+        end
+        return last
+    end
+
+    -- a fresh node: start at the end; if an earlier run of this node left
+    -- its position and entries came after it, they were missed
+    local top, err = red:xrevrange(cfg.stream, "+", "-", "COUNT", 1)
+    if not top then
+        return nil, err
+    end
+
+    last = (type(top[1]) == "table" and top[1][1]) or "0-0"
+
+    local prev
+    prev, err = red:hget(cfg.nodes_key, cfg.node)
+    if prev == nil then
+        return nil, err
+    end
+
+    if prev ~= ngx_null and id_greater(last, prev) then
+        report_gap("this node (re)started with no memory of the stream; "
+                   .. "entries after " .. prev .. " (its last position) "
+                   .. "were not seen")
+    end
+
+    set_text(0, last)
+    return last
+end
+
+
+-- Fans one stream entry out to this node's workers. Returns false when
+-- the agent stops before it could.
+local function fan_out(id, fields)
+    local f = {}
+    for i = 1, #fields, 2 do
+        f[fields[i]] = fields[i + 1]
+    end
+
+    local node, epoch, seq, name, data = f.n, f.e, f.s, f.k, f.d
+    if type(node) ~= "string" or type(epoch) ~= "string"
+       or type(seq) ~= "string" or type(name) ~= "string" or name == ""
+       or type(data) ~= "string"
+    then
+        log_limited(ngx_WARN, "foreign", "entry ", id, " of stream \"",
+                    cfg.stream, "\" is not ngx_ipc's: skipped")
+        return true
+    end
+
+    if node == cfg.node then
+        if epoch == cfg.epoch then
+            return true            -- ours: delivered here at once
+        end
+
+        if id_greater(id, start_id) then
+            C.ngx_ipc_ffi_cluster_count(K_NODE_CLASHES, 1)
+            log_limited(ngx_ERR, "clash", "another nginx uses this node's ",
+                        "name \"", node, "\" (set node= in ipc_cluster); ",
+                        "its messages are delivered here all the same")
+        end
+    end
+
+    local packed = node .. "\n" .. epoch .. "\n" .. seq .. "\n" .. #name
+                   .. "\n" .. name .. data
+    local ok, err = deliver_local(IN_NAME, packed)
+    if not ok then
+        if not active() then
+            return false
+        end
+
+        log_limited(ngx_ERR, "fanout", "entry ", id, " (", #data,
+                    " bytes) not delivered here: ", err)
+    end
+
+    C.ngx_ipc_ffi_cluster_count(K_RECEIVED, 1)
+    return true
+end
+
+
+local function reader_loop()
+    local red, err, last
+    local backoff = BACKOFF_MIN
+    local first = true
+    local recorded = 0
+
+    while active() do
+        if not red then
+            red, err = connect()
+            if red then
+                last, err = resume(red)
+                if not last then
+                    red:close()
+                    red = nil
+                    err = "cannot resume: " .. tostring(err)
+                end
+            end
+
+            if not red then
+                C.ngx_ipc_ffi_cluster_gauge(K_CONNECTED, 0)
+                fail("reader", err)
+                ngx_sleep(backoff)
+                backoff = math_min(backoff * 2, BACKOFF_MAX)
+
+            else
+                if not first then
+                    C.ngx_ipc_ffi_cluster_count(K_RECONNECTS, 1)
+                    ngx_log(ngx_NOTICE, "ngx_ipc cluster: connected again to ",
+                            cfg.where, ", resuming after ", last)
+                end
+                first = false
+                start_id = start_id or last
+                backoff = BACKOFF_MIN
+                C.ngx_ipc_ffi_cluster_gauge(K_CONNECTED, 1)
+            end
+
+        else
+            local res
+            res, err = red:xread("COUNT", cfg.read_count, "BLOCK", BLOCK_MS,
+                                 "STREAMS", cfg.stream, last)
+            if not res then
+                red:close()
+                red = nil
+                C.ngx_ipc_ffi_cluster_gauge(K_CONNECTED, 0)
+                fail("reader", "XREAD failed: " .. tostring(err))
+
+            elseif res ~= ngx_null then
+                local list = res[1] and res[1][2] or {}
+                local n = #list
+                for i = 1, n do
+                    local entry = list[i]
+                    if type(entry[2]) == "table"
+                       and not fan_out(entry[1], entry[2])
+                    then
+                        break
+                    end
+
+                    last = entry[1]
+                    set_text(0, last)
+                end
+
+                if n > 0 then
+                    update_time()
+                    local ms = parse_id(last)
+                    local lag = ngx_now() * 1000 - ms
+                    C.ngx_ipc_ffi_cluster_gauge(K_LAG_MS, lag > 0 and lag or 0)
+                end
+
+                -- a full batch: we are behind, and trimming may overtake us
+                if n >= cfg.read_count then
+                    check_trimmed(red, last)
+                end
+            end
+
+            -- our position, for the gap check of a later run of this node
+            if red and ngx_now() - recorded >= NODES_PERIOD then
+                recorded = ngx_now()
+                red:hset(cfg.nodes_key, cfg.node, last)
+            end
+        end
+    end
+
+    if red then
+        red:close()
+    end
+end
+
+
+local function writer_loop()
+    local red, err
+    local pos = C.ngx_ipc_ffi_cluster_tail()
+    local backoff = BACKOFF_MIN
+
+    while active() do
+        local n = C.ngx_ipc_ffi_cluster_peek(entries, BATCH, BATCH_BYTES, pos,
+                                             peek_end)
+        if n <= 0 then
+            if C.ngx_ipc_ffi_cluster_arm(pos) == 0 then
+                kick_sema:wait(1)
+            end
+
+        elseif not red then
+            red, err = connect()
+            if not red then
+                fail("writer", err)
+                ngx_sleep(backoff)
+                backoff = math_min(backoff * 2, BACKOFF_MAX)
+            end
+
+        else
+            red:init_pipeline(n)
+            for i = 0, n - 1 do
+                local e = entries[i]
+                red:xadd(cfg.stream, "MAXLEN", "~", cfg.maxlen, "*",
+                         "n", cfg.node, "e", cfg.epoch,
+                         "s", tostring(tonumber(e.seq)), "p", e.pid,
+                         "k", ffi_string(e.name, e.name_len),
+                         "d", ffi_string(e.data, e.data_len))
+            end
+
+            local res
+            res, err = red:commit_pipeline()
+            if not res then
+                red:close()
+                red = nil
+                fail("writer", "XADD failed: " .. tostring(err))
+
+            else
+                local bad
+                for i = 1, n do
+                    local r = res[i]
+                    if type(r) == "table" and r[1] == false then
+                        bad = r[2]
+                        break
+                    end
+                end
+
+                if bad then
+                    -- nothing is committed: the batch goes again, and the
+                    -- receivers drop what they already had
+                    fail("writer", "XADD refused: " .. tostring(bad))
+                    ngx_sleep(backoff)
+                    backoff = math_min(backoff * 2, BACKOFF_MAX)
+
+                else
+                    pos = peek_end[0]
+                    C.ngx_ipc_ffi_cluster_commit(pos)
+                    C.ngx_ipc_ffi_cluster_count(K_ADDED, n)
+                    backoff = BACKOFF_MIN
+                end
+            end
+        end
+    end
+
+    if red then
+        red:close()
+    end
+end
+
+
+local function thread(fn)
+    return function(premature)
+        if premature then
+            return
+        end
+
+        threads = threads + 1
+        local ok, err = pcall(fn)
+        threads = threads - 1
+        if not ok then
+            log_limited(ngx_ERR, "thread", "agent thread failed: ", err)
+        end
+
+        if threads == 0 then
+            agent = false
+            C.ngx_ipc_ffi_cluster_gauge(K_CONNECTED, 0)
+            C.ngx_ipc_ffi_cluster_release()
+        end
+    end
+end
+
+
+local function start_agent()
+    agent = true
+    start_id = nil
+    ngx_log(ngx_NOTICE, "ngx_ipc cluster: this worker is the agent of node \"",
+            cfg.node, "\" (", cfg.where, ", stream \"", cfg.stream, "\")")
+
+    local ok, err = timer_at(0, thread(reader_loop))
+    if ok then
+        ok, err = timer_at(0, thread(writer_loop))
+    end
+
+    if not ok then
+        log_limited(ngx_ERR, "start", "cannot start the agent: ", err)
+    end
+end
+
+
+local function lease_tick(premature)
+    if premature then
+        return
+    end
+
+    local mine = C.ngx_ipc_ffi_cluster_lease(agent_pid)
+    if mine == 1 and not agent and threads == 0 then
+        start_agent()
+
+    elseif mine ~= 1 and agent then
+        agent = false              -- another took over (we hung): stop
+    end
+end
+
+
+-- Called by ngx.ipc at its start in a worker. api: broadcast_local(name,
+-- data) -> ok, err; new_sema() -> an ngx.semaphore.
+function _M.init(api)
+    local info = ffi_new("ngx_ipc_cluster_info_t")
+    if C.ngx_ipc_ffi_cluster_info(info) ~= NGX_OK then
+        return nil
+    end
+
+    local ok, lib = pcall(require, "nginx.redis")      -- Debian's package
+    if not ok then
+        ok, lib = pcall(require, "resty.redis")        -- OpenResty's
+    end
+
+    cfg = {
+        host = ffi_string(info.host, info.host_len),
+        port = info.port,
+        db = info.db,
+        user = ffi_string(info.user, info.user_len),
+        password = ffi_string(info.password, info.password_len),
+        stream = ffi_string(info.stream, info.stream_len),
+        node = ffi_string(info.node, info.node_len),
+        maxlen = tonumber(info.maxlen),
+        max_message = tonumber(info.max_message),
+        epoch = (tostring(info.epoch):gsub("ULL$", "")),
+    }
+    cfg.where = "redis://" .. cfg.host .. ":" .. cfg.port .. "/" .. cfg.db
+    cfg.read_count = math_min(512, math_max(1, math_floor(READ_BUDGET
+                                                       / cfg.max_message)))
+    cfg.nodes_key = cfg.stream .. ":nodes"
+
+    ipc_api = api
+    counters = C.ngx_ipc_ffi_cluster_counters()
+
+    if not ok then
+        ngx_log(ngx_ERR, "ngx_ipc cluster: ipc_cluster needs lua-resty-redis ",
+                "(Debian: apt-get install lua-nginx-redis): ", lib,
+                "; this node stays off the cluster")
+        return cfg
+    end
+
+    redis = lib
+    kick_sema = api.new_sema()
+
+    local tok, err = timer_every(LEASE_PERIOD, lease_tick)
+    if tok then
+        tok, err = timer_at(0, lease_tick)
+    end
+    if not tok then
+        ngx_log(ngx_ERR, "ngx_ipc cluster: cannot start: ", err)
+    end
+
+    return cfg
+end
+
+
+-- A cluster broadcast (ngx.ipc checked the arguments).
+function _M.broadcast(name, data, include_self, kick, errmsg)
+    local rc = C.ngx_ipc_ffi_cluster_broadcast(name, #name, data, #data,
+                                               include_self and 1 or 0,
+                                               kick, errmsg)
+    return rc
+end
+
+
+-- The agent's writer: a broadcast found it asleep.
+function _M.kick()
+    if agent and kick_sema then
+        kick_sema:post(1)
+    end
+end
+
+
+-- An IN_NAME message: origin node, name and data, or nil if this worker
+-- handled that entry already.
+function _M.unpack(packed)
+    local p1 = str_find(packed, "\n", 1, true)
+    local p2 = p1 and str_find(packed, "\n", p1 + 1, true)
+    local p3 = p2 and str_find(packed, "\n", p2 + 1, true)
+    local p4 = p3 and str_find(packed, "\n", p3 + 1, true)
+    if not p4 then
+        return nil
+    end
+
+    local node = str_sub(packed, 1, p1 - 1)
+    local key = node .. "/" .. str_sub(packed, p1 + 1, p2 - 1)
+    local seq = tonumber(str_sub(packed, p2 + 1, p3 - 1))
+    local name_len = tonumber(str_sub(packed, p3 + 1, p4 - 1))
+    if not seq or not name_len then
+        return nil
+    end
+
+    local last = seen[key]
+    if last and seq <= last then
+        return nil                 -- sent twice: handled already
+    end
+    seen[key] = seq
+
+    return node, str_sub(packed, p4 + 1, p4 + name_len),
+           str_sub(packed, p4 + name_len + 1)
+end
+
+
+function _M.state()
+    local t = {
+        enabled = true,
+        node = cfg.node,
+        stream = cfg.stream,
+        redis = cfg.where,
+        connected = counters[K_CONNECTED] ~= 0,
+        agent = C.ngx_ipc_ffi_cluster_agent(),   -- 0: none now
+        last_id = get_text(0),
+        last_error = get_text(1),
+        lag_ms = tonumber(counters[K_LAG_MS]),
+        queued_bytes = tonumber(C.ngx_ipc_ffi_cluster_queued()),
+    }
+
+    for i, name in pairs(COUNTER_NAMES) do
+        t[name] = tonumber(counters[i])
+    end
+
+    if t.last_error == "" then
+        t.last_error = nil
+    end
+
+    return t
+end
+
+
+return _M

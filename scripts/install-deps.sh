@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   nginx-light nginx-dev libnginx-mod-http-lua lua-resty-core
   g++ make cmake libgtest-dev python3-pytest curl clang libclang-rt-14-dev gnuplot-nox
-  prometheus
+  prometheus redis-server lua-nginx-redis
 )
 
 missing=()

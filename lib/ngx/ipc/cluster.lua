@@ -208,8 +208,9 @@ local function active()
 end
 
 
--- A Redis connection, authenticated, on the right database.
-local function connect()
+-- A Redis connection, authenticated, on the right database, named for
+-- CLIENT LIST ("ngx_ipc:<node>:reader").
+local function connect(role)
     local red = redis:new()
     red:set_timeout(TIMEOUT_MS)
 
@@ -237,6 +238,12 @@ local function connect()
             red:close()
             return nil, "SELECT " .. cfg.db .. " failed: " .. tostring(err)
         end
+    end
+
+    ok, err = red:client("SETNAME", cfg.client_name .. role)
+    if not ok then
+        red:close()
+        return nil, "CLIENT SETNAME failed: " .. tostring(err)
     end
 
     return red
@@ -291,17 +298,43 @@ local function stream_info(red)
 end
 
 
--- Entries after `id` were trimmed before we read them?
+-- Were entries after `id` trimmed (or deleted) before we read them?
+-- Trimming takes the oldest first, so while the stream still holds `id`
+-- nothing after it is gone. Once `id` is gone too, Redis cannot tell
+-- whether the trim stopped right after it: if the stream's oldest entry
+-- (or, empty, its last generated id) is newer, count it a gap. (It may be
+-- one too many, never one too few.)
 local function check_trimmed(red, id)
+    if id == "0-0" then
+        return true
+    end
+
     local info, err = stream_info(red)
     if not info then
         return nil, err
     end
 
     local deleted = info["max-deleted-entry-id"]
-    if type(deleted) == "string" and id_greater(deleted, id) then
-        report_gap("the stream was trimmed past " .. id .. " (up to "
-                   .. deleted .. ") before this node read it")
+    local gap = type(deleted) == "string" and id_greater(deleted, id)
+
+    if not gap and info["length"] ~= nil then
+        local here
+        here, err = red:xrange(cfg.stream, id, id)
+        if not here then
+            return nil, err
+        end
+
+        if #here == 0 then
+            local first = info["first-entry"]
+            local oldest = type(first) == "table" and first[1]
+                           or info["last-generated-id"]
+            gap = type(oldest) == "string" and id_greater(oldest, id)
+        end
+    end
+
+    if gap then
+        report_gap("the stream was trimmed past " .. id
+                   .. " before this node read what followed")
     end
 
     return true
@@ -322,12 +355,15 @@ local function resume(red)
 
     -- a fresh node: start at the end; if an earlier run of this node left
     -- its position and entries came after it, they were missed
-    local top, err = red:xrevrange(cfg.stream, "+", "-", "COUNT", 1)
-    if not top then
+    local info, err = stream_info(red)
+    if not info then
         return nil, err
     end
 
-    last = (type(top[1]) == "table" and top[1][1]) or "0-0"
+    last = info["last-generated-id"]
+    if type(last) ~= "string" then
+        last = "0-0"
+    end
 
     local prev
     prev, err = red:hget(cfg.nodes_key, cfg.node)
@@ -402,7 +438,7 @@ local function reader_loop()
 
     while active() do
         if not red then
-            red, err = connect()
+            red, err = connect("reader")
             if red then
                 last, err = resume(red)
                 if not last then
@@ -496,7 +532,7 @@ local function writer_loop()
             end
 
         elseif not red then
-            red, err = connect()
+            red, err = connect("writer")
             if not red then
                 fail("writer", err)
                 ngx_sleep(backoff)
@@ -637,6 +673,7 @@ function _M.init(api)
     cfg.read_count = math_min(512, math_max(1, math_floor(READ_BUDGET
                                                        / cfg.max_message)))
     cfg.nodes_key = cfg.stream .. ":nodes"
+    cfg.client_name = "ngx_ipc:" .. cfg.node:gsub("[^%w%.%-_:]", "_") .. ":"
 
     ipc_api = api
     counters = C.ngx_ipc_ffi_cluster_counters()

@@ -42,6 +42,7 @@ SIGQUIT then SIGKILL; redis-server: SIGTERM then SIGKILL).
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -178,12 +179,24 @@ def start_nodes(system, redis, stream):
     return nodes
 
 
+@contextlib.contextmanager
+def uninterrupted():
+    """SIGTERM and Ctrl-C wait (pending) until the block is done: a cleanup
+    is not cut short; the signal then unwinds as usual."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def stop_nodes(nodes):
-    for node in nodes:
-        try:
-            node.stop()
-        except Exception as e:  # keep stopping the others
-            log("  stopping node %s: %s" % (node.name, e))
+    with uninterrupted():
+        for node in nodes:
+            try:
+                node.stop()
+            except Exception as e:  # keep stopping the others
+                log("  stopping node %s: %s" % (node.name, e))
 
 
 def wait_linked(nodes, redis, system):
@@ -427,7 +440,7 @@ def table(results, systems):
 
 def on_sigterm(signum, frame):
     """SIGTERM unwinds like Ctrl-C: the finally blocks stop what was started
-    (further SIGTERMs and Ctrl-Cs are ignored so that they can finish)."""
+    (inside uninterrupted(); further signals are ignored meanwhile)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
@@ -477,7 +490,8 @@ def main():
             if not redis.running():
                 redis.restart()
     finally:
-        redis.cleanup()
+        with uninterrupted():
+            redis.cleanup()
     took = time.monotonic() - t_start
 
     print(table(results, systems))

@@ -1029,7 +1029,7 @@ ngx_ipc_ffi_cluster_gauge(int which, uint64_t v)
 /* The producers' lock. Its word holds the owner's PID; a waiter that finds
  * the owner gone (killed while it held it) takes the lock over: the owner's
  * half-written record was never published, so nothing is lost. Bounded: a
- * waiter gives up after about 100 ms (the owner is stopped, not dead). */
+ * waiter gives up after 20000 tries (the owner is stopped, not dead). */
 static bool
 ngx_ipc_cluster_lock(ClusterShared *cs)
 {

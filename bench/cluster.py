@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Cluster benchmark: ngx_ipc's `ipc_cluster` against Redis pub/sub, on loopback.
 
-    /usr/bin/python3 bench/cluster.py [--quick] [--only ngx_ipc,redis_pubsub]
+    /usr/bin/python3 bench/cluster.py [--quick] [--only ngx_ipc|baseline]
                                       [--json FILE]
 
 Starts one private redis-server (t/redis_server.py: 127.0.0.1, free port, own
@@ -65,6 +65,7 @@ SYSTEMS = {
     "ngx_ipc": os.path.join(HERE, "ngx_ipc", "cluster.conf"),
     "redis_pubsub": os.path.join(HERE, "baselines", "redis_pubsub", "cluster.conf"),
 }
+ALIASES = {"baseline": "redis_pubsub"}   # --only baseline
 NODES = ("A", "B", "C")
 WORKERS = 2
 LINK_TIMEOUT = 15.0     # s for every node to be linked and pass a probe
@@ -300,6 +301,7 @@ def verdict(counts, accepted):
 
 def measure_flood(nodes, system, n):
     batch = 100 if system == "redis_pubsub" else 1
+    agent = nodes[0].state().get("agent")  # ngx_ipc: the worker holding A's link
     v = nodes[0].measure("/bench/cluster/flood?run=%d&n=%d&batch=%d&deadline=%d"
                          % (RUN_FLOOD, n, batch, DEADLINE))
     accepted, t0 = int(v["accepted"]), float(v["t0_us"])
@@ -311,7 +313,8 @@ def measure_flood(nodes, system, n):
     return {"flood msgs/s": rate,
             "flood publish msgs/s": accepted / ((t1 - t0) / 1e6) if t1 > t0 else None, "flood verified workers": ok,
             "flood receiving workers": len(counts), "flood n": n, "flood lost": lost,
-            "flood duplicated": dup, "flood publish retries": int(v["retries"])}
+            "flood duplicated": dup, "flood publish retries": int(v["retries"]),
+            "flood publisher is the agent": v.get("pid") == agent if agent else None}
 
 
 def measure_loss(nodes, system, redis, rate, seconds):
@@ -450,7 +453,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small N, for iterating")
     ap.add_argument("--only", default=None,
-                    help="comma list of systems: %s (default: both)" % ",".join(SYSTEMS))
+                    help="comma list of systems: %s (default: both; "
+                         "baseline = redis_pubsub)" % ",".join(SYSTEMS))
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     ap.add_argument("--latency-n", type=int, default=None)
     ap.add_argument("--flood-n", type=int, default=None)
@@ -462,7 +466,7 @@ def main():
     cfg.flood_n = cfg.flood_n or (20000 if q else 100000)
     cfg.loss_rate = cfg.loss_rate or (2000 if q else 5000)
     cfg.loss_seconds = cfg.loss_seconds or (2.0 if q else 4.0)
-    systems = cfg.only.split(",") if cfg.only else list(SYSTEMS)
+    systems = [ALIASES.get(s, s) for s in cfg.only.split(",")] if cfg.only else list(SYSTEMS)
     for s in systems:
         if s not in SYSTEMS:
             ap.error("unknown system %r (choose from %s)" % (s, ", ".join(SYSTEMS)))
@@ -516,4 +520,8 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # everything started was stopped on the way out
+        log("interrupted")
+        sys.exit(130)

@@ -121,7 +121,8 @@ start)
       sleep 0.1
     done
     curl -fs "$url/status" | grep -q 'connected=true' ||
-      { echo "$url is not linked to Redis: $prefix/node*/logs/error.log"; exit 1; }
+      { echo "$url is not linked to Redis (left running to look at:" \
+             "$prefix/node*/logs/error.log; stop with $0 stop)"; exit 1; }
   done
 
   echo "ngx_ipc cluster demo: redis-server on 127.0.0.1:$redis_port,"

@@ -18,7 +18,7 @@
 --       Prints rtt_p50_us, rtt_p99_us, timeouts.
 --   /bench/cluster/flood?run=R&n=N[&rate=MSGS_PER_S][&batch=B]   n 16-byte
 --       "s" messages "<run 3><worker 1><seq 12>"; a refused publish is retried
---       (the message is then late, never skipped). Prints worker, accepted,
+--       (the message is then late, never skipped). Prints worker, pid, accepted,
 --       retries, t0_us, t1_us, first_error.
 --   /bench/cluster/result?run=R   what this node's workers received in run R:
 --       recv <worker> <origin> <publisher worker> <count> <highest seq>
@@ -242,6 +242,7 @@ function M.flood()
     local t1 = now_us()
     done()
     ngx.say("worker ", wid)
+    ngx.say("pid ", ngx.worker.pid())
     ngx.say("accepted ", seq)
     ngx.say("retries ", stats.retries)
     ngx.say(fmt("t0_us %.0f", t0))

@@ -29,7 +29,10 @@ placeholders (@NODE@, @REDIS_*@, @STREAM@) first. Measured, per system:
            every worker of B and C checks count and order per publisher and
            reports over HTTP. Rate = N / (last arrival at B or C - first send).
            Verified means every one of the 4 receiving workers got all N,
-           in order, no duplicate.
+           in order, no duplicate. The publisher is a worker of A that is not
+           its ngx_ipc agent (the agent holds the node's link: publishing
+           there competes with it); for ngx_ipc the flood is then repeated
+           from the agent worker. Latency and loss runs use the first one.
   loss     the same at a paced rate (one publish at a time); when B and C have
            a quarter of it, redis-server is SIGKILLed and restarted on the same
            port with the same AOF. Lost = accepted by A's publisher (a publish
@@ -73,7 +76,7 @@ SETTLE_TIMEOUT = 30.0   # s for receivers to report what they will get
 QUIET_S = 1.5           # s without progress after which a receiver is done
 DEADLINE = 120          # s, bound of every bench request on the nginx side
 
-RUN_LATENCY, RUN_FLOOD, RUN_LOSS = 1, 2, 3
+RUN_LATENCY, RUN_FLOOD, RUN_LOSS, RUN_FLOOD_AGENT = 1, 2, 3, 4
 
 
 def log(*a):
@@ -124,9 +127,19 @@ class Node:
             raise RuntimeError("node %s %s: HTTP %s %s" % (self.name, path, code, body[:300]))
         return body
 
-    def measure(self, path):
-        """A bench request: its `key value` lines, `error` lines raise."""
-        body = self.get(path, timeout=DEADLINE + 30)
+    def measure(self, path, pid=None):
+        """A bench request: its `key value` lines, `error` lines raise.
+        With pid, retried on new connections (bounded) until that worker
+        takes it: the others answer 409 (bl_cluster.lua)."""
+        if pid is not None:
+            path += "&pid=%d" % pid
+        deadline = time.monotonic() + 30
+        for _ in range(400):
+            code, body = self.ngx.get(path, timeout=DEADLINE + 30)
+            if code != 409 or time.monotonic() > deadline:
+                break
+        if code != 200:
+            raise RuntimeError("node %s %s: HTTP %s %s" % (self.name, path, code, body[:300]))
         vals, err = {}, None
         for line in body.splitlines():
             parts = line.split(None, 1)
@@ -229,9 +242,21 @@ def pct(values, p):
     return values[min(len(values) - 1, int(len(values) * p))] if values else None
 
 
-def measure_latency(nodes, n):
+def publishers(node):
+    """(a worker of A that is not its agent, A's agent or None): ngx_ipc's
+    agent holds the node's link, so publishing there competes with it."""
+    agent = node.state().get("agent")
+    agent = int(agent) if agent and agent.isdigit() and int(agent) > 0 else None
+    others = [pid for pid in node.ngx.worker_pids() if pid != agent]
+    if not others:
+        raise RuntimeError("node %s: no worker found besides the agent %s" % (node.name, agent))
+    return others[0], agent
+
+
+def measure_latency(nodes, n, pid):
     a, remote = nodes[0], nodes[1:]
-    v = a.measure("/bench/cluster/latency?run=%d&n=%d&deadline=%d" % (RUN_LATENCY, n, DEADLINE))
+    v = a.measure("/bench/cluster/latency?run=%d&n=%d&deadline=%d" % (RUN_LATENCY, n, DEADLINE),
+                  pid)
     got = n - int(v["timeouts"])
 
     def samples():
@@ -299,32 +324,34 @@ def verdict(counts, accepted):
     return ok, lost, dup
 
 
-def measure_flood(nodes, system, n):
+def measure_flood(nodes, system, n, pid, run=RUN_FLOOD, label="flood"):
     batch = 100 if system == "redis_pubsub" else 1
     agent = nodes[0].state().get("agent")  # ngx_ipc: the worker holding A's link
     v = nodes[0].measure("/bench/cluster/flood?run=%d&n=%d&batch=%d&deadline=%d"
-                         % (RUN_FLOOD, n, batch, DEADLINE))
+                         % (run, n, batch, DEADLINE), pid)
     accepted, t0 = int(v["accepted"]), float(v["t0_us"])
-    counts = settle(nodes, RUN_FLOOD, int(v["worker"]), accepted, expect_all=True)
+    counts = settle(nodes, run, int(v["worker"]), accepted, expect_all=True)
     ok, lost, dup = verdict(counts, accepted)
     t_last = max((c["t_last"] for c in counts.values() if c), default=None)
     rate = accepted / ((t_last - t0) / 1e6) if t_last and t_last > t0 else None
     t1 = float(v["t1_us"])
-    return {"flood msgs/s": rate,
-            "flood publish msgs/s": accepted / ((t1 - t0) / 1e6) if t1 > t0 else None, "flood verified workers": ok,
-            "flood receiving workers": len(counts), "flood n": n, "flood lost": lost,
-            "flood duplicated": dup, "flood publish retries": int(v["retries"]),
-            "flood publisher is the agent": v.get("pid") == agent if agent else None}
+    figures = {
+        "msgs/s": rate,
+        "publish msgs/s": accepted / ((t1 - t0) / 1e6) if t1 > t0 else None,
+        "verified workers": ok, "receiving workers": len(counts), "n": n, "lost": lost,
+        "duplicated": dup, "publish retries": int(v["retries"]),
+        "publisher is the agent": v.get("pid") == agent if agent else None}
+    return {"%s %s" % (label, k): x for k, x in figures.items()}
 
 
-def measure_loss(nodes, system, redis, rate, seconds):
+def measure_loss(nodes, system, redis, rate, seconds, pid):
     n = int(rate * seconds)
     box = {}
 
     def publish():
         try:
             box["v"] = nodes[0].measure("/bench/cluster/flood?run=%d&n=%d&rate=%d&deadline=%d"
-                                        % (RUN_LOSS, n, rate, DEADLINE))
+                                        % (RUN_LOSS, n, rate, DEADLINE), pid)
         except Exception as e:
             box["error"] = e
     thread = threading.Thread(target=publish, daemon=True)
@@ -373,9 +400,14 @@ def bench_system(system, redis, cfg):
         if system == "ngx_ipc":
             st = nodes[0].state()
             log("  node A: agent %s, node name %s" % (st.get("agent"), st.get("node")))
-        steps = [("latency", lambda: measure_latency(nodes, cfg.latency_n)),
-                 ("flood", lambda: measure_flood(nodes, system, cfg.flood_n)),
-                 ("loss", lambda: measure_loss(nodes, system, redis, cfg.loss_rate, cfg.loss_seconds))]
+        pid, agent = publishers(nodes[0])
+        steps = [("latency", lambda: measure_latency(nodes, cfg.latency_n, pid)),
+                 ("flood", lambda: measure_flood(nodes, system, cfg.flood_n, pid)),
+                 ("loss", lambda: measure_loss(nodes, system, redis, cfg.loss_rate,
+                                               cfg.loss_seconds, pid))]
+        if agent is not None:
+            steps.insert(2, ("flood from the agent", lambda: measure_flood(
+                nodes, system, cfg.flood_n, agent, RUN_FLOOD_AGENT, "agent flood")))
         for step, fn in steps:
             log("  %s %s" % (system, step))
             try:
@@ -425,9 +457,14 @@ def table(results, systems):
         ("one-way latency p50, 16 B, A to B/C workers (us)", lambda s: get(s, "latency p50 (us)")),
         ("one-way latency p99 (us)", lambda s: get(s, "latency p99 (us)")),
         ("round trip / 2, p50 (us)", lambda s: get(s, "rtt/2 p50 (us)")),
-        ("broadcasts/s A to B and C, 16 B", lambda s: get(s, "flood msgs/s")),
+        ("broadcasts/s A to B and C, 16 B (publisher: not the agent)",
+         lambda s: get(s, "flood msgs/s")),
         ("flood: workers of B, C with all N in order",
          lambda s: frac(s, "flood verified workers", "flood receiving workers")),
+        ("... the same, published by A's agent worker",
+         lambda s: get(s, "agent flood msgs/s")),
+        ("... workers with all N in order",
+         lambda s: frac(s, "agent flood verified workers", "agent flood receiving workers")),
         ("Redis SIGKILL + restart: accepted at A", lambda s: get(s, "loss accepted")),
         ("... lost (sum over the 4 workers of B, C)", lambda s: get(s, "loss lost")),
         ("... duplicated or out of order", lambda s: get(s, "loss duplicated")),

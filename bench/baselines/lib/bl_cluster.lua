@@ -9,7 +9,7 @@
 --   T.done()                     -- (optional) end of a request's publishing
 --
 -- Endpoints (each bounded by &deadline=SECONDS, default 60; a failure is a
--- line `error <text>`):
+-- line `error <text>`; latency and flood take &pid=P to run in that worker):
 --   /bench/cluster/latency?run=R&n=N    n pings, one at a time: this worker
 --       publishes "lping" (payload: run and CLOCK_MONOTONIC us, 16 bytes);
 --       every worker of every node records now - sent (one-way, same clock:
@@ -136,8 +136,13 @@ function M.init(transport, node_name, dict_name, opts)
     if not ok then ngx.log(ngx.ERR, "bl_cluster: timer.every failed: ", err) end
 end
 
+-- &pid=P: only the worker with that PID may run it, others answer 409 at
+-- once (the runner retries on a new connection; the listen has reuseport)
 local function args()
     local a = ngx.req.get_uri_args()
+    if a.pid and tonumber(a.pid) ~= ngx.worker.pid() then
+        return ngx.exit(409)
+    end
     local deadline = tonumber(a.deadline) or 60
     return a, now_us() + deadline * 1e6
 end

@@ -514,7 +514,7 @@ def main():
     signal.signal(signal.SIGTERM, on_sigterm)
     t_start = time.monotonic()
     results, notes = {}, []
-    redis = RedisServer(appendfsync="always")
+    redis = RedisServer(appendfsync=os.environ.get("BENCH_APPENDFSYNC", "always"))
     try:
         redis.start()
         log("redis-server %s on 127.0.0.1:%d, dir %s" % (redis.pid, redis.port, redis.dir))

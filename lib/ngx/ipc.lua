@@ -365,20 +365,10 @@ local function in_runner()
 end
 
 
--- Runs the handler of one message, in the runner's light thread.
-local function handle(name, data, sender, flags, call_id)
+-- Runs the handler (or default_handler) of one message that is not a
+-- request, in the runner's light thread.
+local function dispatch(name, data, sender, node)
     local ok, err
-    local node = node_name
-
-    if name == cluster_in then
-        -- an entry of another node, fanned out here by the cluster agent
-        node, name, data = cluster.unpack(data)
-        if not node then
-            return                 -- this worker handled it already
-        end
-        sender = nil
-    end
-
     local handlers = _M.handlers
     local handler = type(handlers) == "table" and handlers[name] or nil
 
@@ -386,11 +376,7 @@ local function handle(name, data, sender, flags, call_id)
     current_name = name
     current_node = node
 
-    if band(flags, F_REQUEST) ~= 0 then
-        handle_request(handler, name, data, sender, call_id)
-        ok = true
-
-    elseif handler then
+    if handler then
         ok, err = pcall(handler, data)
 
     else
@@ -412,6 +398,33 @@ local function handle(name, data, sender, flags, call_id)
         stats.handler_errors = stats.handler_errors + 1
         log_handler_error(name, err)
     end
+end
+
+
+local pace
+
+
+-- Runs the handler of one message, in the runner's light thread.
+local function handle(name, data, sender, flags, call_id)
+    if band(flags, F_REQUEST) ~= 0 then
+        local handlers = _M.handlers
+        current_sender = sender
+        current_name = name
+        current_node = node_name
+        handle_request(type(handlers) == "table" and handlers[name] or nil,
+                       name, data, sender, call_id)
+        current_sender = nil
+        current_name = nil
+        current_node = nil
+        return
+    end
+
+    if name == cluster_in then
+        -- entries of another node, fanned out here by the cluster agent
+        return cluster.each(data, dispatch, pace)
+    end
+
+    dispatch(name, data, sender, node_name)
 end
 
 
@@ -579,6 +592,23 @@ local function reader(premature)
 end
 
 
+-- Counts a handler run; every RUN_BURST of them, visits the event loop.
+-- Posted events chain the light threads: without a visit now and then, a
+-- burst would starve requests. (Not ngx.sleep(0): without OpenResty's
+-- delayed-events patch it logs a warning each time.)
+local burst = 0
+
+function pace()
+    burst = burst + 1
+    if burst >= RUN_BURST then
+        burst = 0
+        if C.ngx_ipc_ffi_yield(yield_sema.sem) == NGX_OK then
+            wait(yield_sema)
+        end
+    end
+end
+
+
 function run(premature)
     if premature then
         return
@@ -587,8 +617,6 @@ function run(premature)
     if C.ngx_ipc_ffi_watch_runner(get_request()) ~= NGX_OK then
         ngx_log(ngx_ERR, "ngx_ipc: cannot watch the runner")
     end
-
-    local burst = 0
 
     -- marks the runner's context, which the coroutines and light threads a
     -- handler starts share: ipc.sender, ipc.reply and the deadlock check
@@ -619,18 +647,7 @@ function run(premature)
             end
 
             handle(name, data, sender, flags, call_id)
-
-            -- posted events chain the light threads: without a visit to
-            -- the event loop now and then, a burst would starve requests.
-            -- (Not ngx.sleep(0): without OpenResty's delayed-events patch
-            -- it logs a warning each time.)
-            burst = burst + 1
-            if burst >= RUN_BURST then
-                burst = 0
-                if C.ngx_ipc_ffi_yield(yield_sema.sem) == NGX_OK then
-                    wait(yield_sema)
-                end
-            end
+            pace()
         end
     end
 

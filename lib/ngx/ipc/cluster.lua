@@ -6,16 +6,20 @@
 -- hung agent is replaced within a second. The agent runs two light threads,
 -- each with its own Redis connection:
 --   the writer takes the node's cluster broadcasts from the outbox in shared
---   memory and adds them to the stream in pipelined batches (XADD MAXLEN ~);
+--   memory and adds them to the stream, a batch per entry (XADD MAXLEN ~);
 --   it moves the outbox's tail only once Redis acknowledged them, so that
 --   an agent killed mid-batch leaves them for the next one;
 --   the reader follows the stream (XREAD BLOCK from the last id, kept in
 --   shared memory) and fans every entry of another node out to this node's
 --   workers through the local path.
--- An entry carries its node's name, the node's epoch (the life of its
--- shared memory) and a sequence number; a worker drops a number it has seen
--- from that node and epoch, so an entry sent twice (by an agent that died
--- before it could commit) is handled once. See docs/ARCHITECTURE.md.
+-- An entry carries its node's name (n), the node's epoch (e: the life of
+-- its shared memory), how many messages it holds (c), and the messages (m),
+-- each with its sequence number:
+--   m = { "<seq>\n<pid>\n<name length>\n<data length>\n" name data }
+-- The reader hands an entry to the local workers whole; a worker drops a
+-- sequence number it has seen from that node and epoch, so a message sent
+-- twice (by an agent that died before it could commit) is handled once.
+-- See docs/ARCHITECTURE.md.
 
 local ffi = require "ffi"
 
@@ -27,6 +31,7 @@ local math_max = math.max
 local math_min = math.min
 local pairs = pairs
 local pcall = pcall
+local concat = table.concat
 local str_find = string.find
 local str_sub = string.sub
 local tonumber = tonumber
@@ -48,8 +53,8 @@ local worker_exiting = ngx.worker.exiting
 
 local NGX_OK = 0
 local LEASE_PERIOD = 0.25      -- seconds between two lease checks
-local BATCH = 256              -- outbox entries per XADD pipeline ...
-local BATCH_BYTES = 4 * 1024 * 1024   -- ... and about so many bytes
+local BATCH = 1024             -- messages per stream entry, at most (and
+                               -- about max_message bytes)
 local READ_BUDGET = 64 * 1024 * 1024   -- bytes an XREAD may bring, at most:
                                -- its COUNT is this over max_message
 local BLOCK_MS = 500           -- XREAD BLOCK: how soon an exiting agent ends
@@ -390,10 +395,9 @@ local function fan_out(id, fields)
         f[fields[i]] = fields[i + 1]
     end
 
-    local node, epoch, seq, name, data = f.n, f.e, f.s, f.k, f.d
+    local node, epoch, count, msgs = f.n, f.e, tonumber(f.c), f.m
     if type(node) ~= "string" or type(epoch) ~= "string"
-       or type(seq) ~= "string" or type(name) ~= "string" or name == ""
-       or type(data) ~= "string"
+       or not count or type(msgs) ~= "string"
     then
         log_limited(ngx_WARN, "foreign", "entry ", id, " of stream \"",
                     cfg.stream, "\" is not ngx_ipc's: skipped")
@@ -413,19 +417,17 @@ local function fan_out(id, fields)
         end
     end
 
-    local packed = node .. "\n" .. epoch .. "\n" .. seq .. "\n" .. #name
-                   .. "\n" .. name .. data
-    local ok, err = deliver_local(IN_NAME, packed)
+    local ok, err = deliver_local(IN_NAME, node .. "\n" .. epoch .. "\n" .. msgs)
     if not ok then
         if not active() then
             return false
         end
 
-        log_limited(ngx_ERR, "fanout", "entry ", id, " (", #data,
+        log_limited(ngx_ERR, "fanout", "entry ", id, " (", #msgs,
                     " bytes) not delivered here: ", err)
     end
 
-    C.ngx_ipc_ffi_cluster_count(K_RECEIVED, 1)
+    C.ngx_ipc_ffi_cluster_count(K_RECEIVED, count)
     return true
 end
 
@@ -524,8 +526,8 @@ local function writer_loop()
     local backoff = BACKOFF_MIN
 
     while active() do
-        local n = C.ngx_ipc_ffi_cluster_peek(entries, BATCH, BATCH_BYTES, pos,
-                                             peek_end)
+        local n = C.ngx_ipc_ffi_cluster_peek(entries, BATCH, cfg.max_message,
+                                             pos, peek_end)
         if n <= 0 then
             if C.ngx_ipc_ffi_cluster_arm(pos) == 0 then
                 kick_sema:wait(1)
@@ -540,46 +542,39 @@ local function writer_loop()
             end
 
         else
-            red:init_pipeline(n)
+            local parts, np = {}, 0
             for i = 0, n - 1 do
                 local e = entries[i]
-                red:xadd(cfg.stream, "MAXLEN", "~", cfg.maxlen, "*",
-                         "n", cfg.node, "e", cfg.epoch,
-                         "s", tostring(tonumber(e.seq)), "p", e.pid,
-                         "k", ffi_string(e.name, e.name_len),
-                         "d", ffi_string(e.data, e.data_len))
+                parts[np + 1] = tonumber(e.seq) .. "\n" .. e.pid .. "\n"
+                                .. e.name_len .. "\n"
+                                .. tonumber(e.data_len) .. "\n"
+                parts[np + 2] = ffi_string(e.name, e.name_len)
+                parts[np + 3] = ffi_string(e.data, e.data_len)
+                np = np + 3
             end
 
             local res
-            res, err = red:commit_pipeline()
-            if not res then
+            res, err = red:xadd(cfg.stream, "MAXLEN", "~", cfg.maxlen, "*",
+                                "n", cfg.node, "e", cfg.epoch, "c", n,
+                                "m", concat(parts, "", 1, np))
+            if res == nil then
+                -- the connection failed: the batch goes again on a new one
                 red:close()
                 red = nil
                 fail("writer", "XADD failed: " .. tostring(err))
 
+            elseif not res then
+                -- Redis refused it (false, its error): nothing is
+                -- committed, it goes again after a while
+                fail("writer", "XADD refused: " .. tostring(err))
+                ngx_sleep(backoff)
+                backoff = math_min(backoff * 2, BACKOFF_MAX)
+
             else
-                local bad
-                for i = 1, n do
-                    local r = res[i]
-                    if type(r) == "table" and r[1] == false then
-                        bad = r[2]
-                        break
-                    end
-                end
-
-                if bad then
-                    -- nothing is committed: the batch goes again, and the
-                    -- receivers drop what they already had
-                    fail("writer", "XADD refused: " .. tostring(bad))
-                    ngx_sleep(backoff)
-                    backoff = math_min(backoff * 2, BACKOFF_MAX)
-
-                else
-                    pos = peek_end[0]
-                    C.ngx_ipc_ffi_cluster_commit(pos)
-                    C.ngx_ipc_ffi_cluster_count(K_ADDED, n)
-                    backoff = BACKOFF_MIN
-                end
+                pos = peek_end[0]
+                C.ngx_ipc_ffi_cluster_commit(pos)
+                C.ngx_ipc_ffi_cluster_count(K_ADDED, n)
+                backoff = BACKOFF_MIN
             end
         end
     end
@@ -717,33 +712,46 @@ function _M.kick()
 end
 
 
--- An IN_NAME message: origin node, name and data, or nil if this worker
--- handled that entry already.
-function _M.unpack(packed)
+-- Runs dispatch(name, data, nil, node) for each message of an IN_NAME
+-- message (a stream entry of another node) that this worker has not
+-- handled yet, and pace() after each.
+function _M.each(packed, dispatch, pace)
     local p1 = str_find(packed, "\n", 1, true)
     local p2 = p1 and str_find(packed, "\n", p1 + 1, true)
-    local p3 = p2 and str_find(packed, "\n", p2 + 1, true)
-    local p4 = p3 and str_find(packed, "\n", p3 + 1, true)
-    if not p4 then
-        return nil
+    if not p2 then
+        return
     end
 
     local node = str_sub(packed, 1, p1 - 1)
     local key = node .. "/" .. str_sub(packed, p1 + 1, p2 - 1)
-    local seq = tonumber(str_sub(packed, p2 + 1, p3 - 1))
-    local name_len = tonumber(str_sub(packed, p3 + 1, p4 - 1))
-    if not seq or not name_len then
-        return nil
-    end
+    local last = seen[key] or 0
+    local at, size = p2 + 1, #packed
 
-    local last = seen[key]
-    if last and seq <= last then
-        return nil                 -- sent twice: handled already
-    end
-    seen[key] = seq
+    while at <= size do
+        local q1 = str_find(packed, "\n", at, true)
+        local q2 = q1 and str_find(packed, "\n", q1 + 1, true)
+        local q3 = q2 and str_find(packed, "\n", q2 + 1, true)
+        local q4 = q3 and str_find(packed, "\n", q3 + 1, true)
+        local seq = q4 and tonumber(str_sub(packed, at, q1 - 1))
+        local name_len = q4 and tonumber(str_sub(packed, q2 + 1, q3 - 1))
+        local data_len = q4 and tonumber(str_sub(packed, q3 + 1, q4 - 1))
+        if not (seq and name_len and data_len) then
+            return                 -- not ours: nothing more to take
+        end
 
-    return node, str_sub(packed, p4 + 1, p4 + name_len),
-           str_sub(packed, p4 + name_len + 1)
+        local name_at = q4 + 1
+        local data_at = name_at + name_len
+        at = data_at + data_len
+
+        if seq > last then
+            -- (a number not above the last one: sent twice, handled already)
+            last = seq
+            seen[key] = seq
+            dispatch(str_sub(packed, name_at, data_at - 1), str_sub(packed,
+                     data_at, at - 1), nil, node)
+            pace()
+        end
+    end
 end
 
 

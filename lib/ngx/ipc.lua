@@ -653,6 +653,10 @@ local function check_wait(opts, n, fname)
         bad_arg(n, fname, "wait: non-negative number expected")
     end
 
+    if w == 0 then
+        return nil          -- no waiting: a plain send, anywhere
+    end
+
     local phase = get_phase()
     if not YIELDABLE[phase] then
         error("ipc." .. fname .. " with wait is not allowed in the context of "
@@ -698,31 +702,46 @@ end
 local function send_waiting(timeout, try, a, b, c)
     if wq_first > wq_last then
         local ok, err = try(a, b, c)
-        if ok or err ~= "queue full" or timeout == 0 then
-            return ok, err
+        if ok then
+            return true
+        end
+
+        if err ~= "queue full" then
+            return nil, err
         end
 
         stats.refused = stats.refused - 1   -- not refused yet: it waits
     end
 
     local deadline = ngx_now() + timeout
-    local me = { sema = semaphore.new(0), done = false }
+    local me = { sema = semaphore.new(0), done = false, deadline = deadline }
     wq_last = wq_last + 1
     wq[wq_last] = me
 
     local ok, err
+    local counted = false   -- a refusal the send itself counted
     while true do
+        local head = wq[wq_first]
+        if head ~= me and ngx_now() > head.deadline + 1 then
+            -- its light thread was killed while it waited (it would have
+            -- left by itself by now): it must not hold up the others
+            wq_leave(head)
+        end
+
         if wq[wq_first] == me then
             ok, err = try(a, b, c)
             if ok or err ~= "queue full" then
+                counted = true
                 break
             end
 
             stats.refused = stats.refused - 1
         end
 
+        -- (a semaphore wait under 1 ms returns at once without yielding,
+        -- and ngx.now() would not move: that would spin)
         local left = deadline - ngx_now()
-        if left <= 0 then
+        if left < 0.001 then
             ok, err = nil, "timeout"
             break
         end
@@ -733,7 +752,10 @@ local function send_waiting(timeout, try, a, b, c)
             wok, werr = space_sema:wait(left)
 
         else
-            wok, werr = me.sema:wait(left)
+            -- until our turn, or until the first one is overdue
+            local overdue = wq[wq_first].deadline + 1.001 - ngx_now()
+            wok, werr = me.sema:wait(overdue < left and overdue > 0.001
+                                     and overdue or left)
         end
 
         if not wok and werr ~= "timeout" then
@@ -748,11 +770,15 @@ local function send_waiting(timeout, try, a, b, c)
 
     wq_leave(me)
 
-    if not ok then
+    if ok then
+        return true
+    end
+
+    if not counted then
         stats.refused = stats.refused + 1
     end
 
-    return ok, err
+    return nil, err
 end
 
 

@@ -26,8 +26,7 @@ bool status_process_alive(std::int32_t pid) {
   return ::kill(pid, 0) == 0 || errno != ESRCH;  // EPERM: alive, not ours
 }
 
-void read_worker(const ShmHeader* h, std::uint32_t slot, WorkerStatus* out,
-                 StatusAliveFn alive) {
+void read_worker(const ShmHeader* h, std::uint32_t slot, WorkerStatus* out, StatusAliveFn alive) {
   const Slot* s = slot_at(const_cast<ShmHeader*>(h), slot);
   // Acquire: pairs with start()'s release store of the identity, so the
   // counters read below are at least the new process's zeroes.
@@ -40,8 +39,8 @@ void read_worker(const ShmHeader* h, std::uint32_t slot, WorkerStatus* out,
   } else if (out->pid == 0) {
     out->state = static_cast<std::int32_t>(WorkerState::kExited);
   } else {
-    out->state = static_cast<std::int32_t>(alive(out->pid) ? WorkerState::kRunning
-                                                           : WorkerState::kDead);
+    out->state =
+        static_cast<std::int32_t>(alive(out->pid) ? WorkerState::kRunning : WorkerState::kDead);
   }
   const std::uint64_t* from = reinterpret_cast<const std::uint64_t*>(&s->counters.stats);
   std::uint64_t* to = reinterpret_cast<std::uint64_t*>(&out->stats);
@@ -51,8 +50,7 @@ void read_worker(const ShmHeader* h, std::uint32_t slot, WorkerStatus* out,
   out->busy_poll_ns = load_counter(&s->counters.busy_poll_ns);
 }
 
-bool read_pair(const ShmHeader* h, std::uint32_t sender, std::uint32_t receiver,
-               PairStatus* out) {
+bool read_pair(const ShmHeader* h, std::uint32_t sender, std::uint32_t receiver, PairStatus* out) {
   const RingCtl* c = ring_ctl(const_cast<ShmHeader*>(h), sender, receiver);
   // Tail before head: the consumer never passes the head, so used >= 0 even
   // if both move between the loads. Relaxed: nothing is read through them.

@@ -74,8 +74,8 @@ struct alignas(kCacheLine) ShmHeader {
   std::uint64_t ctl_offset;
   std::uint64_t data_offset;
   std::uint64_t total_size;
-  std::uint64_t generation;   // 1 for the master's first configuration, +1 per reload
-  std::uint64_t busy_poll_us; // ipc_busy_poll, for the status page only
+  std::uint64_t generation;    // 1 for the master's first configuration, +1 per reload
+  std::uint64_t busy_poll_us;  // ipc_busy_poll, for the status page only
 };
 static_assert(std::is_standard_layout_v<ShmHeader>);
 static_assert(sizeof(ShmHeader) == 2 * kCacheLine);
@@ -161,11 +161,11 @@ inline std::uint32_t identity_incarnation(std::uint64_t id) {
 // nothing, a reader only reports them.
 struct RingCtl {
   alignas(kCacheLine) std::atomic<std::uint64_t> head;  // written by producer
-  std::atomic<std::uint64_t> head_msgs;      // messages whose last record is published
-  std::atomic<std::uint64_t> backlog_bytes;  // producer's private backlog for this ring
-  std::atomic<std::uint64_t> backlog_msgs;   // messages (or their rests) in it
+  std::atomic<std::uint64_t> head_msgs;                 // messages whose last record is published
+  std::atomic<std::uint64_t> backlog_bytes;             // producer's private backlog for this ring
+  std::atomic<std::uint64_t> backlog_msgs;              // messages (or their rests) in it
   alignas(kCacheLine) std::atomic<std::uint64_t> tail;  // written by consumer
-  std::atomic<std::uint64_t> tail_msgs;  // messages whose last record is released
+  std::atomic<std::uint64_t> tail_msgs;                 // messages whose last record is released
   // Set by the producer while it holds a backlog for this ring; the consumer
   // that frees space and finds it set (and clears it) wakes the producer.
   alignas(kCacheLine) std::atomic<std::uint32_t> producer_waiting;

@@ -277,8 +277,8 @@ class Consumer {
   std::uint64_t cap_ = 0;
   std::uint64_t mask_ = 0;
   std::uint64_t max_total_ = 0;
-  std::uint64_t read_ = 0;      // private read position
-  std::uint64_t released_ = 0;  // last value stored to ctl_->tail
+  std::uint64_t read_ = 0;       // private read position
+  std::uint64_t released_ = 0;   // last value stored to ctl_->tail
   std::uint64_t read_msgs_ = 0;  // messages whose last record was read
   std::uint64_t cached_head_ = 0;
 };

@@ -52,8 +52,7 @@ bool status_process_alive(std::int32_t pid);
 void read_worker(const ShmHeader* h, std::uint32_t slot, WorkerStatus* out,
                  StatusAliveFn alive = &status_process_alive);
 // True if the pair has ever carried traffic or holds a backlog.
-bool read_pair(const ShmHeader* h, std::uint32_t sender, std::uint32_t receiver,
-               PairStatus* out);
+bool read_pair(const ShmHeader* h, std::uint32_t sender, std::uint32_t receiver, PairStatus* out);
 
 }  // namespace ngx_ipc
 

@@ -180,7 +180,7 @@ local q_name, q_data, q_sender, q_flags, q_id = {}, {}, {}, {}, {}
 local q_first, q_last, q_bytes = 1, 0, 0
 
 -- sends with { wait = s } that wait for room, first come first served:
--- items [wq_first, wq_last], each { sema = ..., done = bool }
+-- items [wq_first, wq_last], each { sema = ..., done = bool, deadline = t }
 local wq = {}
 local wq_first, wq_last = 1, 0
 

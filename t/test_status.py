@@ -243,8 +243,10 @@ def test_backlog_and_waiting_messages(nginx):
         js = status_json(n)
         w0, w1 = js["workers"]
         pair = {(p["sender"], p["receiver"]): p for p in js["pairs"]}.get((0, 1))
+        # (ring_used > 0: the sender refilled the ring the reader last freed)
         if pair and w1["received"] + pair["waiting_messages"] == total \
-                and pair["backlog_bytes"] == w0["queued_bytes"]:
+                and pair["backlog_bytes"] == w0["queued_bytes"] \
+                and pair["ring_used_bytes"] > 0:
             return js, pair
         return None
 
@@ -413,3 +415,48 @@ def test_lua_stats_arguments(nginx):
         assert "bad argument #1 to 'stats' (number or \"all\" expected, " + got in err, err
     (all_stats,) = n.lua('return ipc.stats("all")')
     assert [s["pid"] for s in all_stats] == n.pids
+
+
+def test_generation_counts_reloads(nginx):
+    n = nginx(workers=2, init_worker=COUNTING, locations=STATUS)
+    old = set(n.pids)
+    n.lua('assert(ipc.send(ipc.pids()[1], "c", "x"))', worker=1)
+    assert status_json(n)["config"]["generation"] == 1
+    os.kill(n.master_pid, signal.SIGHUP)
+
+    def reloaded():
+        js = status_json(n)  # an old worker may still answer, for its own
+        pids = {w["pid"] for w in js["workers"]}
+        return js if js["config"]["generation"] == 2 and not pids & old \
+            and all(w["state"] == "running" for w in js["workers"]) else None
+
+    js = wait_for(reloaded, what="the new generation's status")
+    n.pids = [w["pid"] for w in js["workers"]]
+    for w in js["workers"]:
+        assert w["incarnation"] == 1, "a new configuration has new slots"
+        assert w["sent"] == 0 and w["received"] == 0
+    assert js["pairs"] == []
+    wait_for(lambda: set(n.worker_pids()) == set(n.pids), what="the old workers to exit")
+    samples, _ = parse_prometheus(status_prometheus(n).decode())
+    assert samples[("ngx_ipc_generation", frozenset())] == 2
+
+
+@pytest.mark.parametrize("poll", ["50us", "off"])
+def test_busy_poll_time(nginx, poll):
+    n = nginx(workers=2, main=f"ipc_busy_poll {poll};", init_worker=COUNTING,
+              locations=STATUS)
+    n.lua('local p = ipc.pids()[2] for i = 1, 100 do assert(ipc.send(p, "c", "x")) end',
+          worker=0)
+    js = wait_for(lambda: (lambda js: js if js["workers"][1]["received"] == 100 else None)(
+        status_json(n)), what="100 messages")
+    assert js["config"]["busy_poll_us"] == (50 if poll == "50us" else 0)
+    polled = [w["busy_poll_seconds"] for w in js["workers"]]
+    if poll == "off":
+        assert polled == [0, 0]
+    else:
+        # the receiver watched its inbox after the messages, for about
+        # 50 us per burst: more than nothing, far less than the test took
+        assert 0 < polled[1] < 1, polled
+    samples, _ = parse_prometheus(status_prometheus(n).decode())
+    assert samples[("ngx_ipc_busy_poll_limit_seconds", frozenset())] == \
+        (0.00005 if poll == "50us" else 0)

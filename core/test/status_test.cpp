@@ -127,6 +127,26 @@ TEST(Status, PairsShowRingBacklogAndWaitingMessages) {
   EXPECT_GT(p.bytes_total, 10 * KiB);
 }
 
+TEST(Status, ARefusedBroadcastCountsNoMessage) {
+  // Slot 2 never reads: its backlog fills, and a broadcast is refused for
+  // everyone, so nothing is counted as waiting for slot 1 either.
+  World w(3, 4096, 1 * MiB, 64 * KiB);
+  const std::string big(200 * KiB, 'b');
+  ASSERT_EQ(test::send_str(w.ep(0), w.pid(2), "big", big), Status::kOk);
+  ASSERT_EQ(test::send_str(w.ep(0), w.pid(1), "one", "x"), Status::kOk);
+  PairStatus before{}, after{};
+  ASSERT_TRUE(read_pair(w.shm().header(), 0, 1, &before));
+  EXPECT_EQ(before.waiting, 1u);
+  EXPECT_EQ(test::broadcast_str(w.ep(0), "b", "y", true), Status::kQueueFull);
+  ASSERT_TRUE(read_pair(w.shm().header(), 0, 1, &after));
+  EXPECT_EQ(after.waiting, 1u);
+  EXPECT_EQ(after.ring_used, before.ring_used);
+  PairStatus to2{};
+  ASSERT_TRUE(read_pair(w.shm().header(), 0, 2, &to2));
+  EXPECT_EQ(to2.waiting, 1u) << "the big message, partly in the ring";
+  EXPECT_EQ(to2.backlog_bytes, w.ep(0).stats().queued_bytes);
+}
+
 TEST(Status, ARespawnedSenderHasNoBacklog) {
   World w(2, 4096, 1 * MiB, 64 * KiB);
   const std::string big(10 * KiB, 'b');

@@ -290,6 +290,21 @@ def bench_system(res, system, template, cfg, baseline, main_extra=""):
             m = median_of(one, reps)
             res.put(system, "stream %s msgs/s" % size_label(size), m["msgs_per_s"], n)
             res.put(system, "stream %s MB/s" % size_label(size), m["bytes_per_s"] / 1e6, n)
+            if not baseline:
+                # the same stream with ipc.send(..., { wait = ... })
+                wfmt = fmt + "&wait=1"
+                log("  %s stream %s with wait n=%d" % (system, size_label(size), n))
+
+                def one_wait():
+                    v = ngx.measure(wfmt % n)
+                    if int(v.get("verified", -1)) != n:
+                        raise RuntimeError("stream %d with wait: verified %s of %d"
+                                           % (size, v.get("verified"), n))
+                    return v
+                m = median_of(one_wait, reps)
+                res.put(system, "stream %s wait msgs/s" % size_label(size), m["msgs_per_s"], n)
+                res.put(system, "stream %s wait MB/s" % size_label(size),
+                        m["bytes_per_s"] / 1e6, n)
     finally:
         ngx.stop()
 

@@ -12,6 +12,8 @@ extern "C" {
 #include <ngx_http.h>
 }
 
+#include "ngx_ipc/status.h"
+
 #include <signal.h>
 
 
@@ -28,6 +30,8 @@ int ngx_ipc_ffi_recv(ngx_ipc::Delivery *out, int max);
 void ngx_ipc_ffi_recv_done(void);
 int ngx_ipc_ffi_pids(int *out, int max);
 ngx_ipc::Stats *ngx_ipc_ffi_stats(void);
+int ngx_ipc_ffi_worker_status(int slot, ngx_ipc::WorkerStatus *out);
+int ngx_ipc_ffi_wait_space(void *sema);
 ngx_ipc_exit_t *ngx_ipc_ffi_exit_state(void);
 int ngx_ipc_ffi_watch_runner(void *r);
 int ngx_ipc_ffi_yield(void *sema);
@@ -309,6 +313,8 @@ ngx_ipc_ffi_exit_state(void)
 }
 
 
+/* This worker's counters: its slot's in the shared mapping, so the status
+ * page and ipc.stats(pid) of other workers read what the Lua side adds. */
 ngx_ipc::Stats *
 ngx_ipc_ffi_stats(void)
 {
@@ -320,4 +326,46 @@ ngx_ipc_ffi_stats(void)
     }
 
     return &w->endpoint->stats();
+}
+
+
+/* Fills *out with worker slot's status (identity, state, counters) if slot
+ * is in range; returns the number of worker slots. */
+int
+ngx_ipc_ffi_worker_status(int slot, ngx_ipc::WorkerStatus *out)
+{
+    ngx_ipc_worker_t  *w;
+
+    w = ngx_ipc_worker_get();
+    if (w == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (slot >= 0 && (ngx_uint_t) slot < w->conf->nslots) {
+        ngx_ipc::read_worker((ngx_ipc::ShmHeader *) w->conf->shm,
+                             (uint32_t) slot, out);
+    }
+
+    return (int) w->conf->nslots;
+}
+
+
+/*
+ * ipc.send/broadcast with "wait": sema is posted the next time a receiver
+ * frees ring space for this worker (the wake-up handler, after flush()).
+ * One waiter at a time, the first of the Lua side's FIFO; NULL unregisters.
+ */
+int
+ngx_ipc_ffi_wait_space(void *sema)
+{
+    ngx_ipc_worker_t  *w;
+
+    w = ngx_ipc_worker_get();
+    if (w == NULL || w->sema_post == NULL) {
+        return NGX_ERROR;
+    }
+
+    w->space_sema = sema;
+
+    return NGX_OK;
 }

@@ -43,6 +43,7 @@ static void ngx_ipc_poll_found(ngx_ipc_worker_t *w);
 static void ngx_ipc_poll_handler(ngx_event_t *ev);
 static uint64_t ngx_ipc_now_ns(void);
 static void ngx_ipc_poll_end(ngx_ipc_worker_t *w);
+static void ngx_ipc_poll_stop(ngx_ipc_worker_t *w);
 
 /* ipc_busy_poll's default, in microseconds */
 #define NGX_IPC_DEFAULT_BUSY_POLL  50
@@ -123,6 +124,9 @@ ngx_module_t  ngx_ipc_module = {
  * one whose init_module succeeded. Workers inherit it at fork. */
 static ngx_ipc_conf_t    *ngx_ipc_current_conf;
 static ngx_ipc_conf_t    *ngx_ipc_previous_conf;
+
+/* 1 for the master's first configuration, then one more per reload */
+static uint64_t           ngx_ipc_generation;
 
 static ngx_ipc_worker_t   ngx_ipc_worker;
 static ngx_flag_t         ngx_ipc_attached;
@@ -231,6 +235,8 @@ ngx_ipc_create_shared(ngx_cycle_t *cycle, ngx_ipc_conf_t *conf, ngx_uint_t n)
     c.ring_size = conf->ring_size;
     c.max_message = conf->max_message;
     c.queue_limit = conf->queue_limit;
+    c.generation = ++ngx_ipc_generation;
+    c.busy_poll_us = conf->busy_poll;
     l = ngx_ipc::compute_layout(c);
 
     /* MAP_NORESERVE: pages of rings that are never used cost nothing */
@@ -590,6 +596,19 @@ ngx_ipc_wake_handler(ngx_event_t *rev)
 
     w->endpoint->flush();
 
+    if (w->space_sema != NULL) {
+        /*
+         * A send waits for room (ipc.send with "wait"): a receiver freed
+         * ring space, which is what writes our eventfd while we hold a
+         * backlog, and flush() moved what it could. The waiter tries
+         * again; if its destination is still full it registers again.
+         */
+        void  *sema = w->space_sema;
+
+        w->space_sema = NULL;
+        w->sema_post(sema, 1);
+    }
+
     if (w->sema != NULL) {
         /*
          * Not armed means whoever woke us cleared the flag: the reader must
@@ -714,6 +733,7 @@ ngx_ipc_busy_poll(ngx_ipc_worker_t *w)
     }
 
     w->polling = 1;
+    w->poll_start = now;
     w->poll_until = now + (uint64_t) w->conf->busy_poll * 1000;
     w->endpoint->disarm();
     ngx_post_event(&w->poll, &ngx_posted_next_events);
@@ -746,11 +766,20 @@ ngx_ipc_poll_found(ngx_ipc_worker_t *w)
 }
 
 
+/* A poll is over: its time goes to the worker's busy_poll_ns counter. */
+static void
+ngx_ipc_poll_stop(ngx_ipc_worker_t *w)
+{
+    w->polling = 0;
+    w->endpoint->counters().busy_poll_ns += ngx_ipc_now_ns() - w->poll_start;
+}
+
+
 /* Arms the slot again: from now on senders wake the worker. */
 static void
 ngx_ipc_poll_end(ngx_ipc_worker_t *w)
 {
-    w->polling = 0;
+    ngx_ipc_poll_stop(w);
 
     if (w->endpoint->rearm()) {
         ngx_ipc_poll_found(w);
@@ -770,7 +799,7 @@ ngx_ipc_poll_handler(ngx_event_t *ev)
 
     if (w->endpoint->inbox_pending()) {
         /* the reader drains it; its empty receive() starts a new poll */
-        w->polling = 0;
+        ngx_ipc_poll_stop(w);
         w->active = 1;
         ngx_ipc_poll_found(w);
 

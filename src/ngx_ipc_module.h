@@ -5,6 +5,7 @@
  *                          the wake-up fds of a configuration, worker attach
  * ngx_ipc_http_module.cpp  http module: registers the embedded Lua library
  * ngx_ipc_ffi.cpp          the ngx_ipc_ffi_* C ABI used by lib/ngx/ipc.lua
+ * ngx_ipc_status.cpp       http module: the ipc_status directive
  */
 
 #ifndef _NGX_IPC_MODULE_H_INCLUDED_
@@ -20,7 +21,7 @@ extern "C" {
 
 /* Bumped whenever a ngx_ipc_ffi_* signature or a shared struct changes;
  * lib/ngx/ipc.lua refuses to run against another version. */
-#define NGX_IPC_FFI_VERSION  1
+#define NGX_IPC_FFI_VERSION  2
 
 typedef struct {
     /* directives (main context) */
@@ -54,12 +55,14 @@ typedef struct {
     ngx_connection_t          *conn;         /* the slot's eventfd */
     void                      *sema;         /* the Lua dispatchers' inbox */
     void                      *yield_sema;   /* posted on the next pass */
+    void                      *space_sema;   /* a send waits for room */
     ngx_event_t                yield;        /* posts it */
     ngx_ipc_sema_post_pt       sema_post;
     ngx_ipc_exit_t             exit;
     ngx_event_t                watch;        /* cancelable, while exiting */
     ngx_event_t                poll;         /* busy polling, posted */
     uint64_t                   poll_until;   /* CLOCK_MONOTONIC, ns */
+    uint64_t                   poll_start;   /* when this poll began */
     uint64_t                   poll_backoff; /* no poll before (monotonic) */
     uint64_t                   poll_strike_time; /* the first long yield */
     ngx_uint_t                 poll_strikes; /* long yields since then */

@@ -40,7 +40,8 @@ Endpoint::Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds)
       wake_fds_(wake_fds, wake_fds + shm->nslots),
       out_(shm->nslots),
       in_(shm->nslots),
-      queued_before_(shm->nslots) {
+      queued_before_(shm->nslots),
+      stats_(&slot_at(shm, self)->counters.stats) {
   released_.reserve(shm->nslots);
   targets_.reserve(shm->nslots);
   // receive() may then collect a batch without allocating (no bad_alloc
@@ -62,6 +63,15 @@ void Endpoint::start(std::int32_t pid) {
   incarnation_ = identity_incarnation(me->identity.load(std::memory_order_relaxed)) + 1;
   if (incarnation_ == 0) incarnation_ = 1;  // 0 means "any" in a record
   pid_ = pid;
+  // Counters since this process started: the owner's plain stores (a
+  // status reader may see a mix of old and zero meanwhile). A new process
+  // has no backlog either.
+  std::memset(static_cast<void*>(&me->counters), 0, sizeof me->counters);
+  for (std::uint32_t k = 0; k < nslots_; ++k) {
+    RingCtl* ctl = ring_ctl(shm_, self_, k);
+    ctl->backlog_bytes.store(0, std::memory_order_relaxed);
+    ctl->backlog_msgs.store(0, std::memory_order_relaxed);
+  }
   me->sleeping.store(0, std::memory_order_relaxed);
   // Release: publishes the slot's new identity after the state above.
   me->identity.store(make_identity(incarnation_, pid), std::memory_order_release);
@@ -172,11 +182,12 @@ void Endpoint::unqueue(std::uint32_t k, std::size_t backlog_before, std::size_t 
   while (o.backlog.size() > backlog_before) {
     std::uint64_t rest = o.backlog.back().len;
     o.backlog_bytes -= rest;
-    stats_.queued_bytes -= rest;
+    stats_->queued_bytes -= rest;
     o.backlog.pop_back();
   }
-  --stats_.sent;
-  stats_.sent_bytes -= data_len;
+  publish_backlog(k);
+  --stats_->sent;
+  stats_->sent_bytes -= data_len;
 }
 
 Status Endpoint::enqueue(std::uint32_t k, const MessageMeta& meta, const unsigned char* name,
@@ -206,10 +217,11 @@ Status Endpoint::enqueue(std::uint32_t k, const MessageMeta& meta, const unsigne
       return Status::kNoMemory;
     }
     o.backlog_bytes += rest;
-    stats_.queued_bytes += rest;
+    stats_->queued_bytes += rest;
+    publish_backlog(k);
   }
-  ++stats_.sent;
-  stats_.sent_bytes += data_len;
+  ++stats_->sent;
+  stats_->sent_bytes += data_len;
   return Status::kOk;
 }
 
@@ -221,12 +233,22 @@ bool Endpoint::flush_ring(std::uint32_t k) {
     std::uint64_t n = o.producer.write(p.meta, rest, p.start + p.done);
     p.done += n;
     o.backlog_bytes -= n;
-    stats_.queued_bytes -= n;
+    stats_->queued_bytes -= n;
     if (p.done < p.len) break;
     o.backlog.pop_front();
   }
+  publish_backlog(k);
   if (o.producer.publish()) notify(k);
   return o.backlog.empty();
+}
+
+// For the status page: the backlog's figures on the ring's head line,
+// which this process stores to anyway. Only called where the backlog
+// changed, never on a send that the ring took whole.
+void Endpoint::publish_backlog(std::uint32_t k) {
+  RingCtl* ctl = ring_ctl(shm_, self_, k);
+  ctl->backlog_bytes.store(out_[k].backlog_bytes, std::memory_order_relaxed);
+  ctl->backlog_msgs.store(out_[k].backlog.size(), std::memory_order_relaxed);
 }
 
 void Endpoint::await_space(std::uint32_t k) {
@@ -258,10 +280,11 @@ bool Endpoint::process_alive(std::int32_t pid) {
 
 void Endpoint::drop_backlog(std::uint32_t k) {
   OutRing& o = out_[k];
-  stats_.dropped += o.backlog.size();
-  stats_.queued_bytes -= o.backlog_bytes;
+  stats_->dropped += o.backlog.size();
+  stats_->queued_bytes -= o.backlog_bytes;
   o.backlog_bytes = 0;
   o.backlog.clear();
+  publish_backlog(k);
 }
 
 bool Endpoint::flush() {
@@ -346,7 +369,7 @@ int Endpoint::scan(Delivery* out, int max) {
       r.read = true;
       if (st == Consumer::Next::kCorrupt) {
         log("corrupt record in an inbox ring, ring reset", 0);
-        ++stats_.resets;
+        ++stats_->resets;
         drop_partial(r);
         r.consumer.reset();
         break;
@@ -361,7 +384,7 @@ int Endpoint::scan(Delivery* out, int max) {
 
 void Endpoint::drop_partial(InRing& r) {
   if (r.active && !r.discard) {
-    ++stats_.dropped;
+    ++stats_->dropped;
     r.counted = true;  // its remaining fragments, if any come, are not counted again
   }
   r.active = false;
@@ -379,7 +402,7 @@ bool Endpoint::take(InRing& r, const RecordView& v, Delivery* out) {
     drop_partial(r);  // a predecessor of the sender died mid-message
     r.counted = false;
     if (!mine) {
-      ++stats_.dropped;  // addressed to a previous process in this slot
+      ++stats_->dropped;  // addressed to a previous process in this slot
       if (!(h.flags & kLast)) r.active = r.discard = true;
       r.first = h;
       r.filled = v.payload_len;
@@ -394,7 +417,7 @@ bool Endpoint::take(InRing& r, const RecordView& v, Delivery* out) {
       r.filled = v.payload_len;
       if (!r.buf) {
         log("no memory to reassemble a message, dropped", ENOMEM);
-        ++stats_.dropped;
+        ++stats_->dropped;
         r.discard = true;
         return false;
       }
@@ -408,7 +431,7 @@ bool Endpoint::take(InRing& r, const RecordView& v, Delivery* out) {
       // sender restarted: the message cannot be completed.
       drop_partial(r);
       if (h.flags & kLast) {
-        if (!r.counted) ++stats_.dropped;  // counted once, at its end
+        if (!r.counted) ++stats_->dropped;  // counted once, at its end
         r.counted = false;
       }
       return false;
@@ -429,8 +452,8 @@ bool Endpoint::take(InRing& r, const RecordView& v, Delivery* out) {
   out->sender_pid = h.sender_pid;
   out->flags = h.flags & ~(kFirst | kLast);
   out->call_id = h.call_id;
-  ++stats_.received;
-  stats_.received_bytes += out->data_len;
+  ++stats_->received;
+  stats_->received_bytes += out->data_len;
   return true;
 }
 

@@ -53,6 +53,8 @@ ShmHeader* init_shm(void* base, const Config& config) {
   h->ctl_offset = l.ctl_offset;
   h->data_offset = l.data_offset;
   h->total_size = l.total_size;
+  h->generation = config.generation;
+  h->busy_poll_us = config.busy_poll_us;
   return h;
 }
 

@@ -44,7 +44,7 @@ local worker_exiting = ngx.worker.exiting
 local worker_pid = ngx.worker.pid
 
 
-local FFI_VERSION = 1      -- NGX_IPC_FFI_VERSION in src/ngx_ipc_module.h
+local FFI_VERSION = 2      -- NGX_IPC_FFI_VERSION in src/ngx_ipc_module.h
 local NGX_OK = 0
 local NGX_ERROR = -1
 local BATCH = 64           -- messages taken from the inbox per FFI call
@@ -115,6 +115,18 @@ int ngx_ipc_ffi_pids(int *out, int max);
 ngx_ipc_stats_t *ngx_ipc_ffi_stats(void);
 
 typedef struct {
+    int32_t          pid;
+    uint32_t         incarnation;
+    int32_t          state;
+    uint32_t         slot;
+    ngx_ipc_stats_t  stats;
+    uint64_t         busy_poll_ns;
+} ngx_ipc_worker_status_t;
+
+int ngx_ipc_ffi_worker_status(int slot, ngx_ipc_worker_status_t *out);
+int ngx_ipc_ffi_wait_space(void *sema);
+
+typedef struct {
     int  waits;
     int  release;
     int  runner_gone;
@@ -149,12 +161,17 @@ local _M = { version = "0.1.0", handlers = {} }
 local errmsg = ffi_new("char *[1]")
 local msgs = ffi_new("ngx_ipc_msg_t[?]", BATCH)
 local pids_buf = ffi_new("int[?]", MAX_SLOTS)
+local wstatus = ffi_new("ngx_ipc_worker_status_t")
+-- ngx_ipc::WorkerState
+local STATES = { [0] = "not_started", "running", "exited", "dead" }
 
 local stats             -- ngx_ipc_stats_t *, once started
 local exit_state        -- ngx_ipc_exit_t *: our waits, and the module's leave
 local inbox_sema        -- the reader sleeps on it; the module posts it, and
                         -- the runner when it frees room in a full queue
 local work_sema         -- the runner sleeps on it; the reader posts it
+local space_sema        -- the first waiting send sleeps on it; the module
+                        -- posts it when a receiver frees room
 local yield_sema        -- the module posts it on the event loop's next pass
 local started = false     -- the reader and the runner are running
 local runner_started = false
@@ -176,6 +193,11 @@ local kick_pid = ffi_new("int[1]")
 -- the queue from reader to runner: parallel arrays, items [q_first, q_last]
 local q_name, q_data, q_sender, q_flags, q_id = {}, {}, {}, {}, {}
 local q_first, q_last, q_bytes = 1, 0, 0
+
+-- sends with { wait = s } that wait for room, first come first served:
+-- items [wq_first, wq_last], each { sema = ..., done = bool, deadline = t }
+local wq = {}
+local wq_first, wq_last = 1, 0
 
 -- ipc.call()s waiting for a reply, by call id
 local calls = {}
@@ -681,6 +703,7 @@ local function start()
     inbox_sema = inbox_sema or semaphore.new(0)
     work_sema = work_sema or semaphore.new(0)
     yield_sema = yield_sema or semaphore.new(0)
+    space_sema = space_sema or semaphore.new(0)
 
     if C.ngx_ipc_ffi_start(inbox_sema.sem, errmsg) ~= NGX_OK then
         return nil, ffi_string(errmsg[0])
@@ -757,49 +780,178 @@ local function send(pid, name, data, flags, call_id)
 end
 
 
-function _M.send(pid, name, data)
+-- opts.wait of send and broadcast: nil (do not wait) or the seconds to
+-- wait for room, where the caller can yield.
+local function check_wait(opts, n, fname)
+    local w = opts.wait
+    if w == nil then
+        return nil
+    end
+
+    if type(w) ~= "number" then
+        bad_arg(n, fname, "wait: number expected, got " .. type(w))
+    end
+
+    if not (w >= 0) then            -- NaN too
+        bad_arg(n, fname, "wait: non-negative number expected")
+    end
+
+    if w == 0 then
+        return nil          -- no waiting: a plain send, anywhere
+    end
+
+    local phase = get_phase()
+    if not YIELDABLE[phase] then
+        error("ipc." .. fname .. " with wait is not allowed in the context of "
+              .. phase .. " (it must be able to yield, like ngx.sleep)", 3)
+    end
+
+    if w > MAX_WAIT then
+        w = MAX_WAIT
+    end
+
+    return w
+end
+
+
+-- Takes the first waiting send out of the FIFO once it is done, and lets
+-- the next one try.
+local function wq_leave(me)
+    me.done = true
+
+    local head = wq[wq_first]
+    if head ~= me then
+        return              -- the first one is still waiting: nothing moves
+    end
+
+    while wq_first <= wq_last and wq[wq_first].done do
+        wq[wq_first] = nil
+        wq_first = wq_first + 1
+    end
+
+    if wq_first <= wq_last then
+        wq[wq_first].sema:post(1)
+
+    else
+        wq_first, wq_last = 1, 0
+    end
+end
+
+
+-- A send or broadcast that waits up to `timeout` seconds for room when the
+-- destination's backlog is full. The waiting sends of this worker go in
+-- arrival order: only the first one tries, and it is woken by the module
+-- when a receiver frees space (no polling); the others wait for their turn.
+local function send_waiting(timeout, try, a, b, c)
+    if wq_first > wq_last then
+        local ok, err = try(a, b, c)
+        if ok then
+            return true
+        end
+
+        if err ~= "queue full" then
+            return nil, err
+        end
+
+        stats.refused = stats.refused - 1   -- not refused yet: it waits
+    end
+
+    local deadline = ngx_now() + timeout
+    local me = { sema = semaphore.new(0), done = false, deadline = deadline }
+    wq_last = wq_last + 1
+    wq[wq_last] = me
+
+    local ok, err
+    local counted = false   -- a refusal the send itself counted
+    while true do
+        local head = wq[wq_first]
+        if head ~= me and ngx_now() > head.deadline + 1 then
+            -- its light thread was killed while it waited (it would have
+            -- left by itself by now): it must not hold up the others
+            wq_leave(head)
+        end
+
+        if wq[wq_first] == me then
+            ok, err = try(a, b, c)
+            if ok or err ~= "queue full" then
+                counted = true
+                break
+            end
+
+            stats.refused = stats.refused - 1
+        end
+
+        -- (a semaphore wait under 1 ms returns at once without yielding,
+        -- and ngx.now() would not move: that would spin)
+        local left = deadline - ngx_now()
+        if left < 0.001 then
+            ok, err = nil, "timeout"
+            break
+        end
+
+        local wok, werr
+        if wq[wq_first] == me then
+            C.ngx_ipc_ffi_wait_space(space_sema.sem)
+            wok, werr = space_sema:wait(left)
+
+        else
+            -- until our turn, or until the first one is overdue
+            local overdue = wq[wq_first].deadline + 1.001 - ngx_now()
+            wok, werr = me.sema:wait(overdue < left and overdue > 0.001
+                                     and overdue or left)
+        end
+
+        if not wok and werr ~= "timeout" then
+            ok, err = nil, werr
+            break
+        end
+    end
+
+    if wq[wq_first] == me then
+        C.ngx_ipc_ffi_wait_space(nil)
+    end
+
+    wq_leave(me)
+
+    if ok then
+        return true
+    end
+
+    if not counted then
+        stats.refused = stats.refused + 1
+    end
+
+    return nil, err
+end
+
+
+function _M.send(pid, name, data, opts)
     pid = check_pid(pid, 1, "send")
     name = check_name(name, 2, "send")
     data = check_data(data, 3, "send")
+
+    if opts ~= nil then
+        check_type(opts, "table", 4, "send")
+
+        local timeout = check_wait(opts, 4, "send")
+        if timeout then
+            start()
+            return send_waiting(timeout, send, pid, name, data)
+        end
+    end
+
     return send(pid, name, data)
 end
 
 
-function _M.broadcast(name, data, opts)
-    name = check_name(name, 1, "broadcast")
-    data = check_data(data, 2, "broadcast")
+local function broadcast(name, data, include_self)
+    return result(C.ngx_ipc_ffi_broadcast(name, #name, data, #data,
+                                          include_self and 1 or 0, errmsg))
+end
 
-    local include_self, scope = true, nil
-    if opts ~= nil then
-        check_type(opts, "table", 3, "broadcast")
 
-        if opts.include_self ~= nil then
-            include_self = opts.include_self and true or false
-        end
-
-        scope = opts.scope
-        if scope ~= nil and scope ~= "local" and scope ~= "cluster" then
-            error("bad argument #3 to 'broadcast' (scope \"local\" or "
-                  .. "\"cluster\" expected, got " .. tostring(scope) .. ")", 2)
-        end
-    end
-
-    start()
-
-    if scope ~= "cluster" then
-        return result(C.ngx_ipc_ffi_broadcast(name, #name, data, #data,
-                                              include_self and 1 or 0,
-                                              errmsg))
-    end
-
-    if not cluster then
-        if not started then
-            not_available()
-        end
-        return refuse("no ipc_cluster in this configuration")
-    end
-
-    -- here at once through the local path, to the other nodes by the agent
+-- Here at once through the local path, to the other nodes by the agent.
+local function cluster_broadcast(name, data, include_self)
     local rc = cluster.broadcast(name, data, include_self, kick_pid, errmsg)
     if rc ~= NGX_OK then
         return result(rc)
@@ -812,6 +964,50 @@ function _M.broadcast(name, data, opts)
     end
 
     return true
+end
+
+
+function _M.broadcast(name, data, opts)
+    name = check_name(name, 1, "broadcast")
+    data = check_data(data, 2, "broadcast")
+
+    local include_self, scope = true, nil
+    local timeout
+    if opts ~= nil then
+        check_type(opts, "table", 3, "broadcast")
+
+        if opts.include_self ~= nil then
+            include_self = opts.include_self and true or false
+        end
+
+        scope = opts.scope
+        if scope ~= nil and scope ~= "local" and scope ~= "cluster" then
+            error("bad argument #3 to 'broadcast' (scope \"local\" or "
+                  .. "\"cluster\" expected, got " .. tostring(scope) .. ")", 2)
+        end
+
+        timeout = check_wait(opts, 3, "broadcast")
+    end
+
+    start()
+
+    local fn = broadcast
+    if scope == "cluster" then
+        if not cluster then
+            if not started then
+                not_available()
+            end
+            return refuse("no ipc_cluster in this configuration")
+        end
+
+        fn = cluster_broadcast
+    end
+
+    if timeout then
+        return send_waiting(timeout, fn, name, data, include_self)
+    end
+
+    return fn(name, data, include_self)
 end
 
 
@@ -1017,14 +1213,7 @@ function _M.get_other_worker_pids()
 end
 
 
-function _M.stats()
-    start()
-
-    local s = C.ngx_ipc_ffi_stats()
-    if s == nil then
-        not_available()
-    end
-
+local function counters(s)
     return {
         sent = tonumber(s.sent),
         received = tonumber(s.received),
@@ -1038,6 +1227,72 @@ function _M.stats()
         queued_bytes = tonumber(s.queued_bytes),
         resets = tonumber(s.resets),
     }
+end
+
+
+-- A worker's counters as read from shared memory, plus who it is.
+local function worker_stats(ws)
+    local t = counters(ws.stats)
+    t.worker = tonumber(ws.slot)
+    t.pid = ws.pid ~= 0 and tonumber(ws.pid) or false
+    t.incarnation = tonumber(ws.incarnation)
+    t.state = STATES[ws.state] or "unknown"
+    t.busy_poll_seconds = tonumber(ws.busy_poll_ns) / 1e9
+    return t
+end
+
+
+-- stats(): this worker's counters. stats(pid): those of the worker with
+-- that PID (nil, "no such worker" if none of this configuration has it).
+-- stats("all"): an array of every worker's, ordered by ngx.worker.id()
+-- (entry i is worker i - 1).
+function _M.stats(which)
+    start()
+
+    if which == nil then
+        local s = C.ngx_ipc_ffi_stats()
+        if s == nil then
+            not_available()
+        end
+
+        return counters(s)
+    end
+
+    local pid
+    if which ~= "all" then
+        pid = tonumber(which)
+        if (type(which) ~= "number" and type(which) ~= "string")
+           or pid == nil
+        then
+            error("bad argument #1 to 'stats' (number or \"all\" expected, "
+                  .. "got " .. (type(which) == "string"
+                                and "\"" .. str_sub(which, 1, 32) .. "\""
+                                or type(which)) .. ")", 2)
+        end
+    end
+
+    local n = C.ngx_ipc_ffi_worker_status(-1, wstatus)
+    if n < 0 then
+        not_available()
+    end
+
+    local all = {}
+    for i = 0, n - 1 do
+        C.ngx_ipc_ffi_worker_status(i, wstatus)
+
+        if not pid then
+            all[i + 1] = worker_stats(wstatus)
+
+        elseif wstatus.pid == pid and pid > 0 then
+            return worker_stats(wstatus)
+        end
+    end
+
+    if pid then
+        return nil, "no such worker"
+    end
+
+    return all
 end
 
 

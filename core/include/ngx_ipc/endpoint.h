@@ -22,22 +22,6 @@
 
 namespace ngx_ipc {
 
-// This process's counters since it started (mirrors ngx_ipc_stats_t).
-struct Stats {
-  std::uint64_t sent;            // messages queued, per destination
-  std::uint64_t received;        // messages taken from the inbox for us
-  std::uint64_t sent_bytes;      // data bytes of those
-  std::uint64_t received_bytes;  // data bytes of those
-  std::uint64_t dropped;         // received for no one (see docs)
-  std::uint64_t refused;         // sends that returned an error
-  std::uint64_t handler_errors;  // counted by the Lua side
-  std::uint64_t calls;           // counted by the Lua side
-  std::uint64_t call_timeouts;   // counted by the Lua side
-  std::uint64_t queued_bytes;    // payload bytes held now in the backlog
-  std::uint64_t resets;          // inbox rings reset after a corrupt record
-};
-static_assert(std::is_standard_layout_v<Stats>);
-
 // A received message (mirrors ngx_ipc_msg_t). name and data stay valid until
 // the next receive() or release().
 struct Delivery {
@@ -131,7 +115,10 @@ class Endpoint {
   }
   bool rearm();
 
-  Stats& stats() { return stats_; }
+  // This process's counters (Stats, in layout.h), in its slot of the
+  // mapping: zeroed by start(), written only by this process.
+  Stats& stats() { return *stats_; }
+  SlotCounters& counters() { return slot_at(shm_, self_)->counters; }
   std::uint32_t slot() const { return self_; }
   std::uint32_t nslots() const { return nslots_; }
   std::uint32_t incarnation() const { return incarnation_; }
@@ -177,8 +164,9 @@ class Endpoint {
   int scan(Delivery* out, int max);
   bool take(InRing& r, const RecordView& v, Delivery* out);
   void drop_partial(InRing& r);
+  void publish_backlog(std::uint32_t k);
   Status refuse(Status s) {
-    ++stats_.refused;
+    ++stats_->refused;
     return s;
   }
   void log(const char* msg, int err = 0) {
@@ -201,7 +189,7 @@ class Endpoint {
   bool started_ = false;
   std::int32_t pid_ = 0;
   std::uint32_t incarnation_ = 0;
-  Stats stats_{};
+  Stats* stats_;  // &slot_at(shm_, self_)->counters.stats
   LogFn log_ = nullptr;
   void* log_ctx_ = nullptr;
   AliveFn alive_ = &process_alive;

@@ -6,9 +6,11 @@
 //   +-----------------+  offset 0
 //   | ShmHeader       |  magic, version, sizes, offsets of the parts below
 //   +-----------------+  slots_offset
-//   | Slot[n]         |  per worker slot: identity (incarnation|pid), sleeping
+//   | Slot[n]         |  per worker slot: identity (incarnation|pid), sleeping,
+//   |                 |  the worker's counters (SlotCounters)
 //   +-----------------+  ctl_offset
-//   | RingCtl[n * n]  |  per (sender, receiver) pair: head, tail, waiting
+//   | RingCtl[n * n]  |  per (sender, receiver) pair: head, tail, waiting,
+//   |                 |  message counts and the sender's backlog (for status)
 //   +-----------------+  data_offset
 //   | ring data[n * n]|  ring_size bytes per pair, sender-major
 //   +-----------------+  total_size
@@ -32,7 +34,9 @@ namespace ngx_ipc {
 constexpr std::size_t kCacheLine = 64;
 
 constexpr std::uint64_t kShmMagic = 0x3163'7069'5f78'676eULL;  // "ngx_ipc1"
-constexpr std::uint32_t kShmVersion = 1;
+// Bumped whenever a struct below changes. 2: counters in the slots, message
+// counts and backlog figures in the ring control blocks, generation.
+constexpr std::uint32_t kShmVersion = 2;
 
 constexpr std::uint32_t kMaxSlots = 128;  // worker_processes beyond this: refused
 constexpr std::uint32_t kMaxNameLen = 65535;
@@ -70,9 +74,52 @@ struct alignas(kCacheLine) ShmHeader {
   std::uint64_t ctl_offset;
   std::uint64_t data_offset;
   std::uint64_t total_size;
+  std::uint64_t generation;    // 1 for the master's first configuration, +1 per reload
+  std::uint64_t busy_poll_us;  // ipc_busy_poll, for the status page only
 };
 static_assert(std::is_standard_layout_v<ShmHeader>);
 static_assert(sizeof(ShmHeader) == 2 * kCacheLine);
+
+// A worker's counters since it started (ipc.stats(); the Lua side mirrors
+// this struct as ngx_ipc_stats_t, field for field). They live in the
+// worker's slot, so any process can read them (the status page), but only
+// the slot's own process writes them: plain, aligned 64-bit stores from C++
+// and from LuaJIT, never a read-modify-write shared with anyone. Readers
+// load each one with a relaxed atomic load (load_counter): every figure is
+// one the owner stored, and the set is not a snapshot taken at one instant.
+struct Stats {
+  std::uint64_t sent;            // messages queued, per destination
+  std::uint64_t received;        // messages taken from the inbox for us
+  std::uint64_t sent_bytes;      // data bytes of those
+  std::uint64_t received_bytes;  // data bytes of those
+  std::uint64_t dropped;         // received for no one (see docs)
+  std::uint64_t refused;         // sends that returned an error
+  std::uint64_t handler_errors;  // counted by the Lua side
+  std::uint64_t calls;           // counted by the Lua side
+  std::uint64_t call_timeouts;   // counted by the Lua side
+  std::uint64_t queued_bytes;    // payload bytes held now in the backlog
+  std::uint64_t resets;          // inbox rings reset after a corrupt record
+};
+static_assert(std::is_standard_layout_v<Stats>);
+static_assert(sizeof(Stats) == 11 * sizeof(std::uint64_t));
+
+// What a slot's process counts, on cache lines of its own: the owner
+// writes them at every send and receive, and nobody else touches these
+// lines except a status reader, once per request.
+struct alignas(kCacheLine) SlotCounters {
+  Stats stats;
+  std::uint64_t busy_poll_ns;  // time spent busy polling (ipc_busy_poll)
+  std::uint64_t reserved[4];   // room for more without a layout change
+};
+static_assert(std::is_standard_layout_v<SlotCounters>);
+static_assert(sizeof(SlotCounters) == 2 * kCacheLine);
+static_assert(offsetof(SlotCounters, stats) == 0, "the Lua side points at stats");
+
+// A relaxed atomic load of a counter written by another process with plain
+// aligned stores (GCC/Clang builtin: no std::atomic_ref before C++20).
+inline std::uint64_t load_counter(const std::uint64_t* p) {
+  return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
 
 // A worker slot is one nginx worker number (ngx_worker, 0 .. n-1): stable
 // across respawns, so the incarnation tells the processes of a slot apart.
@@ -86,9 +133,12 @@ struct alignas(kCacheLine) Slot {
   // (and clears it) writes the slot's wake-up fd. Own line: senders poll it.
   std::atomic<std::uint32_t> sleeping;
   char pad1_[kCacheLine - sizeof(std::atomic<std::uint32_t>)];
+  // Written only by the slot's process; zeroed by each new one in start().
+  SlotCounters counters;
 };
 static_assert(std::is_standard_layout_v<Slot>);
-static_assert(sizeof(Slot) == 2 * kCacheLine);
+static_assert(sizeof(Slot) == 4 * kCacheLine);
+static_assert(offsetof(Slot, counters) == 2 * kCacheLine);
 
 inline std::uint64_t make_identity(std::uint32_t incarnation, std::int32_t pid) {
   return (static_cast<std::uint64_t>(incarnation) << 32) | static_cast<std::uint32_t>(pid);
@@ -104,9 +154,18 @@ inline std::uint32_t identity_incarnation(std::uint64_t id) {
 // are byte counts since the ring was created (never wrapped; 2^64 bytes is
 // centuries), each on its own cache line so producer and consumer do not
 // false-share; each side keeps a private cached copy of the other's index.
+//
+// The other fields are for the status page only and sit on the line their
+// writer stores to anyway: the producer's on head's line (it stores head at
+// every publish), the consumer's on tail's line. All relaxed: they order
+// nothing, a reader only reports them.
 struct RingCtl {
   alignas(kCacheLine) std::atomic<std::uint64_t> head;  // written by producer
+  std::atomic<std::uint64_t> head_msgs;                 // messages whose last record is published
+  std::atomic<std::uint64_t> backlog_bytes;             // producer's private backlog for this ring
+  std::atomic<std::uint64_t> backlog_msgs;              // messages (or their rests) in it
   alignas(kCacheLine) std::atomic<std::uint64_t> tail;  // written by consumer
+  std::atomic<std::uint64_t> tail_msgs;                 // messages whose last record is released
   // Set by the producer while it holds a backlog for this ring; the consumer
   // that frees space and finds it set (and clears it) wakes the producer.
   alignas(kCacheLine) std::atomic<std::uint32_t> producer_waiting;
@@ -154,6 +213,8 @@ struct Config {
   std::uint64_t ring_size = 0;  // 0: default sizing from nslots
   std::uint64_t max_message = kDefaultMaxMessage;
   std::uint64_t queue_limit = kDefaultQueueLimit;
+  std::uint64_t generation = 1;  // reported on the status page
+  std::uint64_t busy_poll_us = 0;
 };
 
 struct Layout {

@@ -66,6 +66,7 @@ class Producer {
     // at its last published value, and anything it wrote past it is garbage
     // that we overwrite.
     head_ = published_ = ctl->head.load(std::memory_order_relaxed);
+    msgs_ = published_msgs_ = ctl->head_msgs.load(std::memory_order_relaxed);
     cached_tail_ = ctl->tail.load(std::memory_order_acquire);
     // Messages up to small_ bytes always travel as one record; larger ones
     // are split, in fragments of at least min_chunk_ bytes.
@@ -113,6 +114,7 @@ class Producer {
       std::memcpy(at, &h, sizeof h);
       p.copy_out(at + sizeof h, done, chunk);
       head_ += align8(h.size);
+      if (h.flags & kLast) ++msgs_;
       done += chunk;
     }
     return done;
@@ -124,13 +126,20 @@ class Producer {
     if (head_ == published_) return false;
     // Release: publishes the record bytes written above to the consumer's
     // acquire load of head.
+    // Relaxed, status only; before head, so whoever sees head sees at least
+    // the messages it holds.
+    ctl_->head_msgs.store(msgs_, std::memory_order_relaxed);
     ctl_->head.store(head_, std::memory_order_release);
     published_ = head_;
+    published_msgs_ = msgs_;
     return true;
   }
 
   // Forgets what was written since the last publish().
-  void rollback() { head_ = published_; }
+  void rollback() {
+    head_ = published_;
+    msgs_ = published_msgs_;
+  }
 
   RingCtl* ctl() const { return ctl_; }
 
@@ -160,6 +169,8 @@ class Producer {
   std::uint64_t mask_ = 0;
   std::uint64_t head_ = 0;       // private copy; the producer owns head
   std::uint64_t published_ = 0;  // last value stored to ctl_->head
+  std::uint64_t msgs_ = 0;       // messages completed in the ring (kLast written)
+  std::uint64_t published_msgs_ = 0;
   std::uint64_t cached_tail_ = 0;
   std::uint64_t small_ = 0;
   std::uint64_t min_chunk_ = 0;
@@ -184,6 +195,7 @@ class Consumer {
     mask_ = cap - 1;
     max_total_ = max_total;
     read_ = released_ = ctl->tail.load(std::memory_order_relaxed);
+    read_msgs_ = ctl->tail_msgs.load(std::memory_order_relaxed);
     cached_head_ = ctl->head.load(std::memory_order_acquire);
   }
 
@@ -226,6 +238,7 @@ class Consumer {
       out->payload = at + sizeof h;
       out->payload_len = len;
       read_ += align8(h.size);
+      if (last) ++read_msgs_;
       return Next::kRecord;
     }
   }
@@ -237,6 +250,7 @@ class Consumer {
     // Release: publishes that we are done reading the bytes before read_,
     // pairs with the producer's acquire load of tail.
     ctl_->tail.store(read_, std::memory_order_release);
+    ctl_->tail_msgs.store(read_msgs_, std::memory_order_relaxed);  // status only
     released_ = read_;
     return true;
   }
@@ -245,6 +259,7 @@ class Consumer {
   void reset() {
     cached_head_ = ctl_->head.load(std::memory_order_acquire);
     read_ = cached_head_;
+    read_msgs_ = ctl_->head_msgs.load(std::memory_order_relaxed);
   }
 
   // True if the producer has published records not yet read.
@@ -262,8 +277,9 @@ class Consumer {
   std::uint64_t cap_ = 0;
   std::uint64_t mask_ = 0;
   std::uint64_t max_total_ = 0;
-  std::uint64_t read_ = 0;      // private read position
-  std::uint64_t released_ = 0;  // last value stored to ctl_->tail
+  std::uint64_t read_ = 0;       // private read position
+  std::uint64_t released_ = 0;   // last value stored to ctl_->tail
+  std::uint64_t read_msgs_ = 0;  // messages whose last record was read
   std::uint64_t cached_head_ = 0;
 };
 

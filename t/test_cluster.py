@@ -368,10 +368,7 @@ def test_trimmed_past_a_cut_off_node_fires_the_gap_hook_once(redis_server, nginx
     a.lua('assert(ipc.broadcast("c", "x 1", { scope = "cluster" }))')
     wait_all([b], "a", "x", 1)
     # cut b off: new connections need a password b does not have
-    r.command("CONFIG", "SET", "requirepass", "sesame")
-    with r.client(password="sesame") as admin:
-        for cid in client_ids_with(admin, "b"):
-            admin.command("CLIENT", "KILL", "ID", cid)
+    with cut_off(r, "b") as admin:
         wait_for(lambda: not cluster_state(b)["connected"], what="b cut off")
         a.lua('for i = 2, 50 do assert(ipc.broadcast("c", "x " .. i, { scope = "cluster" })) end')
         wait_for(lambda: cluster_state(a)["added"] >= 50, what="a's entries in Redis")
@@ -387,6 +384,50 @@ def test_trimmed_past_a_cut_off_node_fires_the_gap_hook_once(redis_server, nginx
              what="delivery after the gap")
     assert cluster_state(b)["gaps"] == 1
     assert all(len(handled_gap(b, p)) == 1 for p in b.pids)
+
+
+def cut_off(r, node, password="sesame"):
+    """Until undo(): new connections need a password the node does not have,
+    and its connections are closed. Returns an admin client."""
+    r.command("CONFIG", "SET", "requirepass", password)
+    admin = r.client(password=password)
+    for cid in client_ids_with(admin, node):
+        admin.command("CLIENT", "KILL", "ID", cid)
+    return admin
+
+
+def test_messages_missing_from_the_stream_fire_the_gap_hook(redis_server, nginx):
+    """A node numbers its messages: one missing from the stream (Redis lost
+    it, or it was deleted), seen by a node that read the one before, is a
+    gap too."""
+    r = redis_server()
+    a = start_node(nginx, r, "a", allow_log=REDIS_TROUBLE)
+    b = start_node(nginx, r, "b", allow_log=REDIS_TROUBLE)
+    wait_linked(a, b)
+    a.lua('assert(ipc.broadcast("c", "x 1", { scope = "cluster" }))')
+    wait_all([b], "a", "x", 1)
+    admin = cut_off(r, "b")
+    try:
+        wait_for(lambda: not cluster_state(b)["connected"], what="b cut off")
+        for i in (2, 3, 4):   # one stream entry each
+            a.lua(f'assert(ipc.broadcast("c", "x {i}", {{ scope = "cluster" }}))')
+            wait_for(lambda: cluster_state(a)["added"] >= i, what=f"x {i} in Redis")
+        # the stream as if Redis had lost the entry of "x 3"
+        entries = admin.command("XRANGE", "t", "-", "+")
+        admin.command("DEL", "t")
+        for entry_id, fields in entries:
+            if b"x 3" not in fields[fields.index(b"m") + 1]:
+                admin.command("XADD", "t", entry_id, *fields)
+        admin.command("CONFIG", "SET", "requirepass", "")
+    finally:
+        admin.close()
+    wait_linked(b, timeout=15)
+    for pid in b.pids:
+        wait_for(lambda: seqs(handled(b, pid), "a", "x") == [1, 2, 4],
+                 what=f"x 1, 2, 4 in {pid}")
+        gaps = wait_for(lambda: handled_gap(b, pid), what=f"the gap in {pid}")
+        assert gaps == [b"messages 3 to 3 of node a are missing from the stream"], gaps
+    assert cluster_state(b)["gaps"] == 1
 
 
 def client_ids_with(client, node):

@@ -13,8 +13,8 @@
 --   shared memory) and fans every entry of another node out to this node's
 --   workers through the local path.
 -- An entry carries its node's name (n), the node's epoch (e: the life of
--- its shared memory), how many messages it holds (c), and the messages (m),
--- each with its sequence number:
+-- its shared memory), how many messages it holds (c), the first and last
+-- of their sequence numbers (f, l), and the messages (m), each with its own:
 --   m = { "<seq>\n<pid>\n<name length>\n<data length>\n" name data }
 -- The reader hands an entry to the local workers whole; a worker drops a
 -- sequence number it has seen from that node and epoch, so a message sent
@@ -142,6 +142,7 @@ local agent = false      -- this worker runs the agent's light threads
 local threads = 0        -- of them, running
 local start_id           -- where this agent started reading
 local seen = {}          -- node .. "/" .. epoch -> highest seq handled
+local followed = {}      -- the agent's: node .. "/" .. epoch -> last seq read
 
 
 -- A failure logged at most once per LOG_PERIOD per kind, with a count of
@@ -338,6 +339,8 @@ local function check_trimmed(red, id)
     end
 
     if gap then
+        -- what was lost is told once: numbering starts anew from here
+        followed = {}
         report_gap("the stream was trimmed past " .. id
                    .. " before this node read what followed")
     end
@@ -396,8 +399,9 @@ local function fan_out(id, fields)
     end
 
     local node, epoch, count, msgs = f.n, f.e, tonumber(f.c), f.m
+    local first, last = tonumber(f.f), tonumber(f.l)
     if type(node) ~= "string" or type(epoch) ~= "string"
-       or not count or type(msgs) ~= "string"
+       or not count or type(msgs) ~= "string" or not first or not last
     then
         log_limited(ngx_WARN, "foreign", "entry ", id, " of stream \"",
                     cfg.stream, "\" is not ngx_ipc's: skipped")
@@ -417,7 +421,21 @@ local function fan_out(id, fields)
         end
     end
 
-    local ok, err = deliver_local(IN_NAME, node .. "\n" .. epoch .. "\n" .. msgs)
+    -- a node numbers its messages 1, 2, 3...: a number skipped in the
+    -- stream is a message Redis lost (a crash that lost acknowledged
+    -- writes), or that was deleted; a number seen again is a resend
+    local key = node .. "/" .. epoch
+    local prev = followed[key]
+    if prev and first > prev + 1 then
+        report_gap("messages " .. prev + 1 .. " to " .. first - 1 .. " of node "
+                   .. node .. " are missing from the stream")
+    end
+    if not prev or last > prev then
+        followed[key] = last
+    end
+
+    local ok, err = deliver_local(IN_NAME, node .. "\n" .. epoch .. "\n"
+                                           .. msgs)
     if not ok then
         if not active() then
             return false
@@ -556,6 +574,8 @@ local function writer_loop()
             local res
             res, err = red:xadd(cfg.stream, "MAXLEN", "~", cfg.maxlen, "*",
                                 "n", cfg.node, "e", cfg.epoch, "c", n,
+                                "f", tonumber(entries[0].seq),
+                                "l", tonumber(entries[n - 1].seq),
                                 "m", concat(parts, "", 1, np))
             if res == nil then
                 -- the connection failed: the batch goes again on a new one

@@ -14,7 +14,7 @@ GLUE_SRCS := $(wildcard src/*.cpp src/*.h) lib/ngx/ipc.lua lib/ngx/ipc/cluster.l
 DEMO_PORT ?= 8080
 PYTEST    ?= /usr/bin/python3 -m pytest
 
-.PHONY: all deps demo demo-stop test test-core test-nginx check-sanitizers \
+.PHONY: all deps demo demo-stop demo-cluster demo-cluster-stop test test-core test-nginx check-sanitizers \
         fuzz soak format clean help bench
 
 all: $(MODULE)
@@ -26,6 +26,8 @@ help:
 	@echo "make test-nginx   integration tests against real nginx (t/)"
 	@echo "make check-sanitizers  core tests under ASan+UBSan and TSan"
 	@echo "make demo-stop    stop the demo nginx"
+	@echo "make demo-cluster Redis and two nginx nodes: a purge reaches every worker of both"
+	@echo "make demo-cluster-stop  stop them"
 	@echo "make fuzz         libFuzzer on the record decoder (FUZZ_SECONDS=30)"
 	@echo "make soak         50 reloads, 20 worker kills, 10 min of fuzzing"
 	@echo "make bench        floors, ngx_ipc and the baselines: docs/BENCHMARKS.md"
@@ -52,6 +54,13 @@ demo: deps $(MODULE)
 
 demo-stop:
 	@examples/demo.sh stop
+
+# Redis and two nginx nodes linked by ipc_cluster, on 127.0.0.1:8081 and :8082
+demo-cluster: deps $(MODULE)
+	@examples/cluster/demo.sh start
+
+demo-cluster-stop:
+	@examples/cluster/demo.sh stop
 
 # everything: the core (plain, ASan+UBSan, TSan), real nginx, a short fuzz run
 test: deps $(MODULE) test-core test-nginx check-sanitizers fuzz

@@ -497,6 +497,9 @@ def main():
     ap.add_argument("--flood-n", type=int, default=None)
     ap.add_argument("--loss-rate", type=int, default=None, help="msgs/s of the loss run")
     ap.add_argument("--loss-seconds", type=float, default=None)
+    ap.add_argument("--appendfsync", default="always", choices=["always", "everysec"],
+                    help="the Redis AOF setting (always: an acknowledged write survives "
+                         "a Redis crash; everysec: Redis's usual setting)")
     cfg = ap.parse_args()
     q = cfg.quick
     cfg.latency_n = cfg.latency_n or (300 if q else 2000)
@@ -514,7 +517,7 @@ def main():
     signal.signal(signal.SIGTERM, on_sigterm)
     t_start = time.monotonic()
     results, notes = {}, []
-    redis = RedisServer(appendfsync=os.environ.get("BENCH_APPENDFSYNC", "always"))
+    redis = RedisServer(appendfsync=cfg.appendfsync)
     try:
         redis.start()
         log("redis-server %s on 127.0.0.1:%d, dir %s" % (redis.pid, redis.port, redis.dir))
@@ -538,8 +541,9 @@ def main():
     print(table(results, systems))
     print()
     print("N: latency %d pings, flood %d messages, loss run %d msgs/s for %.1f s; "
-          "2 workers per node, nodes A, B, C and redis-server on 127.0.0.1."
-          % (cfg.latency_n, cfg.flood_n, cfg.loss_rate, cfg.loss_seconds))
+          "2 workers per node, nodes A, B, C and redis-server on 127.0.0.1 "
+          "(appendonly yes, appendfsync %s)."
+          % (cfg.latency_n, cfg.flood_n, cfg.loss_rate, cfg.loss_seconds, cfg.appendfsync))
     for n in notes:
         print("note:", n)
     log("took %.0f s" % took)

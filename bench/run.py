@@ -216,6 +216,7 @@ class Results:
         self.values = {}    # (system, row) -> float
         self.ns = {}        # (system, row) -> N used
         self.notes = []
+        self.cluster = []   # bench/cluster.py runs: {appendfsync, command, output}
 
     def put(self, system, row, value, n=None):
         self.values[(system, row)] = value
@@ -577,6 +578,18 @@ def write_doc(res, systems, baselines, cfg, took, has_chart):
             "## N used", "", n_table(res, systems), ""]
     if res.notes:
         doc += ["## Notes", ""] + ["- " + n for n in res.notes] + [""]
+    if res.cluster:
+        doc += ["## Cluster: node to node through Redis", "",
+                "`bench/cluster.py`, run by `make bench` once per Redis durability "
+                "setting: three nginx nodes (A, B, C, 2 workers each) and one "
+                "redis-server on 127.0.0.1; ngx_ipc's `ipc_cluster` beside "
+                "`redis_pubsub`, what users build today (every worker SUBSCRIBEs "
+                "with lua-resty-redis, bench/baselines/redis_pubsub). Goals (the "
+                "issue): p50 under 300 us, p99 under 2 ms, at least 100,000 "
+                "messages/s from one node to two others.", ""]
+        for run in res.cluster:
+            doc += ["### appendfsync %s" % run["appendfsync"], "",
+                    "`%s`" % run["command"], "", run["output"].strip(), ""]
     with open(DOC, "w") as f:
         f.write("\n".join(doc))
 
@@ -588,7 +601,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small N, 1 repeat, for iterating")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--no-doc", action="store_true", help="print only; do not write docs/")
-    ap.add_argument("--only", default=None, help="comma list of systems: floor,ngx_ipc,%s,<baseline>" % POLL_OFF)
+    ap.add_argument("--only", default=None, help="comma list of systems: floor,ngx_ipc,%s,<baseline>,cluster" % POLL_OFF)
     ap.add_argument("--report-only", action="store_true",
                     help="re-render table, doc and chart from the last run's results")
     cfg = ap.parse_args()
@@ -644,6 +657,9 @@ def main():
             res.notes.append("baseline %s: %s" % (b, e))
             log("baseline %s failed: %s" % (b, e))
 
+    if not only or "cluster" in only:
+        res.cluster = run_cluster(cfg)
+
     systems = [s for s in ["floor", "ngx_ipc", POLL_OFF] + baselines if any(k[0] == s for k in res.values)]
     took = time.monotonic() - t_start
     os.makedirs(BIN, exist_ok=True)
@@ -651,9 +667,28 @@ def main():
         json.dump({"values": [[s, r, v] for (s, r), v in res.values.items()],
                    "ns": [[s, r, v] for (s, r), v in res.ns.items()], "notes": res.notes,
                    "systems": systems, "baselines": baselines, "took": took,
+                   "cluster": res.cluster,
                    "command": cfg.command, "date": cfg.date, "repeats": cfg.repeats}, f)
     report(res, systems, baselines, cfg, took)
     return 0
+
+
+def run_cluster(cfg):
+    """bench/cluster.py under each Redis durability setting; its tables."""
+    runs = []
+    for fsync in ("everysec", "always"):
+        cmd = ["/usr/bin/python3", "bench/cluster.py", "--appendfsync", fsync] + \
+            (["--quick"] if cfg.quick else [])
+        log("cluster, appendfsync", fsync)
+        try:
+            p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, timeout=600,
+                               universal_newlines=True, env=dict(os.environ, NGX_IPC_MODULE=MODULE))
+            out = p.stdout
+        except subprocess.TimeoutExpired as e:
+            out = (e.stdout or "") + "\n(timed out after 600 s)"
+        runs.append({"appendfsync": fsync, "command": " ".join(cmd), "output": out})
+        print(out)
+    return runs
 
 
 def report(res, systems, baselines, cfg, took):
@@ -680,6 +715,7 @@ def rerender(cfg):
     for s, r, v in d["ns"]:
         res.ns[(s, r)] = v
     res.notes = d["notes"]
+    res.cluster = d.get("cluster", [])
     cfg.command, cfg.date, cfg.repeats = d["command"], d["date"], d["repeats"]
     report(res, d["systems"], d["baselines"], cfg, d["took"])
     return 0

@@ -97,7 +97,7 @@ def handled(n, pid, kind="c"):
 def seqs(items, node, tag):
     """The sequence numbers of `tag` from `node` in handled() items."""
     prefix = tag.encode() + b" "
-    return [int(d[len(prefix):]) for n, _, d in items
+    return [int(d[len(prefix):].split(b" ", 1)[0]) for n, _, d in items
             if n == node and d.startswith(prefix)]
 
 
@@ -542,3 +542,34 @@ def test_bad_directive_refuses_to_start(args, message):
 def test_duplicate_directive_refuses_to_start():
     log = start_fails("ipc_cluster redis://127.0.0.1;\nipc_cluster redis://127.0.0.1;")
     assert '"ipc_cluster" directive is duplicate' in log, log
+
+
+def test_outbox_is_bounded_while_redis_is_down_and_drains_after(redis_server, nginx):
+    """Broadcasts made while Redis is away wait in the outbox, up to queue=;
+    past it `nil, "queue full"` (counted, nothing delivered anywhere), and
+    what was accepted goes out, in order, once Redis is back."""
+    r = redis_server()
+    small = "max_message=1k queue=160k"
+    a = start_node(nginx, r, "a", extra=small, allow_log=REDIS_TROUBLE)
+    b = start_node(nginx, r, "b", extra=small, allow_log=REDIS_TROUBLE)
+    wait_linked(a, b)
+    r.kill()
+    wait_for(lambda: not cluster_state(a)["connected"], what="a to notice")
+    accepted, err = a.lua("""
+        local data = string.rep("d", 1000)
+        for i = 1, 10000 do
+            local ok, err = ipc.broadcast("c", "f " .. i .. " " .. data, { scope = "cluster" })
+            if not ok then return i - 1, err end
+        end
+        return 10000, nil
+    """, worker=0)
+    assert err == "queue full" and 100 < accepted < 160, (accepted, err)
+    st = cluster_state(a)
+    assert st["refused"] == 1 and st["queued_bytes"] <= 160 * 1024, st
+    # the refused one reached no local worker either
+    for pid in a.pids:
+        assert len(seqs(handled(a, pid), "a", "f")) == accepted
+    r.restart()
+    wait_all([b], "a", "f", accepted, timeout=30)
+    assert_exactly_once_in_order([b], "a", "f", accepted)
+    wait_for(lambda: cluster_state(a)["queued_bytes"] == 0, what="the outbox to drain")

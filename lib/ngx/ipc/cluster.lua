@@ -618,6 +618,10 @@ local function thread(fn)
             log_limited(ngx_ERR, "thread", "agent thread failed: ", err)
         end
 
+        -- one thread ended: the other stops too, the lease is given back,
+        -- and the next lease check starts the agent afresh
+        agent = false
+
         if threads == 0 then
             agent = false
             C.ngx_ipc_ffi_cluster_gauge(K_CONNECTED, 0)

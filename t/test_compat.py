@@ -454,7 +454,11 @@ CODE_CACHE_ERROR = ('ngx.ipc does not work with "lua_code_cache off": each reque
 def test_lua_code_cache_off_is_refused_at_require(nginx):
     """Migration row: with lua_code_cache off, require names the directive;
     where the cache is on (and in init_worker), ngx.ipc works as usual."""
+    # each cache-off request VM runs init_by_lua again, in the worker: the
+    # harness's Lua files must be readable there (a checkout in a mode-0700
+    # directory is not, for nginx's default worker user)
     n = nginx(workers=2, init_worker=RECORDERS + 'ipc.receive("m", record("m"))',
+              main="user root;" if os.geteuid() == 0 else "",
               locations=CODE_CACHE_LOCATIONS,
               allow_log=[r"lua_code_cache is off", r"\[error\].*lua_code_cache off"])
     status, body = n.get("/cache-off")

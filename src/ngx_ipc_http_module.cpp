@@ -92,10 +92,39 @@ ngx_module_t  ngx_http_ipc_module = {
 }
 
 
+/*
+ * Everything this module takes from lua-nginx-module and LuaJIT, found by
+ * name, whatever their versions or whether they are built into nginx: a
+ * feature check, not a version guess. The lua module must export the
+ * semaphore post (not part of its documented API; each worker looks it up
+ * again when it attaches).
+ */
+static const char  *ngx_http_ipc_lua_symbols[] = {
+    "ngx_http_lua_add_package_preload",
+    "ngx_http_lua_ffi_sema_post",
+    "luaL_loadbuffer",
+    "lua_call",
+    "lua_error",
+};
+
+
 static ngx_int_t
 ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
 {
+    ngx_uint_t              i;
     ngx_ipc_add_preload_pt  add_preload;
+
+    for (i = 0; i < sizeof(ngx_http_ipc_lua_symbols) / sizeof(char *); i++) {
+        if (dlsym(RTLD_DEFAULT, ngx_http_ipc_lua_symbols[i]) == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "ngx_ipc needs %s(), which is not found: load "
+                               "ngx_http_lua_module (load_module) before "
+                               "ngx_ipc_module, or use a lua-nginx-module "
+                               "that exports it",
+                               ngx_http_ipc_lua_symbols[i]);
+            return NGX_ERROR;
+        }
+    }
 
     add_preload = (ngx_ipc_add_preload_pt)
                       dlsym(RTLD_DEFAULT, "ngx_http_lua_add_package_preload");
@@ -104,15 +133,6 @@ ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
     ngx_ipc_lua_call = (ngx_ipc_lua_call_pt) dlsym(RTLD_DEFAULT, "lua_call");
     ngx_ipc_lua_error = (ngx_ipc_lua_error_pt)
                             dlsym(RTLD_DEFAULT, "lua_error");
-
-    if (add_preload == NULL || ngx_ipc_luaL_loadbuffer == NULL
-        || ngx_ipc_lua_call == NULL || ngx_ipc_lua_error == NULL)
-    {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "ngx_ipc needs ngx_http_lua_module: load it "
-                           "(load_module) before ngx_ipc_module");
-        return NGX_ERROR;
-    }
 
     return add_preload(cf, "ngx.ipc", ngx_http_ipc_lua_loader);
 }

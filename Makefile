@@ -4,9 +4,13 @@
 #   make demo       install what is missing, build, start the demo on 127.0.0.1
 #   make test       install what is missing, build, run every test
 #   make help       the other targets
+#
+# Another nginx (README.md, "Other nginx builds"):
+#   make NGX_SRC=/path/to/nginx-source [NGX_CONF_FLAGS="..."] [BUILD=build/x]
+# with the flags of `$NGX_IPC_NGINX -V` when NGX_CONF_FLAGS is not given.
 
 NGX_SRC   ?= /usr/share/nginx/src
-BUILD     := build
+BUILD     ?= build
 MODULE    := $(BUILD)/ngx_ipc_module.so
 NGX_BUILD := $(BUILD)/nginx
 CORE_SRCS := $(wildcard core/include/ngx_ipc/*.h core/src/*.cpp)
@@ -34,13 +38,21 @@ help:
 deps:
 	@scripts/install-deps.sh
 
-# nginx's own configure, with Debian's flags, in a copy of nginx-dev's tree.
-$(NGX_BUILD)/objs/Makefile: config
+# What configure's flags come from, kept in a file rewritten only when it
+# changes: `make NGX_SRC=...` configures again, a second `make` does not.
+CONFIGURE_KEY := $(NGX_SRC) | $(NGX_CONF_FLAGS) | \
+                 $(if $(wildcard $(NGX_SRC)/conf_flags),,$(NGX_IPC_NGINX))
+ifneq ($(CONFIGURE_KEY),$(file <$(BUILD)/configure.key))
+$(shell mkdir -p $(BUILD))
+$(file >$(BUILD)/configure.key,$(CONFIGURE_KEY))
+endif
+
+# nginx's own configure, in a copy of the tree (Debian's nginx-dev by
+# default, with Debian's flags): scripts/nginx-configure.sh
+$(NGX_BUILD)/objs/Makefile: config scripts/nginx-configure.sh $(BUILD)/configure.key
 	@test -d $(NGX_SRC) || { echo "$(NGX_SRC) missing: run 'make deps'"; exit 1; }
-	rm -rf $(NGX_BUILD) && mkdir -p $(BUILD) && cp -r $(NGX_SRC)/. $(NGX_BUILD)
-	cd $(NGX_BUILD) && bash -c 'source ./conf_flags && \
-	    ./configure "$${NGX_CONF_FLAGS[@]}" --add-dynamic-module=$(CURDIR)' \
-	    > ../configure.log 2>&1 || { tail -20 ../configure.log; exit 1; }
+	scripts/nginx-configure.sh $(NGX_SRC) $(NGX_BUILD) > $(BUILD)/configure.log 2>&1 \
+	    || { tail -20 $(BUILD)/configure.log; exit 1; }
 
 # installed with a rename, so a running nginx never maps a half-copied file
 $(MODULE): $(NGX_BUILD)/objs/Makefile $(CORE_SRCS) $(GLUE_SRCS)
@@ -62,7 +74,7 @@ test-core:
 	ctest --test-dir $(BUILD)/core -j2 --output-on-failure
 
 test-nginx: $(MODULE)
-	NGX_IPC_MODULE=$(CURDIR)/$(MODULE) $(PYTEST) -q t/
+	NGX_IPC_MODULE=$(abspath $(MODULE)) $(PYTEST) -q t/
 
 check-sanitizers:
 	cmake -S core -B $(BUILD)/core-address -DNGX_IPC_SANITIZE=address > /dev/null
@@ -74,7 +86,7 @@ check-sanitizers:
 
 # the long variants: 50 reloads, 20 kills, 10 minutes of fuzzing
 soak: $(MODULE)
-	NGX_IPC_MODULE=$(CURDIR)/$(MODULE) NGX_IPC_RELOADS=50 NGX_IPC_KILLS=20 \
+	NGX_IPC_MODULE=$(abspath $(MODULE)) NGX_IPC_RELOADS=50 NGX_IPC_KILLS=20 \
 	    $(PYTEST) -q t/test_reload.py t/test_crash.py
 	$(MAKE) fuzz FUZZ_SECONDS=600
 

@@ -2,7 +2,8 @@
 #
 #   make            build/ngx_ipc_module.so, against Debian's nginx-dev
 #   make demo       install what is missing, build, start the demo on 127.0.0.1
-#   make test       install what is missing, build, run every test
+#   make test       install what is missing, build, run every test, on
+#                   Debian 12 (this machine) and Debian 13 (a chroot)
 #   make help       the other targets
 #
 # Another nginx (README.md, "Other nginx builds"):
@@ -19,7 +20,7 @@ DEMO_PORT ?= 8080
 PYTEST    ?= /usr/bin/python3 -m pytest
 
 .PHONY: all deps demo demo-stop test test-core test-nginx check-sanitizers \
-        fuzz soak format clean help bench
+        fuzz soak format clean help bench test-trixie bench-trixie
 
 all: $(MODULE)
 
@@ -28,6 +29,8 @@ help:
 	@echo "make deps         apt-get install what the build and tests need"
 	@echo "make test-core    GoogleTest suite of the C++ core"
 	@echo "make test-nginx   integration tests against real nginx (t/)"
+	@echo "make test-trixie  t/ in a Debian 13 root, with its nginx and lua module"
+	@echo "make bench-trixie make bench's table in that Debian 13 root"
 	@echo "make check-sanitizers  core tests under ASan+UBSan and TSan"
 	@echo "make demo-stop    stop the demo nginx"
 	@echo "make fuzz         libFuzzer on the record decoder (FUZZ_SECONDS=30)"
@@ -65,8 +68,9 @@ demo: deps $(MODULE)
 demo-stop:
 	@examples/demo.sh stop
 
-# everything: the core (plain, ASan+UBSan, TSan), real nginx, a short fuzz run
-test: deps $(MODULE) test-core test-nginx check-sanitizers fuzz
+# everything: the core (plain, ASan+UBSan, TSan), real nginx, a short fuzz
+# run, and t/ again on Debian 13's packages
+test: deps $(MODULE) test-core test-nginx check-sanitizers fuzz test-trixie
 
 test-core:
 	cmake -S core -B $(BUILD)/core -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
@@ -75,6 +79,13 @@ test-core:
 
 test-nginx: $(MODULE)
 	NGX_IPC_MODULE=$(abspath $(MODULE)) $(PYTEST) -q t/
+
+# a Debian 13 root in build/trixie (made once, needs root): scripts/trixie.sh
+test-trixie:
+	scripts/trixie.sh test
+
+bench-trixie:
+	scripts/trixie.sh bench
 
 check-sanitizers:
 	cmake -S core -B $(BUILD)/core-address -DNGX_IPC_SANITIZE=address > /dev/null
@@ -103,8 +114,12 @@ fuzz:
 format:
 	clang-format -i core/include/ngx_ipc/*.h core/src/*.cpp core/test/*.cpp
 
+# --one-file-system, and a refusal while a trixie run has things mounted
+# in its root: never a delete through /proc or /sys
 clean:
-	rm -rf $(BUILD)
+	@! grep -qs " $(abspath $(BUILD))/" /proc/mounts || \
+	    { echo "mounted under $(BUILD)/: scripts/trixie.sh umount"; exit 1; }
+	rm -rf --one-file-system $(BUILD)
 
 # floors, ngx_ipc and every bench/baselines/*: docs/BENCHMARKS.md, docs/benchmarks.png
 bench: $(MODULE)

@@ -41,6 +41,7 @@ byte for byte.  `T.digest(s)` gives "<length>:<md5>" for big payloads, and
 `T.pattern(size, seed)` builds payloads that `pattern()` rebuilds here.
 """
 
+import functools
 import hashlib
 import http.client
 import json
@@ -127,6 +128,7 @@ def lua_quote(data):
     return '"' + "".join(f"\\{b:03d}" for b in data) + '"'
 
 
+@functools.lru_cache(maxsize=None)
 def lua_module_files():
     """The .so files to load before ngx_ipc: ndk and lua, or none at all when
     this nginx has them built in (as OpenResty has).
@@ -136,16 +138,7 @@ def lua_module_files():
     Unset: none if NGINX_BIN accepts a lua directive without load_module,
     else /usr/lib/nginx/modules.
     """
-    global _lua_module_files
-    if _lua_module_files is None:
-        _lua_module_files = _find_lua_modules(LUA_MODULES)
-    return _lua_module_files
-
-
-_lua_module_files = None
-
-
-def _find_lua_modules(setting):
+    setting = LUA_MODULES
     if setting is None:
         setting = "none" if lua_built_in() else "/usr/lib/nginx/modules"
     if setting == "none":
@@ -157,7 +150,7 @@ def _find_lua_modules(setting):
     return ([ndk] if ndk.is_file() else []) + [directory / "ngx_http_lua_module.so"]
 
 
-def lua_built_in(nginx_bin=None):
+def lua_built_in():
     """Does this nginx binary know lua directives with no load_module?  A
     feature check (`nginx -t` on a four-line configuration), not a guess from
     its name, version or `nginx -V`."""
@@ -168,7 +161,7 @@ def lua_built_in(nginx_bin=None):
             "error_log logs/error.log;\npid logs/nginx.pid;\n"
             "events {}\nhttp { lua_package_path \"/nonexistent/?.lua;;\"; }\n")
         probe = subprocess.run(
-            [nginx_bin or NGINX_BIN, "-p", f"{prefix}/", "-c", "nginx.conf", "-t", "-q"],
+            [NGINX_BIN, "-p", f"{prefix}/", "-c", "nginx.conf", "-t", "-q"],
             stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
         # with the lua module built in but resty.core not found, -t fails
         # too, and the tests must then say that, not "unknown directive"

@@ -2,11 +2,16 @@
 #
 #   make            build/ngx_ipc_module.so, against Debian's nginx-dev
 #   make demo       install what is missing, build, start the demo on 127.0.0.1
-#   make test       install what is missing, build, run every test
+#   make test       install what is missing, build, run every test, on
+#                   Debian 12 (this machine) and Debian 13 (a chroot)
 #   make help       the other targets
+#
+# Another nginx (README.md, "Other nginx builds"):
+#   make NGX_SRC=/path/to/nginx-source [NGX_CONF_FLAGS="..."] [BUILD=build/x]
+# with the flags of `$NGX_IPC_NGINX -V` when NGX_CONF_FLAGS is not given.
 
 NGX_SRC   ?= /usr/share/nginx/src
-BUILD     := build
+BUILD     ?= build
 MODULE    := $(BUILD)/ngx_ipc_module.so
 NGX_BUILD := $(BUILD)/nginx
 CORE_SRCS := $(wildcard core/include/ngx_ipc/*.h core/src/*.cpp)
@@ -14,8 +19,8 @@ GLUE_SRCS := $(wildcard src/*.cpp src/*.h) lib/ngx/ipc.lua lib/ngx/ipc/cluster.l
 DEMO_PORT ?= 8080
 PYTEST    ?= /usr/bin/python3 -m pytest
 
-.PHONY: all deps demo demo-stop demo-cluster demo-cluster-stop test test-core test-nginx check-sanitizers \
-        fuzz soak format clean help bench
+.PHONY: all deps demo demo-stop demo-cluster demo-cluster-stop test test-core test-nginx \
+        check-sanitizers fuzz soak format clean help bench test-trixie bench-trixie
 
 all: $(MODULE)
 
@@ -24,6 +29,8 @@ help:
 	@echo "make deps         apt-get install what the build and tests need"
 	@echo "make test-core    GoogleTest suite of the C++ core"
 	@echo "make test-nginx   integration tests against real nginx (t/)"
+	@echo "make test-trixie  t/ in a Debian 13 root, with its nginx and lua module"
+	@echo "make bench-trixie make bench's table in that Debian 13 root"
 	@echo "make check-sanitizers  core tests under ASan+UBSan and TSan"
 	@echo "make demo-stop    stop the demo nginx"
 	@echo "make demo-cluster Redis and two nginx nodes: a purge reaches every worker of both"
@@ -36,13 +43,21 @@ help:
 deps:
 	@scripts/install-deps.sh
 
-# nginx's own configure, with Debian's flags, in a copy of nginx-dev's tree.
-$(NGX_BUILD)/objs/Makefile: config
+# What configure's flags come from, kept in a file rewritten only when it
+# changes: `make NGX_SRC=...` configures again, a second `make` does not.
+CONFIGURE_KEY := $(NGX_SRC) | $(NGX_CONF_FLAGS) | \
+                 $(if $(wildcard $(NGX_SRC)/conf_flags),,$(NGX_IPC_NGINX))
+ifneq ($(CONFIGURE_KEY),$(file <$(BUILD)/configure.key))
+$(shell mkdir -p $(BUILD))
+$(file >$(BUILD)/configure.key,$(CONFIGURE_KEY))
+endif
+
+# nginx's own configure, in a copy of the tree (Debian's nginx-dev by
+# default, with Debian's flags): scripts/nginx-configure.sh
+$(NGX_BUILD)/objs/Makefile: config scripts/nginx-configure.sh $(BUILD)/configure.key
 	@test -d $(NGX_SRC) || { echo "$(NGX_SRC) missing: run 'make deps'"; exit 1; }
-	rm -rf $(NGX_BUILD) && mkdir -p $(BUILD) && cp -r $(NGX_SRC)/. $(NGX_BUILD)
-	cd $(NGX_BUILD) && bash -c 'source ./conf_flags && \
-	    ./configure "$${NGX_CONF_FLAGS[@]}" --add-dynamic-module=$(CURDIR)' \
-	    > ../configure.log 2>&1 || { tail -20 ../configure.log; exit 1; }
+	scripts/nginx-configure.sh $(NGX_SRC) $(NGX_BUILD) > $(BUILD)/configure.log 2>&1 \
+	    || { tail -20 $(BUILD)/configure.log; exit 1; }
 
 # installed with a rename, so a running nginx never maps a half-copied file
 $(MODULE): $(NGX_BUILD)/objs/Makefile $(CORE_SRCS) $(GLUE_SRCS)
@@ -62,8 +77,9 @@ demo-cluster: deps $(MODULE)
 demo-cluster-stop:
 	@examples/cluster/demo.sh stop
 
-# everything: the core (plain, ASan+UBSan, TSan), real nginx, a short fuzz run
-test: deps $(MODULE) test-core test-nginx check-sanitizers fuzz
+# everything: the core (plain, ASan+UBSan, TSan), real nginx, a short fuzz
+# run, and t/ again on Debian 13's packages
+test: deps $(MODULE) test-core test-nginx check-sanitizers fuzz test-trixie
 
 test-core:
 	cmake -S core -B $(BUILD)/core -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
@@ -71,7 +87,14 @@ test-core:
 	ctest --test-dir $(BUILD)/core -j2 --output-on-failure
 
 test-nginx: $(MODULE)
-	NGX_IPC_MODULE=$(CURDIR)/$(MODULE) $(PYTEST) -q t/
+	NGX_IPC_MODULE=$(abspath $(MODULE)) $(PYTEST) -q t/
+
+# a Debian 13 root in build/trixie (made once, needs root): scripts/trixie.sh
+test-trixie:
+	scripts/trixie.sh test
+
+bench-trixie:
+	scripts/trixie.sh bench
 
 check-sanitizers:
 	cmake -S core -B $(BUILD)/core-address -DNGX_IPC_SANITIZE=address > /dev/null
@@ -83,7 +106,7 @@ check-sanitizers:
 
 # the long variants: 50 reloads, 20 kills, 10 minutes of fuzzing
 soak: $(MODULE)
-	NGX_IPC_MODULE=$(CURDIR)/$(MODULE) NGX_IPC_RELOADS=50 NGX_IPC_KILLS=20 \
+	NGX_IPC_MODULE=$(abspath $(MODULE)) NGX_IPC_RELOADS=50 NGX_IPC_KILLS=20 \
 	    $(PYTEST) -q t/test_reload.py t/test_crash.py
 	$(MAKE) fuzz FUZZ_SECONDS=600
 
@@ -100,8 +123,12 @@ fuzz:
 format:
 	clang-format -i core/include/ngx_ipc/*.h core/src/*.cpp core/test/*.cpp
 
+# --one-file-system, and a refusal while a trixie run has things mounted
+# in its root: never a delete through /proc or /sys
 clean:
-	rm -rf $(BUILD)
+	@! grep -qs " $(abspath $(BUILD))/" /proc/mounts || \
+	    { echo "mounted under $(BUILD)/: scripts/trixie.sh umount"; exit 1; }
+	rm -rf --one-file-system $(BUILD)
 
 # floors, ngx_ipc and every bench/baselines/*: docs/BENCHMARKS.md, docs/benchmarks.png
 bench: $(MODULE)

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Starts (or stops) the demo: examples/kv/nginx.conf with the module just
 # built, on 127.0.0.1 only, in build/demo/. Usage: demo.sh start [PORT] | stop
+# Another nginx: NGX_IPC_NGINX (its binary) and NGX_IPC_LUA_MODULES (the
+# directory of its ndk and lua modules, or `none` when they are built in),
+# as for the tests (t/conftest.py).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+nginx=${NGX_IPC_NGINX:-/usr/sbin/nginx}
+lua_modules=${NGX_IPC_LUA_MODULES:-/usr/lib/nginx/modules}
 prefix=$root/build/demo
 pidfile=$prefix/logs/nginx.pid
 
@@ -27,9 +32,17 @@ start)
   port=${2:-8080}
   stop >/dev/null
   mkdir -p "$prefix/conf" "$prefix/logs"
-  sed -e "s#@MODULE@#$root/build/ngx_ipc_module.so#" -e "s#@PORT@#$port#" \
+  load=""
+  if [ "$lua_modules" != none ]; then
+    if [ -f "$lua_modules/ndk_http_module.so" ]; then
+      load+="load_module $lua_modules/ndk_http_module.so;\\n"
+    fi
+    load+="load_module $lua_modules/ngx_http_lua_module.so;\\n"
+  fi
+  load+="load_module $root/build/ngx_ipc_module.so;"
+  sed -e "s#^@LOAD_MODULES@\$#$load#" -e "s#@PORT@#$port#" \
       -e "s#@WORKERS@#4#" "$root/examples/kv/nginx.conf" > "$prefix/conf/nginx.conf"
-  /usr/sbin/nginx -p "$prefix/" -c conf/nginx.conf
+  "$nginx" -p "$prefix/" -c conf/nginx.conf
   url=http://127.0.0.1:$port
   for _ in $(seq 50); do curl -fs "$url/stats" >/dev/null 2>&1 && break; sleep 0.1; done
   curl -fs "$url/stats" >/dev/null || { echo "demo failed to start: $prefix/logs/error.log"; exit 1; }

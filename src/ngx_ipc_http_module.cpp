@@ -132,12 +132,49 @@ ngx_module_t  ngx_http_ipc_module = {
 }
 
 
+/*
+ * Everything this module takes from lua-nginx-module and LuaJIT, found by
+ * name, whatever their versions or whether they are built into nginx: a
+ * feature check, not a version guess. The lua module must export the
+ * semaphore post (not part of its documented API; each worker looks it up
+ * again when it attaches).
+ */
+static const char  *ngx_http_ipc_lua_symbols[] = {
+    "ngx_http_lua_add_package_preload",
+    "ngx_http_lua_ffi_sema_post",
+    "ngx_http_lua_get_global_state",
+    "luaL_loadbuffer",
+    "lua_call",
+    "lua_error",
+    "lua_pushlightuserdata",
+    "lua_pushboolean",
+    "lua_rawget",
+    "lua_rawset",
+    "lua_toboolean",
+    "lua_settop",
+    "lua_pushstring",
+};
+
+
 static ngx_int_t
 ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
 {
     lua_State                    *L;
+    ngx_uint_t                    i;
     ngx_ipc_add_preload_pt        add_preload;
     ngx_ipc_get_global_state_pt   get_global_state;
+
+    for (i = 0; i < sizeof(ngx_http_ipc_lua_symbols) / sizeof(char *); i++) {
+        if (dlsym(RTLD_DEFAULT, ngx_http_ipc_lua_symbols[i]) == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "ngx_ipc needs %s(), which is not found: load "
+                               "ngx_http_lua_module (load_module) before "
+                               "ngx_ipc_module, or use a lua-nginx-module "
+                               "that exports it",
+                               ngx_http_ipc_lua_symbols[i]);
+            return NGX_ERROR;
+        }
+    }
 
     add_preload = (ngx_ipc_add_preload_pt)
                       dlsym(RTLD_DEFAULT, "ngx_http_lua_add_package_preload");
@@ -163,19 +200,6 @@ ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
                              dlsym(RTLD_DEFAULT, "lua_settop");
     ngx_ipc_lua_pushstring = (ngx_ipc_lua_pushstring_pt)
                                  dlsym(RTLD_DEFAULT, "lua_pushstring");
-
-    if (add_preload == NULL || ngx_ipc_luaL_loadbuffer == NULL
-        || ngx_ipc_lua_call == NULL || ngx_ipc_lua_error == NULL
-        || get_global_state == NULL || ngx_ipc_lua_pushlightuserdata == NULL
-        || ngx_ipc_lua_pushboolean == NULL || ngx_ipc_lua_rawget == NULL
-        || ngx_ipc_lua_rawset == NULL || ngx_ipc_lua_toboolean == NULL
-        || ngx_ipc_lua_settop == NULL || ngx_ipc_lua_pushstring == NULL)
-    {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "ngx_ipc needs ngx_http_lua_module: load it "
-                           "(load_module) before ngx_ipc_module");
-        return NGX_ERROR;
-    }
 
     /* registry[&ngx_ipc_main_vm_key] = true in the main VM */
     L = get_global_state(cf);

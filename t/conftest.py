@@ -20,18 +20,37 @@ fails the test), its error log is checked for [alert], [emerg], [crit],
 matching `allow_log=` patterns or `Nginx.allow_log()`, and its prefix is
 deleted (kept, with its path printed, when NGX_TEST_KEEP=1).
 
-Environment:
-  NGX_IPC_MODULE          path of the module (default build/ngx_ipc_module.so)
-  NGX_IPC_REQUIRE_MODULE  1: a missing module fails every test that needs it
-                          (CI); otherwise those tests are skipped
-  NGINX_BIN               nginx binary (default /usr/sbin/nginx)
+Environment (the older names in parentheses still work):
+  NGX_IPC_NGINX             nginx binary to test (NGINX_BIN; default
+                            /usr/sbin/nginx)
+  NGX_IPC_MODULE            path of the module (default build/ngx_ipc_module.so)
+  NGX_IPC_LUA_MODULES       (NGINX_MODULES_DIR) what to load_module before
+                            ngx_ipc: a directory holding ngx_http_lua_module.so
+                            (and ndk_http_module.so, loaded first when there),
+                            a ':'-separated list of .so files, or `none` when
+                            ndk and lua are built into nginx (OpenResty).
+                            Unset: none if the nginx binary knows lua
+                            directives by itself, else /usr/lib/nginx/modules
+  NGX_IPC_LUA_PACKAGE_PATH  extra lua_package_path entries, e.g. where
+                            resty.core and resty.lrucache live when nginx
+                            does not find them by default ("/opt/lualib/?.lua")
+  NGX_IPC_REQUIRE_MODULE    1: a missing module fails every test that needs it
+                            (CI); otherwise those tests are skipped
+
+For example, against OpenResty (ndk and lua built in):
+
+    export NGX_IPC_NGINX=/usr/local/openresty/nginx/sbin/nginx
+    make NGX_SRC=/path/to/openresty-1.27.1.2/build/nginx-1.27.1 test-nginx
+
+(make takes the configure flags from `$NGX_IPC_NGINX -V`; README.md,
+"Other nginx builds", says more.)
 """
 
 import os
 
 import pytest
 
-from harness import IPC_MODULE, NGINX_BIN, Nginx
+from harness import EXTRA_LUA_PATH, IPC_MODULE, NGINX_BIN, Nginx, lua_module_files
 
 REQUIRE_MODULE = os.environ.get("NGX_IPC_REQUIRE_MODULE") == "1"
 KEEP = os.environ.get("NGX_TEST_KEEP") == "1"
@@ -43,7 +62,12 @@ def pytest_report_header(config):
     else:
         where = f"MISSING at {IPC_MODULE}"
         where += " (tests fail)" if REQUIRE_MODULE else " (tests skip)"
-    return [f"nginx: {NGINX_BIN}", f"ngx_ipc module: {where}"]
+    lua = " ".join(str(f) for f in lua_module_files()) or "built in (no load_module)"
+    header = [f"nginx: {NGINX_BIN}", f"ndk and lua modules: {lua}",
+              f"ngx_ipc module: {where}"]
+    if EXTRA_LUA_PATH:
+        header.append(f"extra lua_package_path: {EXTRA_LUA_PATH}")
+    return header
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -41,6 +41,7 @@ byte for byte.  `T.digest(s)` gives "<length>:<md5>" for big payloads, and
 `T.pattern(size, seed)` builds payloads that `pattern()` rebuilds here.
 """
 
+import functools
 import hashlib
 import http.client
 import json
@@ -56,12 +57,24 @@ import time
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
-NGINX_BIN = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
-MODULES_DIR = Path(os.environ.get("NGINX_MODULES_DIR", "/usr/lib/nginx/modules"))
 REPO = Path(__file__).resolve().parent.parent
-IPC_MODULE = Path(os.environ.get("NGX_IPC_MODULE", REPO / "build" / "ngx_ipc_module.so"))
 T_DIR = Path(__file__).resolve().parent
 LUA_DIR = T_DIR / "lua"
+
+
+def _env(*names, default=None):
+    """The first of the environment variables `names` that is set."""
+    for name in names:
+        if os.environ.get(name):
+            return os.environ[name]
+    return default
+
+
+# Which nginx to test (see conftest.py for the whole list).
+NGINX_BIN = _env("NGX_IPC_NGINX", "NGINX_BIN", default="/usr/sbin/nginx")
+IPC_MODULE = Path(_env("NGX_IPC_MODULE", default=REPO / "build" / "ngx_ipc_module.so"))
+LUA_MODULES = _env("NGX_IPC_LUA_MODULES", "NGINX_MODULES_DIR")
+EXTRA_LUA_PATH = _env("NGX_IPC_LUA_PACKAGE_PATH", default="")
 
 WAIT_TIMEOUT = 10.0  # seconds, default bound of every wait
 LOG_SIZE_LIMIT = 200 * 1024 * 1024  # an error log past this is a runaway
@@ -113,6 +126,65 @@ def lua_quote(data):
     if isinstance(data, str):
         data = data.encode("latin-1")
     return '"' + "".join(f"\\{b:03d}" for b in data) + '"'
+
+
+@functools.lru_cache(maxsize=None)
+def lua_module_files():
+    """The .so files to load before ngx_ipc: ndk and lua, or none at all when
+    this nginx has them built in (as OpenResty has).
+
+    NGX_IPC_LUA_MODULES is `none`, a directory (its ndk_http_module.so, if
+    there, then ngx_http_lua_module.so) or a ':'-separated list of files.
+    Unset: none if NGINX_BIN accepts a lua directive without load_module,
+    else /usr/lib/nginx/modules.
+    """
+    setting = LUA_MODULES
+    if setting is None:
+        setting = "none" if lua_built_in() else "/usr/lib/nginx/modules"
+    if setting == "none":
+        return []
+    if ":" in setting or setting.endswith(".so"):
+        return [Path(f) for f in setting.split(":") if f]
+    directory = Path(setting)
+    ndk = directory / "ndk_http_module.so"
+    return ([ndk] if ndk.is_file() else []) + [directory / "ngx_http_lua_module.so"]
+
+
+def lua_built_in():
+    """Does this nginx binary know lua directives with no load_module?  A
+    feature check (`nginx -t` on a four-line configuration), not a guess from
+    its name, version or `nginx -V`."""
+    prefix = Path(tempfile.mkdtemp(prefix="ngx-ipc-probe-"))
+    try:
+        (prefix / "logs").mkdir()
+        (prefix / "nginx.conf").write_text(
+            "error_log logs/error.log;\npid logs/nginx.pid;\n"
+            "events {}\nhttp { lua_package_path \"/nonexistent/?.lua;;\"; }\n")
+        probe = subprocess.run(
+            [NGINX_BIN, "-p", f"{prefix}/", "-c", "nginx.conf", "-t", "-q"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        # with the lua module built in but resty.core not found, -t fails
+        # too, and the tests must then say that, not "unknown directive"
+        return b'unknown directive "lua_package_path"' not in probe.stderr
+    except OSError:
+        return False  # no such nginx: the tests say so when they start it
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def load_module_lines(ipc=True):
+    """The load_module lines of a test configuration: ndk and lua when they
+    are dynamic modules, then ngx_ipc."""
+    files = lua_module_files() + ([IPC_MODULE] if ipc else [])
+    return "\n".join(f"load_module {f};" for f in files)
+
+
+def lua_package_path():
+    """lua_package_path for the tests: t/lua, then NGX_IPC_LUA_PACKAGE_PATH
+    (e.g. where resty.core lives when nginx does not find it by default),
+    then nginx's default."""
+    extra = EXTRA_LUA_PATH.rstrip(";")
+    return f"{LUA_DIR}/?.lua;" + (f"{extra};" if extra else "") + ";"
 
 
 def free_port():
@@ -344,20 +416,16 @@ class Nginx:
     # -- configuration -----------------------------------------------------
 
     def config(self):
-        load = [MODULES_DIR / "ndk_http_module.so", MODULES_DIR / "ngx_http_lua_module.so"]
         main, init, init_worker = self.main, self.init, ""
-        lua_path = f"{LUA_DIR}/?.lua;"
         http = f"lua_shared_dict results {self.results_size};\n{self.http}"
-        if self.ipc:
-            load.append(IPC_MODULE)
         if self.ipc:
             init_worker = 'local ipc = require "ngx.ipc"'
         return CONFIG_TEMPLATE.format(
             master_process="on" if self.master_process else "off",
             workers=self.workers,
-            load_modules="\n".join(f"load_module {m};" for m in load),
+            load_modules=load_module_lines(self.ipc),
             main=main,
-            lua_path=lua_path,
+            lua_path=lua_package_path(),
             http=http,
             init=init,
             harness_init_worker=init_worker,
@@ -527,7 +595,7 @@ http {{
     uwsgi_temp_path tmp/uwsgi;
     scgi_temp_path tmp/scgi;
 
-    lua_package_path "{lua_path};";
+    lua_package_path "{lua_path}";
     lua_shared_dict harness 1m;
     {http}
 

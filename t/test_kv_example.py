@@ -2,7 +2,7 @@
 
 The example is a whole nginx.conf with its own listen, pid and error_log
 lines, so it does not fit harness.Nginx: this file renders it (filling in
-@MODULE@, @PORT@ and @WORKERS@ only) under a temporary prefix, runs
+@LOAD_MODULES@, @PORT@ and @WORKERS@ only) under a temporary prefix, runs
 `nginx -p PREFIX/ -c conf/nginx.conf -g "daemon off;"` itself, waits
 (bounded) until every worker answers, and stops it by PID (SIGQUIT, then
 SIGKILL) before deleting the prefix.  Traffic goes to 127.0.0.1 only.
@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from conftest import require_ipc_module
-from harness import (BAD_LOG_LINE, IPC_MODULE, NGINX_BIN, REPO, child_pids, read_logs,
-                     is_nginx_worker, kill_pid,
+from harness import (BAD_LOG_LINE, EXTRA_LUA_PATH, NGINX_BIN, REPO, child_pids,
+                     read_logs, is_nginx_worker, kill_pid, load_module_lines,
                      free_port, wait_for)
 
 EXAMPLE = REPO / "examples" / "kv" / "nginx.conf"
@@ -51,11 +51,14 @@ class Example:
         for attempt in range(3):  # another process may take the free port
             self.port = free_port()
             text = EXAMPLE.read_text()
-            for placeholder in ("@MODULE@", "@PORT@", "@WORKERS@"):
+            for placeholder in ("@LOAD_MODULES@", "@PORT@", "@WORKERS@"):
                 assert placeholder in text, placeholder
-            text = (text.replace("@MODULE@", str(IPC_MODULE))
+            text = (text.replace("\n@LOAD_MODULES@\n", f"\n{load_module_lines()}\n")
                     .replace("@PORT@", str(self.port))
                     .replace("@WORKERS@", str(self.workers)))
+            if EXTRA_LUA_PATH:  # where this nginx finds resty.core
+                text = text.replace("\nhttp {\n", "\nhttp {\n    lua_package_path "
+                                    f'"{EXTRA_LUA_PATH.rstrip(";")};;";\n', 1)
             (self.prefix / "conf" / "nginx.conf").write_text(text)
             with open(self.prefix / "logs" / "stderr.log", "ab") as err:
                 self.proc = subprocess.Popen(

@@ -8,7 +8,6 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 nginx=${NGX_IPC_NGINX:-/usr/sbin/nginx}
-lua_modules=${NGX_IPC_LUA_MODULES:-/usr/lib/nginx/modules}
 prefix=$root/build/demo
 pidfile=$prefix/logs/nginx.pid
 
@@ -32,14 +31,7 @@ start)
   port=${2:-8080}
   stop >/dev/null
   mkdir -p "$prefix/conf" "$prefix/logs"
-  load=""
-  if [ "$lua_modules" != none ]; then
-    if [ -f "$lua_modules/ndk_http_module.so" ]; then
-      load+="load_module $lua_modules/ndk_http_module.so;\\n"
-    fi
-    load+="load_module $lua_modules/ngx_http_lua_module.so;\\n"
-  fi
-  load+="load_module $root/build/ngx_ipc_module.so;"
+  load=$("$root/scripts/load-modules.sh" "$root/build/ngx_ipc_module.so")
   sed -e "s#^@LOAD_MODULES@\$#$load#" -e "s#@PORT@#$port#" \
       -e "s#@WORKERS@#4#" "$root/examples/kv/nginx.conf" > "$prefix/conf/nginx.conf"
   "$nginx" -p "$prefix/" -c conf/nginx.conf

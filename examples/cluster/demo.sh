@@ -10,6 +10,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 prefix=$root/build/demo-cluster
 module=${NGX_IPC_MODULE:-$root/build/ngx_ipc_module.so}
+# another nginx: as for examples/demo.sh and the tests (t/conftest.py)
+nginx=${NGX_IPC_NGINX:-/usr/sbin/nginx}
 redis_pidfile=$prefix/redis/redis.pid
 
 listening() {  # is something accepting on 127.0.0.1:$1 ?
@@ -102,15 +104,17 @@ start)
   echo "$redis_port" > "$prefix/redis/port"
   start_redis || { stop >/dev/null; exit 1; }
 
+  load=$("$root/scripts/load-modules.sh" "$module")
+
   n=0
   for port in "$port1" "$port2"; do
     n=$((n + 1))
     node=$prefix/node$n
     mkdir -p "$node/conf" "$node/logs"
-    sed -e "s#@MODULE@#$module#" -e "s#@PORT@#$port#" -e "s#@WORKERS@#2#" \
+    sed -e "s#^@LOAD_MODULES@\$#$load#" -e "s#@PORT@#$port#" -e "s#@WORKERS@#2#" \
         -e "s#@REDIS_URL@#redis://127.0.0.1:$redis_port#" -e "s#@NODE@#node$n#" \
         "$root/examples/cluster/nginx.conf" > "$node/conf/nginx.conf"
-    /usr/sbin/nginx -p "$node/" -c conf/nginx.conf ||
+    "$nginx" -p "$node/" -c conf/nginx.conf ||
       { echo "node$n failed to start: $node/logs/error.log"; stop >/dev/null; exit 1; }
   done
 

@@ -485,6 +485,10 @@ def test_bad_redis_is_logged_clearly_and_local_ipc_goes_on(redis_server, nginx, 
     # a bounded rate: one line per 10 s per kind, whatever the retries
     time.sleep(1.5)
     assert count_lines(n, r"\[error\].*ngx_ipc cluster: ") <= 4, n.error_log()
+    # the agent's retries (backoff up to 5 s) do not hold up a shutdown
+    t0 = time.monotonic()
+    assert n.stop(timeout=5) is None
+    assert time.monotonic() - t0 < 2, "nginx took %.1f s to stop" % (time.monotonic() - t0)
 
 
 def test_two_nodes_with_one_name_are_logged(redis_server, nginx):

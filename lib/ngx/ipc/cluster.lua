@@ -159,11 +159,12 @@ local function log_limited(level, kind, ...)
 
     local skipped = log_skipped[kind] or 0
     log_last[kind], log_skipped[kind] = now, 0
+    local text = concat({ ... })
     if skipped > 0 then
-        ngx_log(level, "ngx_ipc cluster: ", ..., " (", skipped,
+        ngx_log(level, "ngx_ipc cluster: ", text, " (", skipped,
                 " more since the last such line)")
     else
-        ngx_log(level, "ngx_ipc cluster: ", ...)
+        ngx_log(level, "ngx_ipc cluster: ", text)
     end
 end
 
@@ -253,6 +254,17 @@ local function connect(role)
     end
 
     return red
+end
+
+
+-- Waits `seconds` before a retry, in slices, so that a worker that shuts
+-- down is not held by the agent's backoff.
+local function pause(seconds)
+    while seconds > 0 and active() do
+        local slice = math_min(seconds, 0.25)
+        ngx_sleep(slice)
+        seconds = seconds - slice
+    end
 end
 
 
@@ -471,7 +483,7 @@ local function reader_loop()
             if not red then
                 C.ngx_ipc_ffi_cluster_gauge(K_CONNECTED, 0)
                 fail("reader", err)
-                ngx_sleep(backoff)
+                pause(backoff)
                 backoff = math_min(backoff * 2, BACKOFF_MAX)
 
             else
@@ -555,7 +567,7 @@ local function writer_loop()
             red, err = connect("writer")
             if not red then
                 fail("writer", err)
-                ngx_sleep(backoff)
+                pause(backoff)
                 backoff = math_min(backoff * 2, BACKOFF_MAX)
             end
 
@@ -587,7 +599,7 @@ local function writer_loop()
                 -- Redis refused it (false, its error): nothing is
                 -- committed, it goes again after a while
                 fail("writer", "XADD refused: " .. tostring(err))
-                ngx_sleep(backoff)
+                pause(backoff)
                 backoff = math_min(backoff * 2, BACKOFF_MAX)
 
             else

@@ -116,7 +116,7 @@ ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
     }
 
     if (s == ngx_ipc::Status::kOk) {
-        ngx_ipc_busy_poll_sent(w);
+        ngx_ipc_busy_poll_after_send(w);
     }
 
     return ngx_ipc_status_rc(s, err);
@@ -144,7 +144,7 @@ ngx_ipc_ffi_broadcast(const u_char *name, size_t name_len,
     }
 
     if (s == ngx_ipc::Status::kOk) {
-        ngx_ipc_busy_poll_sent(w);
+        ngx_ipc_busy_poll_after_send(w);
     }
 
     return ngx_ipc_status_rc(s, err);
@@ -178,17 +178,17 @@ ngx_ipc_ffi_recv(ngx_ipc::Delivery *out, int max)
 
     try {
         /* while a poll watches the inbox, the slot stays disarmed */
-        n = w->endpoint->receive(out, max, !w->polling);
+        n = w->endpoint->receive(out, max, !ngx_ipc_busy_poll_watching(w));
     } catch (...) {
         return NGX_ERROR;
     }
 
     if (n > 0) {
-        w->active = 1;
+        ngx_ipc_busy_poll_after_receive(w, n);
 
     } else if (n == 0) {
         /* empty: watch the inbox a while before sleeping */
-        ngx_ipc_busy_poll(w);
+        ngx_ipc_busy_poll_on_empty(w);
     }
 
     return n;

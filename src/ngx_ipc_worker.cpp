@@ -1,0 +1,393 @@
+/*
+ * ngx_ipc worker: a worker process's attachment to its slot of the
+ * configuration's mapping. It watches its own eventfd on the event loop;
+ * the read handler flushes the send backlog and wakes the Lua dispatcher.
+ * It also runs the graceful-shutdown handshake with the Lua light threads
+ * and the "next pass of the event loop" yield. Nothing runs while no
+ * message moves.
+ *
+ * Owns: ngx_ipc_worker_t (the endpoint, the eventfd's connection, the Lua
+ * semaphores, the exit state), except its busy-poll part
+ * (ngx_ipc_busy_poll.cpp).
+ */
+
+#include "ngx_ipc_module.h"
+
+#include <dlfcn.h>
+
+#include <new>
+
+
+static ngx_ipc_worker_t *ngx_ipc_attach(ngx_ipc_conf_t *conf);
+static void ngx_ipc_wake_handler(ngx_event_t *rev);
+static void ngx_ipc_shutdown_watch(ngx_event_t *ev);
+static ngx_uint_t ngx_ipc_live_timers(void);
+static void ngx_ipc_core_log(void *ctx, const char *msg, int err);
+static bool ngx_ipc_alive(int32_t pid);
+static void ngx_ipc_yield_handler(ngx_event_t *ev);
+
+
+static ngx_ipc_worker_t   ngx_ipc_worker;
+static ngx_flag_t         ngx_ipc_attached;
+static ngx_flag_t         ngx_ipc_attach_failed;
+
+
+ngx_int_t
+ngx_ipc_init_process(ngx_cycle_t *cycle)
+{
+    /*
+     * Lua's init_worker_by_lua runs before this (modules initialise in load
+     * order) and may already have attached through the FFI. Attach here for
+     * workers that do not use ngx.ipc in init_worker, so that messages sent
+     * to them are received (and counted) rather than left in the rings.
+     */
+    (void) ngx_ipc_worker_get();
+
+    return NGX_OK;
+}
+
+
+void
+ngx_ipc_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_connection_t  *c;
+
+    if (!ngx_ipc_attached) {
+        return;
+    }
+
+    ngx_ipc_worker.endpoint->stop();
+
+    if (ngx_ipc_worker.watch.timer_set) {
+        ngx_del_timer(&ngx_ipc_worker.watch);
+    }
+
+    /* the eventfd stays open (the mapping's other users hold theirs); only
+     * the connection goes, so nginx does not report it as left open */
+    c = ngx_ipc_worker.conn;
+    ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
+}
+
+
+ngx_ipc_worker_t *
+ngx_ipc_worker_get(void)
+{
+    if (ngx_ipc_attached) {
+        return &ngx_ipc_worker;
+    }
+
+    if (ngx_ipc_attach_failed
+        || (ngx_process != NGX_PROCESS_WORKER
+            && ngx_process != NGX_PROCESS_SINGLE)
+        || ngx_ipc_conf_current() == NULL
+        || ngx_ipc_conf_current()->shm == NULL)
+    {
+        return NULL;
+    }
+
+    return ngx_ipc_attach(ngx_ipc_conf_current());
+}
+
+
+static ngx_ipc_worker_t *
+ngx_ipc_attach(ngx_ipc_conf_t *conf)
+{
+    ngx_uint_t            slot;
+    ngx_event_t          *rev;
+    ngx_connection_t     *c;
+    ngx_ipc_worker_t     *w = &ngx_ipc_worker;
+    ngx_ipc::Endpoint    *ep;
+
+    ngx_ipc_attach_failed = 1;
+
+    slot = (ngx_process == NGX_PROCESS_WORKER) ? ngx_worker : 0;
+
+    if (ngx_ipc::check_shm(conf->shm, conf->shm_size) == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "ngx_ipc: the shared mapping is not valid");
+        return NULL;
+    }
+
+    if (slot >= conf->nslots) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "ngx_ipc: worker %ui has no slot (%ui slots)",
+                      slot, conf->nslots);
+        return NULL;
+    }
+
+    try {
+        ep = new ngx_ipc::Endpoint((ngx_ipc::ShmHeader *) conf->shm,
+                                   (uint32_t) slot, conf->fds);
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "ngx_ipc: no memory for the endpoint");
+        return NULL;
+    }
+
+    c = ngx_get_connection(conf->fds[slot], ngx_cycle->log);
+    if (c == NULL) {
+        delete ep;
+        return NULL;
+    }
+
+    rev = c->read;
+    rev->handler = ngx_ipc_wake_handler;
+    rev->log = ngx_cycle->log;
+    c->data = w;
+
+    /* ngx_close_idle_connections() calls us at graceful shutdown */
+    c->idle = 1;
+
+    if (ngx_add_event(rev, NGX_READ_EVENT, 0) == NGX_ERROR) {
+        ngx_free_connection(c);
+        c->fd = (ngx_socket_t) -1;
+        delete ep;
+        return NULL;
+    }
+
+    w->sema_post = (ngx_ipc_sema_post_pt)
+                       dlsym(RTLD_DEFAULT, "ngx_http_lua_ffi_sema_post");
+    if (w->sema_post == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "ngx_ipc: ngx_http_lua_ffi_sema_post() not found: "
+                      "is ngx_http_lua_module loaded?");
+    }
+
+    ep->set_logger(ngx_ipc_core_log, NULL);
+    ep->set_alive_check(ngx_ipc_alive);
+    ep->start((int32_t) ngx_pid);
+
+    /* marks the slot asleep (takes nothing): the first message wakes us */
+    (void) ep->receive(NULL, 0);
+
+    w->conf = conf;
+    w->endpoint = ep;
+    w->conn = c;
+
+    ngx_ipc_busy_poll_init(w);
+
+    w->yield.handler = ngx_ipc_yield_handler;
+    w->yield.data = w;
+    w->yield.log = ngx_cycle->log;
+
+    ngx_ipc_attach_failed = 0;
+    ngx_ipc_attached = 1;
+
+    /* messages may have waited for this slot since before we started */
+    ngx_post_event(rev, &ngx_posted_events);
+
+    return w;
+}
+
+
+static void
+ngx_ipc_wake_handler(ngx_event_t *rev)
+{
+    int                  n;
+    uint64_t             count;
+    ngx_connection_t    *c = (ngx_connection_t *) rev->data;
+    ngx_ipc_worker_t    *w = (ngx_ipc_worker_t *) c->data;
+    ngx_ipc::Delivery    batch[64];
+
+    if (c->close) {
+        c->close = 0;
+
+        if (w->exiting) {
+            /* worker_shutdown_timeout: nginx closes everything now */
+            w->exit.release = 1;
+            w->endpoint->wake_self();
+            return;
+        }
+
+        /*
+         * Graceful shutdown (ngx_close_idle_connections): the worker goes on
+         * receiving until nothing but the Lua light threads' own waits keeps
+         * it alive (rule 8); the cancelable watch timer tells when. We are
+         * called outside the event loop here, so the semaphore is posted
+         * from the next pass, through our own eventfd.
+         */
+        c->idle = 0;
+        w->exiting = 1;
+        w->watch.handler = ngx_ipc_shutdown_watch;
+        w->watch.data = w;
+        w->watch.log = ngx_cycle->log;
+        w->watch.cancelable = 1;
+        ngx_add_timer(&w->watch, 10);
+        w->endpoint->wake_self();
+        return;
+    }
+
+    if (read(c->fd, &count, sizeof(count)) == -1 && ngx_errno != NGX_EAGAIN) {
+        ngx_ipc_log_limited(NGX_LOG_ALERT, ngx_errno,
+                            "read() from the wake-up eventfd failed");
+    }
+
+    w->endpoint->flush();
+
+    if (w->space_sema != NULL) {
+        /*
+         * A send waits for room (ipc.send with "wait"): a receiver freed
+         * ring space, which is what writes our eventfd while we hold a
+         * backlog, and flush() moved what it could. The waiter tries
+         * again; if its destination is still full it registers again.
+         */
+        void  *sema = w->space_sema;
+
+        w->space_sema = NULL;
+        w->sema_post(sema, 1);
+    }
+
+    if (w->sema != NULL) {
+        /*
+         * Not armed means whoever woke us cleared the flag: the reader must
+         * run (and re-arm) even if the inbox is empty now, or no sender
+         * would ever wake it again. A spurious pass costs one empty recv.
+         */
+        if (w->exit.release || !w->endpoint->armed()
+            || w->endpoint->inbox_pending())
+        {
+            w->sema_post(w->sema, 1);
+        }
+
+        return;
+    }
+
+    /*
+     * Nobody in this worker has called ngx.ipc: it has no handler for
+     * anything. Rule 7: such messages are dropped and counted (keeping them
+     * would fill the senders' backlogs, and then every broadcast of every
+     * worker would be refused). Handlers registered in init_worker_by_lua*
+     * start the dispatcher before this handler ever runs.
+     */
+
+    if (!w->endpoint->inbox_pending()) {
+        return;
+    }
+
+    if (!w->no_dispatcher_logged) {
+        w->no_dispatcher_logged = 1;
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "ngx_ipc: messages arrived in a worker that has not "
+                      "called ngx.ipc; they are dropped and counted "
+                      "(register handlers in init_worker_by_lua*)");
+    }
+
+    while ((n = w->endpoint->receive(batch, 64)) > 0) {
+        w->endpoint->stats().dropped += n;
+    }
+}
+
+
+ngx_ipc_conf_t *
+ngx_ipc_worker_conf(void)
+{
+    return ngx_ipc_attached ? ngx_ipc_worker.conf : NULL;
+}
+
+
+
+/*
+ * Lets the event loop run once, then posts sema: an event posted to
+ * ngx_posted_next_events runs after the next epoll_wait(), which nginx then
+ * calls with a zero timeout. (ngx.sleep(0) would do, but without
+ * OpenResty's delayed-events patch it logs a warning every time.)
+ */
+void
+ngx_ipc_yield(ngx_ipc_worker_t *w, void *sema)
+{
+    w->yield_sema = sema;
+    ngx_post_event(&w->yield, &ngx_posted_next_events);
+}
+
+
+static void
+ngx_ipc_yield_handler(ngx_event_t *ev)
+{
+    void              *sema;
+    ngx_ipc_worker_t  *w = (ngx_ipc_worker_t *) ev->data;
+
+    sema = w->yield_sema;
+    w->yield_sema = NULL;
+
+    if (sema != NULL) {
+        w->sema_post(sema, 1);
+    }
+}
+
+
+
+/*
+ * While the worker shuts down: once the only timers that keep it alive are
+ * the semaphore waits of ngx.ipc's light threads, let them return.
+ */
+static void
+ngx_ipc_shutdown_watch(ngx_event_t *ev)
+{
+    ngx_ipc_worker_t  *w = (ngx_ipc_worker_t *) ev->data;
+
+    if (ngx_ipc_live_timers() <= (ngx_uint_t) w->exit.waits) {
+        w->exit.release = 1;
+
+        if (w->sema != NULL) {
+            w->sema_post(w->sema, 1);
+        }
+
+        return;
+    }
+
+    ngx_add_timer(ev, 20);
+}
+
+
+/* The timers that keep an exiting worker alive (ngx_event_no_timers_left) */
+static ngx_uint_t
+ngx_ipc_live_timers(void)
+{
+    ngx_uint_t          n;
+    ngx_event_t        *ev;
+    ngx_rbtree_node_t  *node, *root, *sentinel;
+
+    sentinel = ngx_event_timer_rbtree.sentinel;
+    root = ngx_event_timer_rbtree.root;
+
+    if (root == sentinel) {
+        return 0;
+    }
+
+    n = 0;
+
+    for (node = ngx_rbtree_min(root, sentinel);
+         node != NULL;
+         node = ngx_rbtree_next(&ngx_event_timer_rbtree, node))
+    {
+        ev = ngx_rbtree_data(node, ngx_event_t, timer);
+
+        if (!ev->cancelable) {
+            n++;
+        }
+    }
+
+    return n;
+}
+
+
+
+/*
+ * Asked by the core when a destination's backlog is full. While this
+ * worker's generation is current, the master respawns a dead worker into
+ * its slot and the successor receives what waits for it (rule 4): alive.
+ * Once it is exiting (an old generation), a dead slot is gone for good.
+ */
+static bool
+ngx_ipc_alive(int32_t pid)
+{
+    return !ngx_exiting || ngx_ipc::Endpoint::process_alive(pid);
+}
+
+
+static void
+ngx_ipc_core_log(void *ctx, const char *msg, int err)
+{
+    ngx_ipc_log_limited(err ? NGX_LOG_ALERT : NGX_LOG_ERR, err, msg);
+}

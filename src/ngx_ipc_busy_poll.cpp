@@ -4,8 +4,8 @@
  * _after_receive, _on_empty) and it decides when to watch the inbox and
  * when to arm the slot again. Nothing else touches its state.
  *
- * Owns: ngx_ipc_busy_poll_t (in ngx_ipc_worker_t) and the slot's
- * busy_poll_ns counter.
+ * Owns: ngx_ipc_busy_poll_t (in ngx_ipc_worker_t), the slot's
+ * busy_poll_ns counter, and the parsing of the directive's value.
  */
 
 #include "ngx_ipc_module.h"
@@ -21,6 +21,8 @@ static void ngx_ipc_poll_end(ngx_ipc_worker_t *w);
 static void ngx_ipc_poll_stop(ngx_ipc_worker_t *w);
 
 
+/* ipc_busy_poll's largest value: a poll holds the worker's CPU this long */
+#define NGX_IPC_MAX_BUSY_POLL      10000
 /* a sched_yield() that kept the worker off its CPU this long (ns): other
  * processes want the CPUs (a VM's own hiccups stay well below) */
 #define NGX_IPC_POLL_STOLEN        250000
@@ -230,4 +232,50 @@ ngx_ipc_poll_handler(ngx_event_t *ev)
     }
 
     ngx_post_event(ev, &ngx_posted_next_events);
+}
+
+
+/* ipc_busy_poll off | <time>: "50us", "1ms", "0" (nginx time units plus us) */
+char *
+ngx_ipc_set_busy_poll(ngx_conf_t *cf, ngx_command_t *cmd, void *data)
+{
+    ngx_int_t        v;
+    ngx_str_t       *value, s;
+    ngx_ipc_conf_t  *conf = (ngx_ipc_conf_t *) data;
+
+    if (conf->busy_poll != NGX_CONF_UNSET_UINT) {
+        return (char *) "is duplicate";
+    }
+
+    value = (ngx_str_t *) cf->args->elts;
+    s = value[1];
+
+    if (s.len == 3 && ngx_strncmp(s.data, "off", 3) == 0) {
+        conf->busy_poll = 0;
+        return NGX_CONF_OK;
+    }
+
+    if (s.len > 2 && ngx_strncmp(s.data + s.len - 2, "us", 2) == 0) {
+        v = ngx_atoi(s.data, s.len - 2);
+
+    } else {
+        v = ngx_parse_time(&s, 0);
+        if (v != NGX_ERROR) {
+            v = (v > NGX_IPC_MAX_BUSY_POLL) ? NGX_IPC_MAX_BUSY_POLL + 1
+                                            : v * 1000;
+        }
+    }
+
+    if (v == NGX_ERROR) {
+        return (char *) "has an invalid value: use \"off\" or a time "
+                        "such as \"50us\" or \"1ms\"";
+    }
+
+    if (v > NGX_IPC_MAX_BUSY_POLL) {
+        return (char *) "must be at most 10ms";
+    }
+
+    conf->busy_poll = (ngx_uint_t) v;
+
+    return NGX_CONF_OK;
 }

@@ -32,7 +32,7 @@ constexpr std::uint64_t kClusterMagic = 0x72756c6370696e67ULL;  /* "gnipclur" */
 constexpr std::uint32_t kClusterVersion = 1;
 constexpr std::uint32_t kOutMagic = 0x6f757462;                   /* "btuo" */
 constexpr std::uint32_t kOutPad = 0x64617062;                     /* "bpad" */
-constexpr std::size_t kTextMax = 128;
+constexpr std::size_t kTextMax = NGX_IPC_FFI_CLUSTER_TEXT_MAX;
 constexpr std::uint64_t kLeaseStaleMs = 3000;  /* a heartbeat older: hung */
 
 /* One cluster broadcast in the outbox: this header, the name, the data,
@@ -58,20 +58,20 @@ struct Text {
     char                       data[kTextMax];
 };
 
-/* Counters, read by any worker through ngx_ipc_ffi_cluster_state(); the
- * layout is ngx_ipc_cluster_state_t's in lib/ngx/ipc/cluster.lua. */
+/* Counters, read by any worker through ngx_ipc_ffi_cluster_counters():
+ * the NGX_IPC_FFI_CLUSTER_* indexes of ngx_ipc_ffi.h. */
 enum Counter : int {
-    kPublished = 0,  /* cluster broadcasts accepted here */
-    kRefused,        /* refused: queue full, message too large */
-    kAdded,          /* entries Redis acknowledged (XADD) */
-    kReceived,       /* entries from other nodes fanned out here */
-    kGaps,           /* times this node found it missed entries */
-    kReconnects,     /* Redis connections made after a failure */
-    kErrors,         /* Redis errors and failed connections */
-    kConnected,      /* gauge: 1 while the agent's link is up */
-    kLagMs,          /* gauge: age of the last entry fanned out, ms */
-    kNodeClashes,    /* entries from another node with our name */
-    kCounters
+    kPublished = NGX_IPC_FFI_CLUSTER_PUBLISHED,
+    kRefused = NGX_IPC_FFI_CLUSTER_REFUSED,
+    kAdded = NGX_IPC_FFI_CLUSTER_ADDED,
+    kReceived = NGX_IPC_FFI_CLUSTER_RECEIVED,
+    kGaps = NGX_IPC_FFI_CLUSTER_GAPS,
+    kReconnects = NGX_IPC_FFI_CLUSTER_RECONNECTS,
+    kErrors = NGX_IPC_FFI_CLUSTER_ERRORS,
+    kConnected = NGX_IPC_FFI_CLUSTER_CONNECTED,
+    kLagMs = NGX_IPC_FFI_CLUSTER_LAG_MS,
+    kNodeClashes = NGX_IPC_FFI_CLUSTER_NODE_CLASHES,
+    kCounters = NGX_IPC_FFI_CLUSTER_COUNTERS
 };
 
 struct alignas(64) ClusterShared {
@@ -110,36 +110,6 @@ inline std::uint64_t align8(std::uint64_t n) { return (n + 7) & ~std::uint64_t{7
 }  // namespace ngx_ipc_cluster_zone
 
 using namespace ngx_ipc_cluster_zone;
-
-/* the ngx_ipc_cluster_conf_t of lib/ngx/ipc/cluster.lua */
-typedef struct {
-    const u_char  *host;
-    size_t         host_len;
-    const u_char  *user;
-    size_t         user_len;
-    const u_char  *password;
-    size_t         password_len;
-    const u_char  *stream;
-    size_t         stream_len;
-    const u_char  *node;
-    size_t         node_len;
-    int            port;
-    int            db;
-    uint64_t       maxlen;
-    uint64_t       max_message;
-    uint64_t       epoch;
-} ngx_ipc_cluster_info_t;
-
-/* an outbox entry handed to the agent (pointers into the zone, valid until
- * it commits past them) */
-typedef struct {
-    const u_char  *name;
-    const u_char  *data;
-    uint64_t       seq;
-    uint64_t       data_len;
-    uint32_t       name_len;
-    int32_t        pid;
-} ngx_ipc_cluster_entry_t;
 
 typedef struct {
     ngx_flag_t       enabled;
@@ -185,32 +155,5 @@ ngx_ipc_cluster_now_ms(void)
     return (std::uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-
-extern "C" {
-
-/* the local path (ngx_ipc_ffi.cpp) */
-int ngx_ipc_ffi_broadcast(const u_char *name, size_t name_len,
-    const u_char *data, size_t data_len, int include_self, char **err);
-
-int ngx_ipc_ffi_cluster_info(ngx_ipc_cluster_info_t *out);
-int ngx_ipc_ffi_cluster_broadcast(const u_char *name, size_t name_len,
-    const u_char *data, size_t data_len, int include_self, int *kick_pid,
-    char **err);
-int ngx_ipc_ffi_cluster_lease(int *agent_pid);
-int ngx_ipc_ffi_cluster_agent(void);
-void ngx_ipc_ffi_cluster_release(void);
-int ngx_ipc_ffi_cluster_peek(ngx_ipc_cluster_entry_t *out, int max,
-    size_t max_bytes, uint64_t from, uint64_t *end);
-uint64_t ngx_ipc_ffi_cluster_tail(void);
-uint64_t ngx_ipc_ffi_cluster_queued(void);
-void ngx_ipc_ffi_cluster_commit(uint64_t end);
-int ngx_ipc_ffi_cluster_arm(uint64_t from);
-int ngx_ipc_ffi_cluster_get_text(int which, char *buf, int size);
-void ngx_ipc_ffi_cluster_set_text(int which, const char *text, size_t len);
-uint64_t *ngx_ipc_ffi_cluster_counters(void);
-void ngx_ipc_ffi_cluster_count(int which, int64_t n);
-void ngx_ipc_ffi_cluster_gauge(int which, uint64_t v);
-
-}
 
 #endif /* _NGX_IPC_CLUSTER_H_INCLUDED_ */

@@ -9,6 +9,8 @@
 
 #include "ngx_ipc_cluster.h"
 
+#include <sched.h>
+
 int
 ngx_ipc_ffi_cluster_info(ngx_ipc_cluster_info_t *out)
 {
@@ -125,7 +127,7 @@ ngx_ipc_ffi_cluster_release(void)
 static Text *
 ngx_ipc_cluster_text(ClusterShared *cs, int which)
 {
-    return which == 0 ? &cs->last_id : &cs->last_error;
+    return which == NGX_IPC_FFI_CLUSTER_LAST_ID ? &cs->last_id : &cs->last_error;
 }
 
 

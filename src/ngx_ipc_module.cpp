@@ -25,13 +25,9 @@ static ngx_int_t ngx_ipc_create_shared(ngx_cycle_t *cycle,
     ngx_ipc_conf_t *conf, ngx_uint_t n);
 static ngx_int_t ngx_ipc_init_module(ngx_cycle_t *cycle);
 static void ngx_ipc_cleanup(void *data);
-static char *ngx_ipc_set_busy_poll(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 
 /* ipc_busy_poll's default, in microseconds */
 #define NGX_IPC_DEFAULT_BUSY_POLL  50
-/* and its largest value: a poll holds the worker's CPU this long */
-#define NGX_IPC_MAX_BUSY_POLL      10000
 
 
 static ngx_command_t  ngx_ipc_commands[] = {
@@ -263,52 +259,6 @@ ngx_ipc_create_shared(ngx_cycle_t *cycle, ngx_ipc_conf_t *conf, ngx_uint_t n)
 }
 
 
-/* ipc_busy_poll off | <time>: "50us", "1ms", "0" (nginx time units plus us) */
-static char *
-ngx_ipc_set_busy_poll(ngx_conf_t *cf, ngx_command_t *cmd, void *data)
-{
-    ngx_int_t        v;
-    ngx_str_t       *value, s;
-    ngx_ipc_conf_t  *conf = (ngx_ipc_conf_t *) data;
-
-    if (conf->busy_poll != NGX_CONF_UNSET_UINT) {
-        return (char *) "is duplicate";
-    }
-
-    value = (ngx_str_t *) cf->args->elts;
-    s = value[1];
-
-    if (s.len == 3 && ngx_strncmp(s.data, "off", 3) == 0) {
-        conf->busy_poll = 0;
-        return NGX_CONF_OK;
-    }
-
-    if (s.len > 2 && ngx_strncmp(s.data + s.len - 2, "us", 2) == 0) {
-        v = ngx_atoi(s.data, s.len - 2);
-
-    } else {
-        v = ngx_parse_time(&s, 0);
-        if (v != NGX_ERROR) {
-            v = (v > NGX_IPC_MAX_BUSY_POLL) ? NGX_IPC_MAX_BUSY_POLL + 1
-                                            : v * 1000;
-        }
-    }
-
-    if (v == NGX_ERROR) {
-        return (char *) "has an invalid value: use \"off\" or a time "
-                        "such as \"50us\" or \"1ms\"";
-    }
-
-    if (v > NGX_IPC_MAX_BUSY_POLL) {
-        return (char *) "must be at most 10ms";
-    }
-
-    conf->busy_poll = (ngx_uint_t) v;
-
-    return NGX_CONF_OK;
-}
-
-
 /* Only logs: the configuration's error_log is open by now. */
 static ngx_int_t
 ngx_ipc_init_module(ngx_cycle_t *cycle)
@@ -334,10 +284,13 @@ ngx_ipc_init_module(ngx_cycle_t *cycle)
 static void
 ngx_ipc_cleanup(void *data)
 {
-    ngx_uint_t       i;
-    ngx_ipc_conf_t  *conf = (ngx_ipc_conf_t *) data;
+    ngx_uint_t         i;
+    ngx_ipc_conf_t    *conf = (ngx_ipc_conf_t *) data;
+    ngx_ipc_worker_t  *w;
 
-    if (ngx_ipc_worker_conf() == conf) {
+    w = ngx_ipc_worker_attached();
+
+    if (w != NULL && w->conf == conf) {
         /*
          * This process uses the mapping and keeps it until it exits. (With
          * "master_process off" a reload makes a new cycle but the process

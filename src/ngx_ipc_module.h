@@ -5,10 +5,13 @@
  *                          the wake-up fds of a configuration
  * ngx_ipc_worker.cpp       a worker's attachment: its slot, its eventfd's
  *                          wake handler, the shutdown watch, the yield
+ * ngx_ipc_exit.cpp         a worker's graceful exit, with the Lua threads
  * ngx_ipc_busy_poll.cpp    busy polling (ipc_busy_poll), behind three calls
  * ngx_ipc_log.cpp          log lines at a bounded rate
  * ngx_ipc_http_module.cpp  http module: registers the embedded Lua library
- * ngx_ipc_ffi.cpp          the ngx_ipc_ffi_* C ABI used by lib/ngx/ipc.lua
+ * ngx_ipc_ffi.cpp          the C ABI (ngx_ipc_ffi.h) for messages
+ * ngx_ipc_ffi_worker.cpp   the C ABI for the worker's light threads, PIDs,
+ *                          counters and status
  * ngx_ipc_status.cpp       http module: the ipc_status directive
  */
 
@@ -23,9 +26,7 @@ extern "C" {
 
 #include "ngx_ipc/endpoint.h"
 
-/* Bumped whenever a ngx_ipc_ffi_* signature or a shared struct changes;
- * lib/ngx/ipc.lua refuses to run against another version. */
-#define NGX_IPC_FFI_VERSION  2
+#include "ngx_ipc_ffi.h"
 
 typedef struct {
     /* directives (main context) */
@@ -42,15 +43,6 @@ typedef struct {
 } ngx_ipc_conf_t;
 
 typedef int (*ngx_ipc_sema_post_pt)(void *sem, int n);
-
-/* Shared with the Lua side (ngx_ipc_ffi_exit_state): during a graceful
- * shutdown, the light threads wait until nothing but their own waits keeps
- * the worker alive. */
-typedef struct {
-    int                        waits;        /* Lua: semaphore waits now */
-    int                        release;      /* C: 1 when they may return */
-    int                        runner_gone;  /* C: the runner's timer ended */
-} ngx_ipc_exit_t;
 
 /* Busy polling's state: only ngx_ipc_busy_poll.cpp reads or writes it. */
 typedef struct {
@@ -74,7 +66,7 @@ typedef struct ngx_ipc_worker_s {
     void                      *space_sema;   /* a send waits for room */
     ngx_event_t                yield;        /* posts it */
     ngx_ipc_sema_post_pt       sema_post;
-    ngx_ipc_exit_t             exit;
+    ngx_ipc_exit_t             exit;         /* shared with Lua */
     ngx_event_t                watch;        /* cancelable, while exiting */
     ngx_ipc_busy_poll_t        busy;         /* ngx_ipc_busy_poll.cpp's */
     unsigned                   exiting:1;
@@ -90,14 +82,18 @@ ngx_ipc_conf_t *ngx_ipc_conf_current(void);
  * if this process is not a worker of a configuration that has ngx_ipc
  * (master, helpers). */
 ngx_ipc_worker_t *ngx_ipc_worker_get(void);
-/* the configuration this process is attached to, NULL if none */
-ngx_ipc_conf_t *ngx_ipc_worker_conf(void);
+/* this process's attachment, NULL if it has not attached (never attaches) */
+ngx_ipc_worker_t *ngx_ipc_worker_attached(void);
 ngx_int_t ngx_ipc_init_process(ngx_cycle_t *cycle);
+
+/* ngx_ipc_exit.cpp: nginx closed the eventfd's connection (shutdown) */
+void ngx_ipc_exit_begin(ngx_ipc_worker_t *w);
 void ngx_ipc_exit_process(ngx_cycle_t *cycle);
 
 /* ngx_ipc_busy_poll.cpp: after this worker moved messages it watches the
  * inbox for a while from the event loop (ipc_busy_poll) instead of
  * sleeping on the eventfd. */
+char *ngx_ipc_set_busy_poll(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 void ngx_ipc_busy_poll_init(ngx_ipc_worker_t *w);
 void ngx_ipc_busy_poll_after_send(ngx_ipc_worker_t *w);
 void ngx_ipc_busy_poll_after_receive(ngx_ipc_worker_t *w, int n);

@@ -20,8 +20,6 @@
 
 static ngx_ipc_worker_t *ngx_ipc_attach(ngx_ipc_conf_t *conf);
 static void ngx_ipc_wake_handler(ngx_event_t *rev);
-static void ngx_ipc_shutdown_watch(ngx_event_t *ev);
-static ngx_uint_t ngx_ipc_live_timers(void);
 static void ngx_ipc_core_log(void *ctx, const char *msg, int err);
 static bool ngx_ipc_alive(int32_t pid);
 static void ngx_ipc_yield_handler(ngx_event_t *ev);
@@ -44,29 +42,6 @@ ngx_ipc_init_process(ngx_cycle_t *cycle)
     (void) ngx_ipc_worker_get();
 
     return NGX_OK;
-}
-
-
-void
-ngx_ipc_exit_process(ngx_cycle_t *cycle)
-{
-    ngx_connection_t  *c;
-
-    if (!ngx_ipc_attached) {
-        return;
-    }
-
-    ngx_ipc_worker.endpoint->stop();
-
-    if (ngx_ipc_worker.watch.timer_set) {
-        ngx_del_timer(&ngx_ipc_worker.watch);
-    }
-
-    /* the eventfd stays open (the mapping's other users hold theirs); only
-     * the connection goes, so nginx does not report it as left open */
-    c = ngx_ipc_worker.conn;
-    ngx_free_connection(c);
-    c->fd = (ngx_socket_t) -1;
 }
 
 
@@ -188,33 +163,10 @@ ngx_ipc_wake_handler(ngx_event_t *rev)
     uint64_t             count;
     ngx_connection_t    *c = (ngx_connection_t *) rev->data;
     ngx_ipc_worker_t    *w = (ngx_ipc_worker_t *) c->data;
-    ngx_ipc::Delivery    batch[64];
+    ngx_ipc::Delivery    batch[NGX_IPC_FFI_BATCH];
 
     if (c->close) {
-        c->close = 0;
-
-        if (w->exiting) {
-            /* worker_shutdown_timeout: nginx closes everything now */
-            w->exit.release = 1;
-            w->endpoint->wake_self();
-            return;
-        }
-
-        /*
-         * Graceful shutdown (ngx_close_idle_connections): the worker goes on
-         * receiving until nothing but the Lua light threads' own waits keeps
-         * it alive (rule 8); the cancelable watch timer tells when. We are
-         * called outside the event loop here, so the semaphore is posted
-         * from the next pass, through our own eventfd.
-         */
-        c->idle = 0;
-        w->exiting = 1;
-        w->watch.handler = ngx_ipc_shutdown_watch;
-        w->watch.data = w;
-        w->watch.log = ngx_cycle->log;
-        w->watch.cancelable = 1;
-        ngx_add_timer(&w->watch, 10);
-        w->endpoint->wake_self();
+        ngx_ipc_exit_begin(w);
         return;
     }
 
@@ -273,16 +225,16 @@ ngx_ipc_wake_handler(ngx_event_t *rev)
                       "(register handlers in init_worker_by_lua*)");
     }
 
-    while ((n = w->endpoint->receive(batch, 64)) > 0) {
+    while ((n = w->endpoint->receive(batch, NGX_IPC_FFI_BATCH)) > 0) {
         w->endpoint->stats().dropped += n;
     }
 }
 
 
-ngx_ipc_conf_t *
-ngx_ipc_worker_conf(void)
+ngx_ipc_worker_t *
+ngx_ipc_worker_attached(void)
 {
-    return ngx_ipc_attached ? ngx_ipc_worker.conf : NULL;
+    return ngx_ipc_attached ? &ngx_ipc_worker : NULL;
 }
 
 
@@ -313,62 +265,6 @@ ngx_ipc_yield_handler(ngx_event_t *ev)
     if (sema != NULL) {
         w->sema_post(sema, 1);
     }
-}
-
-
-
-/*
- * While the worker shuts down: once the only timers that keep it alive are
- * the semaphore waits of ngx.ipc's light threads, let them return.
- */
-static void
-ngx_ipc_shutdown_watch(ngx_event_t *ev)
-{
-    ngx_ipc_worker_t  *w = (ngx_ipc_worker_t *) ev->data;
-
-    if (ngx_ipc_live_timers() <= (ngx_uint_t) w->exit.waits) {
-        w->exit.release = 1;
-
-        if (w->sema != NULL) {
-            w->sema_post(w->sema, 1);
-        }
-
-        return;
-    }
-
-    ngx_add_timer(ev, 20);
-}
-
-
-/* The timers that keep an exiting worker alive (ngx_event_no_timers_left) */
-static ngx_uint_t
-ngx_ipc_live_timers(void)
-{
-    ngx_uint_t          n;
-    ngx_event_t        *ev;
-    ngx_rbtree_node_t  *node, *root, *sentinel;
-
-    sentinel = ngx_event_timer_rbtree.sentinel;
-    root = ngx_event_timer_rbtree.root;
-
-    if (root == sentinel) {
-        return 0;
-    }
-
-    n = 0;
-
-    for (node = ngx_rbtree_min(root, sentinel);
-         node != NULL;
-         node = ngx_rbtree_next(&ngx_event_timer_rbtree, node))
-    {
-        ev = ngx_rbtree_data(node, ngx_event_t, timer);
-
-        if (!ev->cancelable) {
-            n++;
-        }
-    }
-
-    return n;
 }
 
 

@@ -41,7 +41,7 @@ Endpoint::Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds)
       out_(shm->nslots),
       in_(shm->nslots),
       queued_before_(shm->nslots),
-      stats_(&slot_at(shm, self)->counters.stats) {
+      stats_(&slot_at(shm, self)->counters.core) {
   released_.reserve(shm->nslots);
   targets_.reserve(shm->nslots);
   // receive() may then collect a batch without allocating (no bad_alloc

@@ -115,9 +115,9 @@ class Endpoint {
   }
   bool rearm();
 
-  // This process's counters (Stats, in layout.h), in its slot of the
-  // mapping: zeroed by start(), written only by this process.
-  Stats& stats() { return *stats_; }
+  // This process's counters (CoreStats, in layout.h), in its slot of the
+  // mapping: zeroed by start(), written only by this process, from C++.
+  CoreStats& stats() { return *stats_; }
   SlotCounters& counters() { return slot_at(shm_, self_)->counters; }
   std::uint32_t slot() const { return self_; }
   std::uint32_t nslots() const { return nslots_; }
@@ -189,7 +189,7 @@ class Endpoint {
   bool started_ = false;
   std::int32_t pid_ = 0;
   std::uint32_t incarnation_ = 0;
-  Stats* stats_;  // &slot_at(shm_, self_)->counters.stats
+  CoreStats* stats_;  // &slot_at(shm_, self_)->counters.core
   LogFn log_ = nullptr;
   void* log_ctx_ = nullptr;
   AliveFn alive_ = &process_alive;

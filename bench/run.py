@@ -70,7 +70,8 @@ def log(*a):
 
 def build_floors():
     os.makedirs(BIN, exist_ok=True)
-    core = [os.path.join(ROOT, "core", "src", f) for f in ("endpoint.cpp", "layout.cpp")]
+    src = os.path.join(ROOT, "core", "src")
+    core = sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".cpp"))
     jobs = {
         "eventfd_pingpong": [os.path.join(ROOT, "bench", "floor", "eventfd_pingpong.cpp")],
         "core_throughput": [os.path.join(ROOT, "bench", "floor", "core_throughput.cpp")] + core,

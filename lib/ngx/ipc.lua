@@ -1,4 +1,5 @@
--- ngx.ipc: named messages ("alerts") between nginx worker processes.
+-- ngx.ipc: named messages between nginx worker processes ("alerts" in
+-- ngx_lua_ipc's words).
 --
 -- The Lua API over ngx_ipc_module's C ABI (src/ngx_ipc_ffi.h). Messages
 -- travel through shared memory. Each worker runs two light threads (timers):
@@ -278,11 +279,13 @@ local function log_handler_error(name, err)
         name = str_sub(name, 1, 256) .. "..."
     end
 
-    ngx_log(ngx_ERR, "ngx_ipc: handler for alert \"", name, "\" failed: ",
+    ngx_log(ngx_ERR, "ngx_ipc: handler for message \"", name, "\" failed: ",
             error_text(err))
 end
 
 
+-- The answer to an ipc.call request (F_REPLY with the request's call id and
+-- a status); not to be confused with ipc.reply, which sends a new message.
 local function send_reply(to, name, flags, call_id, data)
     local rc = C.ngx_ipc_ffi_send(to, REPLY_NAME, #REPLY_NAME, data, #data,
                                   bor(F_REPLY, flags), call_id, errmsg)
@@ -447,7 +450,7 @@ local function restart_runner()
             name = str_sub(name, 1, 256) .. "..."
         end
 
-        ngx_log(ngx_NOTICE, "ngx_ipc: the handler for alert \"", name,
+        ngx_log(ngx_NOTICE, "ngx_ipc: the handler for message \"", name,
                 "\" ended its light thread; delivery goes on in a new one")
 
         -- an ipc.call() waits for this handler: answer it now
@@ -1032,6 +1035,10 @@ function _M.receive(name, handler)
 end
 
 
+-- ipc.reply(name, data): a new message to the sender of the message being
+-- handled, as in ngx_lua_ipc: ipc.send(ipc.sender, name, data). It is not
+-- the answer to an ipc.call (that is the handler's return value, sent by
+-- send_reply() above); the name "reply" is kept for compatibility.
 function _M.reply(name, data)
     if current_sender == nil or not in_runner() then
         if current_name and in_runner() then

@@ -127,7 +127,8 @@ ngx_ipc_ffi_cluster_release(void)
 static Text *
 ngx_ipc_cluster_text(ClusterShared *cs, int which)
 {
-    return which == NGX_IPC_FFI_CLUSTER_LAST_ID ? &cs->last_id : &cs->last_error;
+    return which == NGX_IPC_FFI_CLUSTER_LAST_ID ? &cs->last_id
+                                                : &cs->last_error;
 }
 
 

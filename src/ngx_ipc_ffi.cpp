@@ -55,10 +55,14 @@ NGX_IPC_SAME(ngx_ipc_worker_status_t, ngx_ipc::WorkerStatus, busy_poll_ns);
 static_assert(NGX_IPC_FFI_BATCH <= ngx_ipc::kMaxBatch, "batch");
 static_assert(NGX_IPC_FFI_MAX_SLOTS == ngx_ipc::kMaxSlots, "slots");
 static_assert(NGX_IPC_FFI_MAX_NAME == ngx_ipc::kMaxNameLen, "name");
-static_assert((unsigned) NGX_IPC_FFI_F_BROADCAST == (unsigned) ngx_ipc::kBroadcast, "flag");
-static_assert((unsigned) NGX_IPC_FFI_F_REQUEST == (unsigned) ngx_ipc::kRequest, "flag");
-static_assert((unsigned) NGX_IPC_FFI_F_REPLY == (unsigned) ngx_ipc::kReply, "flag");
-static_assert((unsigned) NGX_IPC_FFI_F_STATUS == (unsigned) ngx_ipc::kStatusMask, "flag");
+static_assert((unsigned) NGX_IPC_FFI_F_BROADCAST
+              == (unsigned) ngx_ipc::kBroadcast, "flag");
+static_assert((unsigned) NGX_IPC_FFI_F_REQUEST
+              == (unsigned) ngx_ipc::kRequest, "flag");
+static_assert((unsigned) NGX_IPC_FFI_F_REPLY
+              == (unsigned) ngx_ipc::kReply, "flag");
+static_assert((unsigned) NGX_IPC_FFI_F_STATUS
+              == (unsigned) ngx_ipc::kStatusMask, "flag");
 static_assert(NGX_IPC_FFI_RUNNING == (int) ngx_ipc::WorkerState::kRunning
               && NGX_IPC_FFI_DEAD == (int) ngx_ipc::WorkerState::kDead,
               "worker states");

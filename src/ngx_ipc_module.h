@@ -12,7 +12,9 @@
  * ngx_ipc_ffi.cpp          the C ABI (ngx_ipc_ffi.h) for messages
  * ngx_ipc_ffi_worker.cpp   the C ABI for the worker's light threads, PIDs,
  *                          counters and status
- * ngx_ipc_status.cpp       http module: the ipc_status directive
+ * ngx_ipc_status*.cpp      http module: the ipc_status directive
+ *                          (ngx_ipc_status.h)
+ * ngx_ipc_cluster*.cpp     core module: ipc_cluster (ngx_ipc_cluster.h)
  */
 
 #ifndef _NGX_IPC_MODULE_H_INCLUDED_

@@ -1,14 +1,15 @@
 /*
  * ngx_ipc worker: a worker process's attachment to its slot of the
  * configuration's mapping. It watches its own eventfd on the event loop;
- * the read handler flushes the send backlog and wakes the Lua dispatcher.
- * It also runs the graceful-shutdown handshake with the Lua light threads
- * and the "next pass of the event loop" yield. Nothing runs while no
- * message moves.
+ * the read handler flushes the send backlog and wakes the Lua dispatcher
+ * (or, when nginx closes the connection at shutdown, hands over to
+ * ngx_ipc_exit.cpp). It also runs the "next pass of the event loop" yield.
+ * Nothing runs while no message moves.
  *
- * Owns: ngx_ipc_worker_t (the endpoint, the eventfd's connection, the Lua
- * semaphores, the exit state), except its busy-poll part
- * (ngx_ipc_busy_poll.cpp).
+ * Owns: ngx_ipc_worker_t (the endpoint, the eventfd's connection, the
+ * yield), except its busy-poll part (ngx_ipc_busy_poll.cpp), the exit
+ * state and watch (ngx_ipc_exit.cpp) and the Lua semaphores the FFI
+ * registers (ngx_ipc_ffi*.cpp).
  */
 
 #include "ngx_ipc_module.h"

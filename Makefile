@@ -15,7 +15,7 @@ BUILD     ?= build
 MODULE    := $(BUILD)/ngx_ipc_module.so
 NGX_BUILD := $(BUILD)/nginx
 CORE_SRCS := $(wildcard core/include/ngx_ipc/*.h core/src/*.cpp)
-GLUE_SRCS := $(wildcard src/*.cpp src/*.h) lib/ngx/ipc.lua lib/ngx/ipc/cluster.lua
+GLUE_SRCS := $(wildcard src/*.cpp src/*.h lib/ngx/*.lua lib/ngx/ipc/*.lua)
 DEMO_PORT ?= 8080
 PYTEST    ?= /usr/bin/python3 -m pytest
 
@@ -115,7 +115,7 @@ FUZZ_SECONDS ?= 30
 fuzz:
 	mkdir -p $(BUILD)/fuzz/corpus
 	clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -Icore/include \
-	    core/fuzz/record_fuzz.cpp core/src/endpoint.cpp core/src/layout.cpp \
+	    core/fuzz/record_fuzz.cpp $(wildcard core/src/*.cpp) \
 	    -o $(BUILD)/fuzz/record_fuzz
 	$(BUILD)/fuzz/record_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
 	    -print_final_stats=1 $(BUILD)/fuzz/corpus 2>&1 | tail -12

@@ -10,8 +10,9 @@ endpoints (/bench/pingpong, /bench/stream, /bench/broadcast, /bench/call) for
 figures, repeats every measurement (3 times by default) and keeps medians.
 Prints one table and writes docs/BENCHMARKS.md and docs/benchmarks.png
 (gnuplot). Templates hold the placeholders @MODULE@, @PORT@, @WORKERS@ and
-@PREFIX@; daemon, master_process, pid and error_log come from the command
-line here. Only nginx processes started here are stopped, by PID.
+@PREFIX@; daemon, master_process, pid and error_log are added here. nginx is
+started and stopped by t/harness.py's launcher (Nginx below extends it): only
+nginx processes started here are stopped, by PID.
 """
 
 import argparse
@@ -21,17 +22,21 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NGINX = "/usr/sbin/nginx"
+sys.path.insert(0, os.path.join(ROOT, "t"))
+import harness  # noqa: E402  t/harness.py: the one nginx launcher
+
+NGINX = harness.NGINX_BIN
 MODULE = os.path.join(ROOT, "build", "ngx_ipc_module.so")
 BIN = os.path.join(ROOT, "build", "bench")
 DOC = os.path.join(ROOT, "docs", "BENCHMARKS.md")
@@ -70,7 +75,8 @@ def log(*a):
 
 def build_floors():
     os.makedirs(BIN, exist_ok=True)
-    core = [os.path.join(ROOT, "core", "src", f) for f in ("endpoint.cpp", "layout.cpp")]
+    src = os.path.join(ROOT, "core", "src")
+    core = sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".cpp"))
     jobs = {
         "eventfd_pingpong": [os.path.join(ROOT, "bench", "floor", "eventfd_pingpong.cpp")],
         "core_throughput": [os.path.join(ROOT, "bench", "floor", "core_throughput.cpp")] + core,
@@ -112,33 +118,41 @@ def run_floor(args):
 
 # ----------------------------------------------------------------- nginx ----
 
-class Nginx:
-    def __init__(self, template, workers, port, main_extra=""):
-        self.template, self.workers, self.port = template, workers, port
-        self.main_extra = main_extra    # main-context directives, appended
-        self.prefix = tempfile.mkdtemp(prefix="ngx_ipc_bench_")
-        os.chmod(self.prefix, 0o755)   # workers run as nginx's user: unix sockets here
-        self.proc = None
+class Nginx(harness.Nginx):
+    """A benchmark nginx: t/harness.py's launcher (temporary prefix, spawn,
+    runaway-log watchdog, SIGQUIT then SIGKILL by PID) with the configuration
+    rendered from a template instead of the test one, on a given port."""
 
-    def start(self):
-        os.makedirs(os.path.join(self.prefix, "conf"))
-        os.makedirs(os.path.join(self.prefix, "logs"))
+    def __init__(self, template, workers, port, main_extra=""):
+        super().__init__(workers=workers, start_timeout=START_POLLS * 0.05)
+        self.template, self.port = template, port
+        self.main_extra = main_extra    # main-context directives, appended
+        self.prefix = Path(tempfile.mkdtemp(prefix="ngx_ipc_bench_"))
+        os.chmod(self.prefix, 0o755)   # workers run as nginx's user: unix sockets here
+
+    def config(self):
         with open(self.template) as f:
             conf = f.read()
         for k, v in (("@MODULE@", MODULE), ("@PORT@", str(self.port)),
-                     ("@WORKERS@", str(self.workers)), ("@PREFIX@", self.prefix),
+                     ("@WORKERS@", str(self.workers)), ("@PREFIX@", str(self.prefix)),
                      ("@BASELINES@", os.path.join(ROOT, "bench", "baselines"))):
             conf = conf.replace(k, v)
-        conf += self.main_extra
+        return ("daemon off; master_process on; pid logs/nginx.pid;\n"
+                "error_log logs/error.log notice;\n" + conf + self.main_extra)
+
+    def start(self):
+        for sub in ("conf", "logs"):
+            os.makedirs(os.path.join(self.prefix, sub), exist_ok=True)
         with open(os.path.join(self.prefix, "conf", "nginx.conf"), "w") as f:
-            f.write(conf)
-        self.proc = subprocess.Popen(
-            [NGINX, "-p", self.prefix + "/", "-c", "conf/nginx.conf", "-g",
-             "daemon off; master_process on; pid logs/nginx.pid; error_log logs/error.log notice;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            f.write(self.config())
+        self._spawn()
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self):
         for _ in range(START_POLLS):
             if self.proc.poll() is not None:
-                raise RuntimeError("nginx exited: %s" % self.proc.stderr.read().decode()[-2000:])
+                raise RuntimeError("nginx exited: %s" % self.log_tail(20)[-2000:])
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 break
@@ -154,13 +168,7 @@ class Nginx:
             time.sleep(0.05)
         if len(self.worker_pids()) < self.workers:
             time.sleep(0.5)
-
-    def worker_pids(self):
-        try:
-            with open("/proc/%d/task/%d/children" % (self.proc.pid, self.proc.pid)) as f:
-                return [int(x) for x in f.read().split()]
-        except OSError:
-            return []
+        self.pids = self.worker_pids()  # what stop() kills if they outlive the master
 
     def get(self, path, timeout=HTTP_TIMEOUT):
         try:
@@ -180,33 +188,16 @@ class Nginx:
         return vals
 
     def stop(self):
-        if self.proc is None:
-            shutil.rmtree(self.prefix, ignore_errors=True)
-            return
-        workers = self.worker_pids()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        for pid in workers:     # workers of a master killed by SIGKILL
-            try:
-                with open("/proc/%d/stat" % pid) as f:
-                    if "nginx" not in f.read():
-                        continue
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        try:
-            with open(os.path.join(self.prefix, "logs", "error.log")) as f:
-                bad = [l for l in f if re.search(r"\[(alert|crit|emerg)\]", l)]
+        if self.proc is not None:
+            self.pids = sorted(set(self.pids) | set(self.worker_pids()))
+            problem = super().stop()
+            if problem:
+                log("  nginx:", problem)
+            bad = [l for l in self.error_log().splitlines()
+                   if re.search(r"\[(alert|crit|emerg)\]", l)]
             for l in bad[:5]:
                 log("  nginx:", l.rstrip())
-        except OSError:
-            pass
-        shutil.rmtree(self.prefix, ignore_errors=True)
+        self.cleanup()
 
 
 # ------------------------------------------------------------ measurement ----

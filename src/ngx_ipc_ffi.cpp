@@ -1,44 +1,73 @@
 /*
- * ngx_ipc FFI: the C ABI that lib/ngx/ipc.lua calls through LuaJIT's FFI.
- *
- * Functions take plain C types and return NGX_OK, NGX_DECLINED (a runtime
- * failure, with a constant message in *err) or NGX_ERROR (ngx_ipc is not
- * usable in this process). No C++ exception crosses this boundary.
+ * ngx_ipc FFI: the messages' half of the C ABI (src/ngx_ipc_ffi.h) that
+ * lib/ngx/ipc.lua calls through LuaJIT's FFI: send, broadcast, take, and
+ * the check of the ABI's layout.
  */
 
 #include "ngx_ipc_module.h"
 
-extern "C" {
-#include <ngx_http.h>
-}
-
 #include "ngx_ipc/status.h"
 
-#include <signal.h>
+
+/* The C structs of ngx_ipc_ffi.h are the core's, seen from C and Lua. */
+#define NGX_IPC_SAME(c, cpp, f)                                               \
+    static_assert(offsetof(c, f) == offsetof(cpp, f), #c "." #f)
+
+static_assert(sizeof(ngx_ipc_msg_t) == sizeof(ngx_ipc::Delivery), "msg");
+NGX_IPC_SAME(ngx_ipc_msg_t, ngx_ipc::Delivery, name);
+NGX_IPC_SAME(ngx_ipc_msg_t, ngx_ipc::Delivery, data);
+NGX_IPC_SAME(ngx_ipc_msg_t, ngx_ipc::Delivery, data_len);
+NGX_IPC_SAME(ngx_ipc_msg_t, ngx_ipc::Delivery, name_len);
+NGX_IPC_SAME(ngx_ipc_msg_t, ngx_ipc::Delivery, sender_pid);
+NGX_IPC_SAME(ngx_ipc_msg_t, ngx_ipc::Delivery, flags);
+NGX_IPC_SAME(ngx_ipc_msg_t, ngx_ipc::Delivery, call_id);
+
+static_assert(sizeof(ngx_ipc_stats_t) == sizeof(ngx_ipc::Stats), "stats");
+NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, sent);
+NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, received);
+NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, sent_bytes);
+NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, received_bytes);
+NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, dropped);
+NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, refused);
+NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, handler_errors);
+NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, calls);
+NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, call_timeouts);
+NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, queued_bytes);
+NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, resets);
+
+static_assert(sizeof(ngx_ipc_lua_counters_t) == sizeof(ngx_ipc::LuaStats),
+              "lua counters");
+NGX_IPC_SAME(ngx_ipc_lua_counters_t, ngx_ipc::LuaStats, dropped);
+NGX_IPC_SAME(ngx_ipc_lua_counters_t, ngx_ipc::LuaStats, refused);
+NGX_IPC_SAME(ngx_ipc_lua_counters_t, ngx_ipc::LuaStats, handler_errors);
+NGX_IPC_SAME(ngx_ipc_lua_counters_t, ngx_ipc::LuaStats, calls);
+NGX_IPC_SAME(ngx_ipc_lua_counters_t, ngx_ipc::LuaStats, call_timeouts);
+
+static_assert(sizeof(ngx_ipc_worker_status_t)
+              == sizeof(ngx_ipc::WorkerStatus), "worker status");
+NGX_IPC_SAME(ngx_ipc_worker_status_t, ngx_ipc::WorkerStatus, pid);
+NGX_IPC_SAME(ngx_ipc_worker_status_t, ngx_ipc::WorkerStatus, incarnation);
+NGX_IPC_SAME(ngx_ipc_worker_status_t, ngx_ipc::WorkerStatus, state);
+NGX_IPC_SAME(ngx_ipc_worker_status_t, ngx_ipc::WorkerStatus, slot);
+NGX_IPC_SAME(ngx_ipc_worker_status_t, ngx_ipc::WorkerStatus, stats);
+NGX_IPC_SAME(ngx_ipc_worker_status_t, ngx_ipc::WorkerStatus, busy_poll_ns);
+
+static_assert(NGX_IPC_FFI_BATCH <= ngx_ipc::kMaxBatch, "batch");
+static_assert(NGX_IPC_FFI_MAX_SLOTS == ngx_ipc::kMaxSlots, "slots");
+static_assert(NGX_IPC_FFI_MAX_NAME == ngx_ipc::kMaxNameLen, "name");
+static_assert((unsigned) NGX_IPC_FFI_F_BROADCAST
+              == (unsigned) ngx_ipc::kBroadcast, "flag");
+static_assert((unsigned) NGX_IPC_FFI_F_REQUEST
+              == (unsigned) ngx_ipc::kRequest, "flag");
+static_assert((unsigned) NGX_IPC_FFI_F_REPLY
+              == (unsigned) ngx_ipc::kReply, "flag");
+static_assert((unsigned) NGX_IPC_FFI_F_STATUS
+              == (unsigned) ngx_ipc::kStatusMask, "flag");
+static_assert(NGX_IPC_FFI_RUNNING == (int) ngx_ipc::WorkerState::kRunning
+              && NGX_IPC_FFI_DEAD == (int) ngx_ipc::WorkerState::kDead,
+              "worker states");
 
 
-extern "C" {
-
-int ngx_ipc_ffi_version(void);
-int ngx_ipc_ffi_start(void *sema, char **err);
-int ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
-    const u_char *data, size_t data_len, int flags, uint32_t call_id,
-    char **err);
-int ngx_ipc_ffi_broadcast(const u_char *name, size_t name_len,
-    const u_char *data, size_t data_len, int include_self, char **err);
-int ngx_ipc_ffi_recv(ngx_ipc::Delivery *out, int max);
-void ngx_ipc_ffi_recv_done(void);
-int ngx_ipc_ffi_pids(int *out, int max);
-ngx_ipc::Stats *ngx_ipc_ffi_stats(void);
-int ngx_ipc_ffi_worker_status(int slot, ngx_ipc::WorkerStatus *out);
-int ngx_ipc_ffi_wait_space(void *sema);
-ngx_ipc_exit_t *ngx_ipc_ffi_exit_state(void);
-int ngx_ipc_ffi_watch_runner(void *r);
-int ngx_ipc_ffi_yield(void *sema);
-
-}
-
-static void ngx_ipc_runner_gone(void *data);
 static int ngx_ipc_status_rc(ngx_ipc::Status s, char **err);
 
 
@@ -47,7 +76,7 @@ static const char  ngx_ipc_not_available[] =
 
 /* what Lua may ask for in a record's flags */
 static const int  ngx_ipc_user_flags =
-    ngx_ipc::kRequest | ngx_ipc::kReply | ngx_ipc::kStatusMask;
+    NGX_IPC_FFI_F_REQUEST | NGX_IPC_FFI_F_REPLY | NGX_IPC_FFI_F_STATUS;
 
 
 int
@@ -116,7 +145,7 @@ ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
     }
 
     if (s == ngx_ipc::Status::kOk) {
-        ngx_ipc_busy_poll_sent(w);
+        ngx_ipc_busy_poll_after_send(w);
     }
 
     return ngx_ipc_status_rc(s, err);
@@ -144,7 +173,7 @@ ngx_ipc_ffi_broadcast(const u_char *name, size_t name_len,
     }
 
     if (s == ngx_ipc::Status::kOk) {
-        ngx_ipc_busy_poll_sent(w);
+        ngx_ipc_busy_poll_after_send(w);
     }
 
     return ngx_ipc_status_rc(s, err);
@@ -166,7 +195,7 @@ ngx_ipc_status_rc(ngx_ipc::Status s, char **err)
 /* Takes a batch of up to max messages; 0 means the inbox is empty and the
  * dispatcher may sleep: the next message posts its semaphore. */
 int
-ngx_ipc_ffi_recv(ngx_ipc::Delivery *out, int max)
+ngx_ipc_ffi_take(ngx_ipc_msg_t *out, int max)
 {
     int                n;
     ngx_ipc_worker_t  *w;
@@ -178,17 +207,18 @@ ngx_ipc_ffi_recv(ngx_ipc::Delivery *out, int max)
 
     try {
         /* while a poll watches the inbox, the slot stays disarmed */
-        n = w->endpoint->receive(out, max, !w->polling);
+        n = w->endpoint->receive(reinterpret_cast<ngx_ipc::Delivery *>(out),
+                                max, !ngx_ipc_busy_poll_watching(w));
     } catch (...) {
         return NGX_ERROR;
     }
 
     if (n > 0) {
-        w->active = 1;
+        ngx_ipc_busy_poll_after_receive(w, n);
 
     } else if (n == 0) {
         /* empty: watch the inbox a while before sleeping */
-        ngx_ipc_busy_poll(w);
+        ngx_ipc_busy_poll_on_empty(w);
     }
 
     return n;
@@ -196,7 +226,7 @@ ngx_ipc_ffi_recv(ngx_ipc::Delivery *out, int max)
 
 
 void
-ngx_ipc_ffi_recv_done(void)
+ngx_ipc_ffi_take_done(void)
 {
     ngx_ipc_worker_t  *w;
 
@@ -204,149 +234,6 @@ ngx_ipc_ffi_recv_done(void)
     if (w != NULL) {
         w->endpoint->release();
     }
-}
-
-
-/* Fills out[i] with the PID of worker i, or 0 if none is running now;
- * returns the number of worker slots. */
-int
-ngx_ipc_ffi_pids(int *out, int max)
-{
-    int                 i, n;
-    ngx_ipc_worker_t   *w;
-    ngx_ipc::Endpoint  *ep;
-
-    w = ngx_ipc_worker_get();
-    if (w == NULL) {
-        return NGX_ERROR;
-    }
-
-    ep = w->endpoint;
-    n = (int) ep->nslots();
-
-    for (i = 0; i < n && i < max; i++) {
-        out[i] = ep->slot_pid((uint32_t) i);
-
-        /* a crashed worker's slot keeps its PID until the respawn */
-        if (out[i] != 0 && kill(out[i], 0) == -1 && ngx_errno == ESRCH) {
-            out[i] = 0;
-        }
-    }
-
-    return n;
-}
-
-
-/*
- * Called by the runner light thread with its timer's (fake) request: when
- * that request's pool goes, the runner is gone, however it ended (its loop
- * returned, or a handler ended the light thread with ngx.exit() or with an
- * error raised in a coroutine it wrapped), and the reader restarts it.
- */
-int
-ngx_ipc_ffi_watch_runner(void *r)
-{
-    ngx_ipc_worker_t    *w;
-    ngx_pool_cleanup_t  *cln;
-
-    w = ngx_ipc_worker_get();
-    if (w == NULL || r == NULL) {
-        return NGX_ERROR;
-    }
-
-    cln = ngx_pool_cleanup_add(((ngx_http_request_t *) r)->pool, 0);
-    if (cln == NULL) {
-        return NGX_ERROR;
-    }
-
-    cln->handler = ngx_ipc_runner_gone;
-    cln->data = w;
-    w->exit.runner_gone = 0;
-
-    return NGX_OK;
-}
-
-
-static void
-ngx_ipc_runner_gone(void *data)
-{
-    ngx_ipc_worker_t  *w = (ngx_ipc_worker_t *) data;
-
-    w->exit.runner_gone = 1;
-
-    /* wake the reader, which restarts the runner unless it is leaving */
-    if (w->sema != NULL) {
-        w->sema_post(w->sema, 1);
-    }
-}
-
-
-/* Lets the event loop run once, then posts sema (see ngx_ipc_yield). */
-int
-ngx_ipc_ffi_yield(void *sema)
-{
-    ngx_ipc_worker_t  *w;
-
-    w = ngx_ipc_worker_get();
-    if (w == NULL || w->sema_post == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_ipc_yield(w, sema);
-
-    return NGX_OK;
-}
-
-
-/* The shutdown handshake's shared state (see ngx_ipc_exit_t). */
-ngx_ipc_exit_t *
-ngx_ipc_ffi_exit_state(void)
-{
-    ngx_ipc_worker_t  *w;
-
-    w = ngx_ipc_worker_get();
-    if (w == NULL) {
-        return NULL;
-    }
-
-    return &w->exit;
-}
-
-
-/* This worker's counters: its slot's in the shared mapping, so the status
- * page and ipc.stats(pid) of other workers read what the Lua side adds. */
-ngx_ipc::Stats *
-ngx_ipc_ffi_stats(void)
-{
-    ngx_ipc_worker_t  *w;
-
-    w = ngx_ipc_worker_get();
-    if (w == NULL) {
-        return NULL;
-    }
-
-    return &w->endpoint->stats();
-}
-
-
-/* Fills *out with worker slot's status (identity, state, counters) if slot
- * is in range; returns the number of worker slots. */
-int
-ngx_ipc_ffi_worker_status(int slot, ngx_ipc::WorkerStatus *out)
-{
-    ngx_ipc_worker_t  *w;
-
-    w = ngx_ipc_worker_get();
-    if (w == NULL) {
-        return NGX_ERROR;
-    }
-
-    if (slot >= 0 && (ngx_uint_t) slot < w->conf->nslots) {
-        ngx_ipc::read_worker((ngx_ipc::ShmHeader *) w->conf->shm,
-                             (uint32_t) slot, out);
-    }
-
-    return (int) w->conf->nslots;
 }
 
 
@@ -368,4 +255,63 @@ ngx_ipc_ffi_wait_space(void *sema)
     w->space_sema = sema;
 
     return NGX_OK;
+}
+
+
+/*
+ * The ABI's structs as this module was compiled, for the test that checks
+ * them against what ffi.cdef made of src/ngx_ipc_ffi.h (t/test_ffi.py).
+ */
+#define NGX_IPC_SIZE(t)      { #t, "", sizeof(t) }
+#define NGX_IPC_FIELD(t, f)  { #t, #f, offsetof(t, f) }
+
+static const ngx_ipc_layout_t  ngx_ipc_layout[] = {
+    NGX_IPC_SIZE(ngx_ipc_msg_t),
+    NGX_IPC_FIELD(ngx_ipc_msg_t, name),
+    NGX_IPC_FIELD(ngx_ipc_msg_t, data),
+    NGX_IPC_FIELD(ngx_ipc_msg_t, data_len),
+    NGX_IPC_FIELD(ngx_ipc_msg_t, name_len),
+    NGX_IPC_FIELD(ngx_ipc_msg_t, sender_pid),
+    NGX_IPC_FIELD(ngx_ipc_msg_t, flags),
+    NGX_IPC_FIELD(ngx_ipc_msg_t, call_id),
+    NGX_IPC_SIZE(ngx_ipc_stats_t),
+    NGX_IPC_FIELD(ngx_ipc_stats_t, sent),
+    NGX_IPC_FIELD(ngx_ipc_stats_t, dropped),
+    NGX_IPC_FIELD(ngx_ipc_stats_t, refused),
+    NGX_IPC_FIELD(ngx_ipc_stats_t, handler_errors),
+    NGX_IPC_FIELD(ngx_ipc_stats_t, calls),
+    NGX_IPC_FIELD(ngx_ipc_stats_t, call_timeouts),
+    NGX_IPC_FIELD(ngx_ipc_stats_t, resets),
+    NGX_IPC_SIZE(ngx_ipc_lua_counters_t),
+    NGX_IPC_FIELD(ngx_ipc_lua_counters_t, dropped),
+    NGX_IPC_FIELD(ngx_ipc_lua_counters_t, refused),
+    NGX_IPC_FIELD(ngx_ipc_lua_counters_t, call_timeouts),
+    NGX_IPC_SIZE(ngx_ipc_worker_status_t),
+    NGX_IPC_FIELD(ngx_ipc_worker_status_t, state),
+    NGX_IPC_FIELD(ngx_ipc_worker_status_t, stats),
+    NGX_IPC_FIELD(ngx_ipc_worker_status_t, busy_poll_ns),
+    NGX_IPC_SIZE(ngx_ipc_exit_t),
+    NGX_IPC_FIELD(ngx_ipc_exit_t, waits),
+    NGX_IPC_FIELD(ngx_ipc_exit_t, release),
+    NGX_IPC_FIELD(ngx_ipc_exit_t, runner_gone),
+    NGX_IPC_SIZE(ngx_ipc_cluster_info_t),
+    NGX_IPC_FIELD(ngx_ipc_cluster_info_t, node_len),
+    NGX_IPC_FIELD(ngx_ipc_cluster_info_t, port),
+    NGX_IPC_FIELD(ngx_ipc_cluster_info_t, maxlen),
+    NGX_IPC_FIELD(ngx_ipc_cluster_info_t, epoch),
+    NGX_IPC_SIZE(ngx_ipc_cluster_entry_t),
+    NGX_IPC_FIELD(ngx_ipc_cluster_entry_t, seq),
+    NGX_IPC_FIELD(ngx_ipc_cluster_entry_t, name_len),
+    NGX_IPC_FIELD(ngx_ipc_cluster_entry_t, pid),
+    NGX_IPC_SIZE(ngx_ipc_layout_t),
+    NGX_IPC_FIELD(ngx_ipc_layout_t, value),
+};
+
+
+int
+ngx_ipc_ffi_layout(const ngx_ipc_layout_t **out)
+{
+    *out = ngx_ipc_layout;
+
+    return (int) (sizeof(ngx_ipc_layout) / sizeof(ngx_ipc_layout[0]));
 }

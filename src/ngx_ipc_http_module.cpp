@@ -1,8 +1,10 @@
 /*
  * ngx_ipc http module: makes `require "ngx.ipc"` work with no
- * lua_package_path. The Lua library (lib/ngx/ipc.lua) is embedded in the
- * module at build time and registered as a preloaded package through
- * lua-nginx-module's public C API.
+ * lua_package_path. The Lua library (lib/ngx/ipc.lua and lib/ngx/ipc/) is
+ * embedded in the module at build time and registered as preloaded
+ * packages through lua-nginx-module's public C API. So is the C ABI's
+ * header, src/ngx_ipc_ffi.h: the loader of "ngx.ipc.ffi" hands its text to
+ * lib/ngx/ipc/ffi.lua, which declares it with ffi.cdef.
  */
 
 extern "C" {
@@ -14,7 +16,8 @@ extern "C" {
 #include <dlfcn.h>
 
 #include "ngx_ipc_lua_path.h"   /* written by ./config: NGX_IPC_LUA_PATH,
-                                   NGX_IPC_CLUSTER_LUA_PATH */
+                                   NGX_IPC_CLUSTER_LUA_PATH,
+                                   NGX_IPC_FFI_LUA_PATH, NGX_IPC_FFI_H_PATH */
 
 
 /*
@@ -67,15 +70,20 @@ static ngx_uint_t  ngx_ipc_main_vm_marked;
 static ngx_int_t ngx_http_ipc_postconfiguration(ngx_conf_t *cf);
 static int ngx_http_ipc_lua_loader(lua_State *L);
 static int ngx_http_ipc_cluster_lua_loader(lua_State *L);
+static int ngx_http_ipc_ffi_lua_loader(lua_State *L);
 static int ngx_http_ipc_load(lua_State *L, const char *src, size_t len,
-    const char *name);
+    const char *name, const char *arg);
 
 
-/* lib/ngx/ipc.lua and lib/ngx/ipc/cluster.lua, embedded by the assembler */
+/* lib/ngx/ipc.lua, lib/ngx/ipc/cluster.lua, lib/ngx/ipc/ffi.lua and
+ * src/ngx_ipc_ffi.h (NUL-terminated), embedded by the assembler */
 extern "C" const char  ngx_ipc_lua_source[];
 extern "C" const char  ngx_ipc_lua_source_end[];
 extern "C" const char  ngx_ipc_cluster_lua_source[];
 extern "C" const char  ngx_ipc_cluster_lua_source_end[];
+extern "C" const char  ngx_ipc_ffi_lua_source[];
+extern "C" const char  ngx_ipc_ffi_lua_source_end[];
+extern "C" const char  ngx_ipc_ffi_h_source[];
 
 __asm__(
     ".section .rodata\n"
@@ -93,6 +101,18 @@ __asm__(
     "ngx_ipc_cluster_lua_source:\n"
     ".incbin \"" NGX_IPC_CLUSTER_LUA_PATH "\"\n"
     "ngx_ipc_cluster_lua_source_end:\n"
+    ".global ngx_ipc_ffi_lua_source\n"
+    ".global ngx_ipc_ffi_lua_source_end\n"
+    ".hidden ngx_ipc_ffi_lua_source\n"
+    ".hidden ngx_ipc_ffi_lua_source_end\n"
+    "ngx_ipc_ffi_lua_source:\n"
+    ".incbin \"" NGX_IPC_FFI_LUA_PATH "\"\n"
+    "ngx_ipc_ffi_lua_source_end:\n"
+    ".global ngx_ipc_ffi_h_source\n"
+    ".hidden ngx_ipc_ffi_h_source\n"
+    "ngx_ipc_ffi_h_source:\n"
+    ".incbin \"" NGX_IPC_FFI_H_PATH "\"\n"
+    ".byte 0\n"
     ".previous\n"
 );
 
@@ -211,7 +231,10 @@ ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
         ngx_ipc_lua_rawset(L, NGX_IPC_LUA_REGISTRYINDEX);
     }
 
-    if (add_preload(cf, "ngx.ipc", ngx_http_ipc_lua_loader) != NGX_OK) {
+    if (add_preload(cf, "ngx.ipc", ngx_http_ipc_lua_loader) != NGX_OK
+        || add_preload(cf, "ngx.ipc.ffi", ngx_http_ipc_ffi_lua_loader)
+           != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -242,7 +265,7 @@ ngx_http_ipc_lua_loader(lua_State *L)
 
     return ngx_http_ipc_load(L, ngx_ipc_lua_source,
                              ngx_ipc_lua_source_end - ngx_ipc_lua_source,
-                             "=ngx.ipc");
+                             "=ngx.ipc", NULL);
 }
 
 
@@ -252,18 +275,34 @@ ngx_http_ipc_cluster_lua_loader(lua_State *L)
     return ngx_http_ipc_load(L, ngx_ipc_cluster_lua_source,
                              ngx_ipc_cluster_lua_source_end
                              - ngx_ipc_cluster_lua_source,
-                             "=ngx.ipc.cluster");
+                             "=ngx.ipc.cluster", NULL);
+}
+
+
+/* lib/ngx/ipc/ffi.lua, called with the text of src/ngx_ipc_ffi.h */
+static int
+ngx_http_ipc_ffi_lua_loader(lua_State *L)
+{
+    return ngx_http_ipc_load(L, ngx_ipc_ffi_lua_source,
+                             ngx_ipc_ffi_lua_source_end
+                             - ngx_ipc_ffi_lua_source,
+                             "=ngx.ipc.ffi", ngx_ipc_ffi_h_source);
 }
 
 
 static int
-ngx_http_ipc_load(lua_State *L, const char *src, size_t len, const char *name)
+ngx_http_ipc_load(lua_State *L, const char *src, size_t len, const char *name,
+    const char *arg)
 {
     if (ngx_ipc_luaL_loadbuffer(L, src, len, name) != 0) {
         return ngx_ipc_lua_error(L);
     }
 
-    ngx_ipc_lua_call(L, 0, 1);
+    if (arg != NULL) {
+        ngx_ipc_lua_pushstring(L, arg);
+    }
+
+    ngx_ipc_lua_call(L, arg != NULL ? 1 : 0, 1);
 
     return 1;
 }

@@ -1,11 +1,20 @@
 /*
- * ngx_ipc: what the glue's files share.
+ * ngx_ipc: what the glue's files share (docs/ARCHITECTURE.md has the map).
  *
  * ngx_ipc_module.cpp       core module: directives, the shared mapping and
- *                          the wake-up fds of a configuration, worker attach
+ *                          the wake-up fds of a configuration
+ * ngx_ipc_worker.cpp       a worker's attachment: its slot, its eventfd's
+ *                          wake handler, the shutdown watch, the yield
+ * ngx_ipc_exit.cpp         a worker's graceful exit, with the Lua threads
+ * ngx_ipc_busy_poll.cpp    busy polling (ipc_busy_poll), behind three calls
+ * ngx_ipc_log.cpp          log lines at a bounded rate
  * ngx_ipc_http_module.cpp  http module: registers the embedded Lua library
- * ngx_ipc_ffi.cpp          the ngx_ipc_ffi_* C ABI used by lib/ngx/ipc.lua
- * ngx_ipc_status.cpp       http module: the ipc_status directive
+ * ngx_ipc_ffi.cpp          the C ABI (ngx_ipc_ffi.h) for messages
+ * ngx_ipc_ffi_worker.cpp   the C ABI for the worker's light threads, PIDs,
+ *                          counters and status
+ * ngx_ipc_status*.cpp      http module: the ipc_status directive
+ *                          (ngx_ipc_status.h)
+ * ngx_ipc_cluster*.cpp     core module: ipc_cluster (ngx_ipc_cluster.h)
  */
 
 #ifndef _NGX_IPC_MODULE_H_INCLUDED_
@@ -19,9 +28,7 @@ extern "C" {
 
 #include "ngx_ipc/endpoint.h"
 
-/* Bumped whenever a ngx_ipc_ffi_* signature or a shared struct changes;
- * lib/ngx/ipc.lua refuses to run against another version. */
-#define NGX_IPC_FFI_VERSION  2
+#include "ngx_ipc_ffi.h"
 
 typedef struct {
     /* directives (main context) */
@@ -39,17 +46,20 @@ typedef struct {
 
 typedef int (*ngx_ipc_sema_post_pt)(void *sem, int n);
 
-/* Shared with the Lua side (ngx_ipc_ffi_exit_state): during a graceful
- * shutdown, the light threads wait until nothing but their own waits keeps
- * the worker alive. */
+/* Busy polling's state: only ngx_ipc_busy_poll.cpp reads or writes it. */
 typedef struct {
-    int                        waits;        /* Lua: semaphore waits now */
-    int                        release;      /* C: 1 when they may return */
-    int                        runner_gone;  /* C: the runner's timer ended */
-} ngx_ipc_exit_t;
+    ngx_event_t                event;        /* posted while it polls */
+    uint64_t                   until;        /* CLOCK_MONOTONIC, ns */
+    uint64_t                   start;        /* when this poll began */
+    uint64_t                   backoff;      /* no poll before (monotonic) */
+    uint64_t                   strike_time;  /* the first long yield */
+    ngx_uint_t                 strikes;      /* long yields since then */
+    unsigned                   polling:1;
+    unsigned                   active:1;     /* moved messages since */
+} ngx_ipc_busy_poll_t;
 
 /* This worker's attachment to its configuration's shared state. */
-typedef struct {
+typedef struct ngx_ipc_worker_s {
     ngx_ipc_conf_t            *conf;         /* the configuration attached to */
     ngx_ipc::Endpoint         *endpoint;
     ngx_connection_t          *conn;         /* the slot's eventfd */
@@ -58,31 +68,40 @@ typedef struct {
     void                      *space_sema;   /* a send waits for room */
     ngx_event_t                yield;        /* posts it */
     ngx_ipc_sema_post_pt       sema_post;
-    ngx_ipc_exit_t             exit;
+    ngx_ipc_exit_t             exit;         /* shared with Lua */
     ngx_event_t                watch;        /* cancelable, while exiting */
-    ngx_event_t                poll;         /* busy polling, posted */
-    uint64_t                   poll_until;   /* CLOCK_MONOTONIC, ns */
-    uint64_t                   poll_start;   /* when this poll began */
-    uint64_t                   poll_backoff; /* no poll before (monotonic) */
-    uint64_t                   poll_strike_time; /* the first long yield */
-    ngx_uint_t                 poll_strikes; /* long yields since then */
-    unsigned                   polling:1;
-    unsigned                   active:1;     /* moved messages since */
+    ngx_ipc_busy_poll_t        busy;         /* ngx_ipc_busy_poll.cpp's */
     unsigned                   exiting:1;
     unsigned                   no_dispatcher_logged:1;
 } ngx_ipc_worker_t;
 
 extern "C" ngx_module_t  ngx_ipc_module;
 
-/* Attaches this process to its slot on first use; NULL if this process is
- * not a worker of a configuration that has ngx_ipc (master, helpers). */
-ngx_ipc_worker_t *ngx_ipc_worker_get(void);
+/* ngx_ipc_module.cpp: the configuration a worker forked now attaches to */
+ngx_ipc_conf_t *ngx_ipc_conf_current(void);
 
-/* After this worker moved messages: watch the inbox for a while from the
- * event loop (ipc_busy_poll) instead of sleeping on the eventfd. */
-void ngx_ipc_busy_poll(ngx_ipc_worker_t *w);
-/* After a successful send: a reply may follow, poll for it. */
-void ngx_ipc_busy_poll_sent(ngx_ipc_worker_t *w);
+/* ngx_ipc_worker.cpp: attaches this process to its slot on first use; NULL
+ * if this process is not a worker of a configuration that has ngx_ipc
+ * (master, helpers). */
+ngx_ipc_worker_t *ngx_ipc_worker_get(void);
+/* this process's attachment, NULL if it has not attached (never attaches) */
+ngx_ipc_worker_t *ngx_ipc_worker_attached(void);
+ngx_int_t ngx_ipc_init_process(ngx_cycle_t *cycle);
+
+/* ngx_ipc_exit.cpp: nginx closed the eventfd's connection (shutdown) */
+void ngx_ipc_exit_begin(ngx_ipc_worker_t *w);
+void ngx_ipc_exit_process(ngx_cycle_t *cycle);
+
+/* ngx_ipc_busy_poll.cpp: after this worker moved messages it watches the
+ * inbox for a while from the event loop (ipc_busy_poll) instead of
+ * sleeping on the eventfd. */
+char *ngx_ipc_set_busy_poll(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+void ngx_ipc_busy_poll_init(ngx_ipc_worker_t *w);
+void ngx_ipc_busy_poll_after_send(ngx_ipc_worker_t *w);
+void ngx_ipc_busy_poll_after_receive(ngx_ipc_worker_t *w, int n);
+void ngx_ipc_busy_poll_on_empty(ngx_ipc_worker_t *w);
+/* true while a poll watches the inbox: a receive leaves the slot disarmed */
+bool ngx_ipc_busy_poll_watching(const ngx_ipc_worker_t *w);
 
 /* Posts sema after the event loop's next pass (a dispatcher's yield). */
 void ngx_ipc_yield(ngx_ipc_worker_t *w, void *sema);

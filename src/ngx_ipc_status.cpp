@@ -8,23 +8,7 @@
  * the workers nothing but the cache lines it reads.
  */
 
-#include "ngx_ipc_module.h"
-
-extern "C" {
-#include <ngx_http.h>
-}
-
-#include "ngx_ipc/status.h"
-
-
-typedef struct {
-    ngx_ipc::ShmHeader        *shm;
-    ngx_uint_t                 n;
-    ngx_ipc::WorkerStatus     *workers;
-    ngx_ipc::PairStatus       *pairs;      /* the pairs with traffic */
-    uint32_t                  *pair_ids;   /* sender * n + receiver */
-    ngx_uint_t                 npairs;
-} ngx_http_ipc_status_t;
+#include "ngx_ipc_status.h"
 
 
 static char *ngx_http_ipc_status(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -34,10 +18,6 @@ static ngx_int_t ngx_http_ipc_status_format(ngx_http_request_t *r,
     ngx_uint_t *json);
 static ngx_int_t ngx_http_ipc_status_read(ngx_http_request_t *r,
     ngx_ipc_worker_t *w, ngx_http_ipc_status_t *st);
-static u_char *ngx_http_ipc_status_prometheus(u_char *p, u_char *last,
-    ngx_http_ipc_status_t *st);
-static u_char *ngx_http_ipc_status_json(u_char *p, u_char *last,
-    ngx_http_ipc_status_t *st);
 
 
 static ngx_command_t  ngx_http_ipc_status_commands[] = {
@@ -94,35 +74,6 @@ static ngx_str_t  ngx_http_ipc_status_json_type =
     ngx_string("application/json");
 
 
-/* The counters of ipc.stats(), in its order, as Prometheus names them. */
-typedef struct {
-    const char                *name;       /* ipc.stats() key */
-    const char                *help;
-    size_t                     offset;     /* in ngx_ipc::Stats */
-    unsigned                   counter:1;  /* else a gauge */
-} ngx_http_ipc_status_field_t;
-
-#define NGX_IPC_FIELD(f, counter, help)                                       \
-    { #f, help, offsetof(ngx_ipc::Stats, f), counter }
-
-static const ngx_http_ipc_status_field_t  ngx_http_ipc_status_fields[] = {
-    NGX_IPC_FIELD(sent, 1, "Messages queued, counted per destination."),
-    NGX_IPC_FIELD(received, 1, "Messages taken from the inbox."),
-    NGX_IPC_FIELD(sent_bytes, 1, "Data bytes of the messages sent."),
-    NGX_IPC_FIELD(received_bytes, 1, "Data bytes of the messages received."),
-    NGX_IPC_FIELD(dropped, 1, "Messages delivered to no handler or "
-                              "addressed to a process that is gone."),
-    NGX_IPC_FIELD(refused, 1, "Sends that returned an error."),
-    NGX_IPC_FIELD(handler_errors, 1, "Handlers that raised an error."),
-    NGX_IPC_FIELD(calls, 1, "ipc.call requests sent."),
-    NGX_IPC_FIELD(call_timeouts, 1, "ipc.call requests that timed out."),
-    NGX_IPC_FIELD(queued_bytes, 0, "Payload bytes held now in the "
-                                   "worker's send backlog."),
-    NGX_IPC_FIELD(resets, 1, "Inbox rings reset after a corrupt record."),
-};
-
-#define NGX_IPC_NFIELDS                                                       \
-    (sizeof(ngx_http_ipc_status_fields) / sizeof(ngx_http_ipc_status_fields[0]))
 
 
 static char *
@@ -177,7 +128,7 @@ ngx_http_ipc_status_handler(ngx_http_request_t *r)
     }
 
     /* generous bounds: a line is under 160 bytes */
-    size = 16384 + st.n * (NGX_IPC_NFIELDS + 12) * 160 + st.npairs * 4 * 160;
+    size = 16384 + st.n * (ngx_http_ipc_status_nfields + 12) * 160 + st.npairs * 4 * 160;
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
@@ -321,213 +272,3 @@ ngx_http_ipc_status_read(ngx_http_request_t *r, ngx_ipc_worker_t *w,
     return NGX_OK;
 }
 
-
-static const char *
-ngx_http_ipc_status_state(const ngx_ipc::WorkerStatus *ws)
-{
-    return ngx_ipc::state_name((ngx_ipc::WorkerState) ws->state);
-}
-
-
-static uint64_t
-ngx_http_ipc_status_value(const ngx_ipc::WorkerStatus *ws, ngx_uint_t f)
-{
-    return *(const uint64_t *) ((const u_char *) &ws->stats
-                                + ngx_http_ipc_status_fields[f].offset);
-}
-
-
-static u_char *
-ngx_http_ipc_status_family(u_char *p, u_char *last, const char *name,
-    const char *type, const char *help)
-{
-    return ngx_slprintf(p, last, "# HELP ngx_ipc_%s %s\n# TYPE ngx_ipc_%s %s\n",
-                        name, help, name, type);
-}
-
-
-static u_char *
-ngx_http_ipc_status_prometheus(u_char *p, u_char *last,
-    ngx_http_ipc_status_t *st)
-{
-    ngx_uint_t                     i, f, k;
-    ngx_ipc::ShmHeader            *h = st->shm;
-    ngx_ipc::WorkerStatus         *ws;
-    ngx_ipc::PairStatus           *ps;
-    const ngx_http_ipc_status_field_t  *fd;
-    char                           name[64];
-
-    static const char  *states[] = {
-        "not_started", "running", "exited", "dead"
-    };
-
-    /* the configuration */
-
-    p = ngx_http_ipc_status_family(p, last, "workers", "gauge",
-                                   "Worker slots of this configuration.");
-    p = ngx_slprintf(p, last, "ngx_ipc_workers %ui\n", st->n);
-
-    p = ngx_http_ipc_status_family(p, last, "ring_size_bytes", "gauge",
-                "Shared-memory ring per sender/receiver pair (ipc_ring_size).");
-    p = ngx_slprintf(p, last, "ngx_ipc_ring_size_bytes %uL\n", h->ring_size);
-
-    p = ngx_http_ipc_status_family(p, last, "max_message_bytes", "gauge",
-                                   "Largest data accepted (ipc_max_message).");
-    p = ngx_slprintf(p, last, "ngx_ipc_max_message_bytes %uL\n",
-                     h->max_message);
-
-    p = ngx_http_ipc_status_family(p, last, "queue_limit_bytes", "gauge",
-                "Per-destination sender backlog limit (ipc_queue_limit).");
-    p = ngx_slprintf(p, last, "ngx_ipc_queue_limit_bytes %uL\n",
-                     h->queue_limit);
-
-    p = ngx_http_ipc_status_family(p, last, "busy_poll_limit_seconds", "gauge",
-                "How long a worker watches its inbox after traffic "
-                "(ipc_busy_poll).");
-    p = ngx_slprintf(p, last, "ngx_ipc_busy_poll_limit_seconds %uL.%06uL\n",
-                     h->busy_poll_us / 1000000, h->busy_poll_us % 1000000);
-
-    p = ngx_http_ipc_status_family(p, last, "generation", "gauge",
-                "Configuration generation: 1, then one more per reload.");
-    p = ngx_slprintf(p, last, "ngx_ipc_generation %uL\n", h->generation);
-
-    /* the workers */
-
-    p = ngx_http_ipc_status_family(p, last, "worker_pid", "gauge",
-                "PID of the worker's current or last process (0: none).");
-    for (i = 0; i < st->n; i++) {
-        p = ngx_slprintf(p, last, "ngx_ipc_worker_pid{worker=\"%ui\"} %D\n",
-                         i, st->workers[i].pid);
-    }
-
-    p = ngx_http_ipc_status_family(p, last, "worker_incarnation", "gauge",
-                "Processes the worker slot has had: +1 per respawn.");
-    for (i = 0; i < st->n; i++) {
-        p = ngx_slprintf(p, last,
-                         "ngx_ipc_worker_incarnation{worker=\"%ui\"} %uD\n",
-                         i, st->workers[i].incarnation);
-    }
-
-    p = ngx_http_ipc_status_family(p, last, "worker_state", "gauge",
-                "1 for the worker's state: not_started, running, exited "
-                "(cleanly) or dead (to be respawned).");
-    for (i = 0; i < st->n; i++) {
-        for (k = 0; k < sizeof(states) / sizeof(states[0]); k++) {
-            p = ngx_slprintf(p, last,
-                     "ngx_ipc_worker_state{worker=\"%ui\",state=\"%s\"} %d\n",
-                     i, states[k], st->workers[i].state == (int32_t) k);
-        }
-    }
-
-    for (f = 0; f < NGX_IPC_NFIELDS; f++) {
-        fd = &ngx_http_ipc_status_fields[f];
-        ngx_sprintf((u_char *) name, "%s%s%Z", fd->name,
-                    fd->counter ? "_total" : "");
-        p = ngx_http_ipc_status_family(p, last, name,
-                                       fd->counter ? "counter" : "gauge",
-                                       fd->help);
-
-        for (i = 0; i < st->n; i++) {
-            p = ngx_slprintf(p, last, "ngx_ipc_%s{worker=\"%ui\"} %uL\n",
-                             name, i,
-                             ngx_http_ipc_status_value(&st->workers[i], f));
-        }
-    }
-
-    p = ngx_http_ipc_status_family(p, last, "busy_poll_seconds_total",
-                "counter", "Time spent busy polling the inbox.");
-    for (i = 0; i < st->n; i++) {
-        ws = &st->workers[i];
-        p = ngx_slprintf(p, last,
-                         "ngx_ipc_busy_poll_seconds_total{worker=\"%ui\"} "
-                         "%uL.%09uL\n", i, ws->busy_poll_ns / 1000000000,
-                         ws->busy_poll_ns % 1000000000);
-    }
-
-    /* the pairs with traffic */
-
-    if (st->npairs == 0) {
-        return p;
-    }
-
-#define NGX_IPC_PAIR_FAMILY(metric, help, field)                              \
-    p = ngx_http_ipc_status_family(p, last, metric, "gauge", help);           \
-    for (k = 0; k < st->npairs; k++) {                                        \
-        ps = &st->pairs[k];                                                   \
-        p = ngx_slprintf(p, last,                                             \
-                         "ngx_ipc_" metric "{sender=\"%uD\",receiver=\"%uD\"} " \
-                         "%uL\n", (uint32_t) (st->pair_ids[k] / st->n),       \
-                         (uint32_t) (st->pair_ids[k] % st->n), ps->field);    \
-    }
-
-    NGX_IPC_PAIR_FAMILY("ring_used_bytes",
-                        "Bytes in the pair's ring not yet read.", ring_used)
-    NGX_IPC_PAIR_FAMILY("ring_capacity_bytes",
-                        "Size of the pair's ring.", ring_capacity)
-    NGX_IPC_PAIR_FAMILY("backlog_bytes",
-                        "Bytes the sender holds for the receiver beyond "
-                        "the ring.", backlog_bytes)
-    NGX_IPC_PAIR_FAMILY("waiting_messages",
-                        "Messages in the ring and the backlog, not yet read.",
-                        waiting)
-
-#undef NGX_IPC_PAIR_FAMILY
-
-    return p;
-}
-
-
-static u_char *
-ngx_http_ipc_status_json(u_char *p, u_char *last, ngx_http_ipc_status_t *st)
-{
-    ngx_uint_t              i, f, k;
-    ngx_ipc::ShmHeader     *h = st->shm;
-    ngx_ipc::WorkerStatus  *ws;
-    ngx_ipc::PairStatus    *ps;
-
-    p = ngx_slprintf(p, last,
-                     "{\"config\":{\"workers\":%ui,\"ring_size\":%uL,"
-                     "\"max_message\":%uL,\"queue_limit\":%uL,"
-                     "\"busy_poll_us\":%uL,\"generation\":%uL},\n"
-                     "\"workers\":[",
-                     st->n, h->ring_size, h->max_message, h->queue_limit,
-                     h->busy_poll_us, h->generation);
-
-    for (i = 0; i < st->n; i++) {
-        ws = &st->workers[i];
-        p = ngx_slprintf(p, last,
-                         "%s\n{\"worker\":%ui,\"pid\":%D,\"state\":\"%s\","
-                         "\"incarnation\":%uD",
-                         i ? "," : "", i, ws->pid,
-                         ngx_http_ipc_status_state(ws), ws->incarnation);
-
-        for (f = 0; f < NGX_IPC_NFIELDS; f++) {
-            p = ngx_slprintf(p, last, ",\"%s\":%uL",
-                             ngx_http_ipc_status_fields[f].name,
-                             ngx_http_ipc_status_value(ws, f));
-        }
-
-        p = ngx_slprintf(p, last, ",\"busy_poll_seconds\":%uL.%09uL}",
-                         ws->busy_poll_ns / 1000000000,
-                         ws->busy_poll_ns % 1000000000);
-    }
-
-    p = ngx_slprintf(p, last, "],\n\"pairs\":[");
-
-    for (k = 0; k < st->npairs; k++) {
-        ps = &st->pairs[k];
-        p = ngx_slprintf(p, last,
-                         "%s\n{\"sender\":%uD,\"receiver\":%uD,"
-                         "\"ring_used_bytes\":%uL,\"ring_capacity_bytes\":%uL,"
-                         "\"backlog_bytes\":%uL,\"waiting_messages\":%uL}",
-                         k ? "," : "",
-                         (uint32_t) (st->pair_ids[k] / st->n),
-                         (uint32_t) (st->pair_ids[k] % st->n),
-                         ps->ring_used, ps->ring_capacity, ps->backlog_bytes,
-                         ps->waiting);
-    }
-
-    p = ngx_slprintf(p, last, "]}\n");
-
-    return p;
-}

@@ -315,7 +315,7 @@ def test_handlers_that_raise_are_logged_counted_and_delivery_goes_on(nginx):
     names = ["err-string", "err-table", "err-nil", "err-number", "err-deep",
              "err-huge", "err-after-yield"]
     n = nginx(workers=2, init_worker=HANDLER_ERRORS,
-              allow_log=[r'ngx_ipc: handler for alert "(err-|no-handler)'])
+              allow_log=[r'ngx_ipc: handler for message "(err-|no-handler)'])
     sender, target = 0, 1
     n.lua(f"""
         local pid = {n.pids[target]}
@@ -335,7 +335,7 @@ def test_handlers_that_raise_are_logged_counted_and_delivery_goes_on(nginx):
     assert counters["handler_errors"] == len(names) + 1, counters
     log = n.error_log()
     for name in names + ["no-handler"]:
-        lines = [line for line in log.splitlines() if f'alert "{name}" failed' in line]
+        lines = [line for line in log.splitlines() if f'message "{name}" failed' in line]
         assert len(lines) == 1 and "[error]" in lines[0], (name, lines)
     assert "abuse deep" in log and "abuse after yield" in log
     assert_serving(n, target)
@@ -476,7 +476,7 @@ def test_storm_of_handler_errors_writes_few_log_lines(nginx):
     n = nginx(workers=2, init_worker=RECORDERS + """
         ipc.receive("msg", record("msg"))
         ipc.receive("boom", function(d) error("storm " .. d) end)
-    """, allow_log=[r'handler for alert "boom" failed: .*storm (\d+|last)',
+    """, allow_log=[r'handler for message "boom" failed: .*storm (\d+|last)',
                     r"more handler errors not logged"])
     before = len(n.error_log().splitlines())
     started = time.monotonic()

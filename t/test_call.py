@@ -205,7 +205,7 @@ def test_no_handler(nginx, workers):
 @pytest.mark.parametrize("workers", [2, 4])
 def test_handler_error_is_returned_counted_and_logged(nginx, workers):
     n = nginx(workers=workers, init_worker=HANDLERS,
-              allow_log=[r'\[error\].*ngx_ipc: handler for alert "(boom|boom_table|table)" failed'])
+              allow_log=[r'\[error\].*ngx_ipc: handler for message "(boom|boom_table|table)" failed'])
     caller, callee = 0, workers - 1
     pid = n.pids[callee]
     before = stats(n, callee)
@@ -229,7 +229,7 @@ def test_handler_error_is_returned_counted_and_logged(nginx, workers):
                      what="the handler error in the log")
     assert len(lines) == 1
     assert f"{pid}#" in lines[0]
-    assert 'ngx_ipc: handler for alert "boom" failed' in lines[0]
+    assert 'ngx_ipc: handler for message "boom" failed' in lines[0]
 
 
 @pytest.mark.parametrize("workers", [2, 4])

@@ -413,7 +413,7 @@ def test_error_objects_become_text_as_lua_says_them(nginx):
     """A table error gives its __tostring, else Lua's own words, to the caller
     and to the log."""
     n = nginx(workers=2, init_worker=ERROR_HANDLERS,
-              allow_log=[r'\[error\].*ngx_ipc: handler for alert "\w+" failed'])
+              allow_log=[r'\[error\].*ngx_ipc: handler for message "\w+" failed'])
     got = {}
     for name in ERROR_TEXTS:
         res, err = n.lua(f'return ipc.call({n.pids[1]}, "{name}", "", 1)', worker=0)
@@ -424,7 +424,7 @@ def test_error_objects_become_text_as_lua_says_them(nginx):
     assert got == want
     log = n.error_log()
     for name, text in ERROR_TEXTS.items():
-        assert re.search(f'handler for alert "{name}" failed: (.*: )?{re.escape(text)}, context',
+        assert re.search(f'handler for message "{name}" failed: (.*: )?{re.escape(text)}, context',
                          log), name
     assert "table: 0x" not in log
 
@@ -537,7 +537,7 @@ def test_a_raising_handler_does_not_stop_delivery(nginx):
     n = nginx(workers=2, init_worker=RECORDERS + """
         ipc.receive("boom", function() error("kaboom") end)
         ipc.receive("m", record("m"))
-    """, allow_log=[r'\[error\].*handler for alert "boom" failed'])
+    """, allow_log=[r'\[error\].*handler for message "boom" failed'])
     dst = n.pids[1]
     n.lua(f'assert(ipc.send({dst}, "boom", "")) assert(ipc.send({dst}, "m", "after"))', worker=0)
     assert wait_received(n, "m", 1, 1) == [(n.pids[0], b"after")]

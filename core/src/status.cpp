@@ -26,6 +26,24 @@ bool status_process_alive(std::int32_t pid) {
   return ::kill(pid, 0) == 0 || errno != ESRCH;  // EPERM: alive, not ours
 }
 
+void read_stats(const SlotCounters& c, Stats* out) {
+  const CoreStats& core = c.core;
+  const LuaStats& lua = c.lua;
+  out->sent = load_counter(&core.sent);
+  out->received = load_counter(&core.received);
+  out->sent_bytes = load_counter(&core.sent_bytes);
+  out->received_bytes = load_counter(&core.received_bytes);
+  out->dropped = load_counter(&core.dropped) + load_counter(&lua.dropped);
+  // Unsigned: Lua's part may be below zero while the sum is not.
+  out->refused = load_counter(&core.refused) +
+                 load_counter(reinterpret_cast<const std::uint64_t*>(&lua.refused));
+  out->handler_errors = load_counter(&lua.handler_errors);
+  out->calls = load_counter(&lua.calls);
+  out->call_timeouts = load_counter(&lua.call_timeouts);
+  out->queued_bytes = load_counter(&core.queued_bytes);
+  out->resets = load_counter(&core.resets);
+}
+
 void read_worker(const ShmHeader* h, std::uint32_t slot, WorkerStatus* out, StatusAliveFn alive) {
   const Slot* s = slot_at(const_cast<ShmHeader*>(h), slot);
   // Acquire: pairs with start()'s release store of the identity, so the
@@ -42,11 +60,7 @@ void read_worker(const ShmHeader* h, std::uint32_t slot, WorkerStatus* out, Stat
     out->state =
         static_cast<std::int32_t>(alive(out->pid) ? WorkerState::kRunning : WorkerState::kDead);
   }
-  const std::uint64_t* from = reinterpret_cast<const std::uint64_t*>(&s->counters.stats);
-  std::uint64_t* to = reinterpret_cast<std::uint64_t*>(&out->stats);
-  for (std::size_t i = 0; i < sizeof(Stats) / sizeof(std::uint64_t); ++i) {
-    to[i] = load_counter(from + i);
-  }
+  read_stats(s->counters, &out->stats);
   out->busy_poll_ns = load_counter(&s->counters.busy_poll_ns);
 }
 

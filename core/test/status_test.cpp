@@ -38,7 +38,7 @@ TEST(Status, CountersLiveInTheSlot) {
   // stats() is the slot's SlotCounters in the mapping, so another process
   // reads what the owner writes.
   EXPECT_EQ(static_cast<void*>(&w.ep(1).stats()),
-            static_cast<void*>(&w.shm().slot(1)->counters.stats));
+            static_cast<void*>(&w.shm().slot(1)->counters.core));
   ASSERT_EQ(test::send_str(w.ep(0), w.pid(1), "n", "12345"), Status::kOk);
   ASSERT_EQ(test::send_str(w.ep(0), 999999, "n", "x"), Status::kNoSuchWorker);
   ASSERT_EQ(test::drain(w.ep(1)).size(), 1u);
@@ -69,6 +69,26 @@ TEST(Status, States) {
   EXPECT_STREQ(state_name(static_cast<WorkerState>(worker(w, 1).state)), "dead");
   EXPECT_EQ(worker(w, 1).pid, 501);
   g_dead_pid = 0;
+}
+
+TEST(Status, AddsWhatLuaCountsToWhatTheCoreCounts) {
+  World w(2, 4096);
+  ASSERT_EQ(test::send_str(w.ep(1), 999999, "n", "x"), Status::kNoSuchWorker);
+  w.ep(1).stats().dropped = 2;
+  LuaStats& lua = w.shm().slot(1)->counters.lua;  // what the Lua side writes
+  lua.dropped = 3;
+  lua.refused = -1;  // a "queue full" of the core's that then waited
+  lua.handler_errors = 4;
+  lua.calls = 5;
+  lua.call_timeouts = 6;
+  WorkerStatus s = worker(w, 1);
+  EXPECT_EQ(s.stats.dropped, 5u);
+  EXPECT_EQ(s.stats.refused, 0u);
+  EXPECT_EQ(s.stats.handler_errors, 4u);
+  EXPECT_EQ(s.stats.calls, 5u);
+  EXPECT_EQ(s.stats.call_timeouts, 6u);
+  w.respawn(1, 20001);
+  EXPECT_EQ(worker(w, 1).stats.calls, 0u) << "start() zeroes Lua's part too";
 }
 
 TEST(Status, ARespawnStartsFromZero) {

@@ -1,6 +1,7 @@
--- ngx.ipc: named messages ("alerts") between nginx worker processes.
+-- ngx.ipc: named messages between nginx worker processes ("alerts" in
+-- ngx_lua_ipc's words).
 --
--- The Lua API over ngx_ipc_module's C ABI (src/ngx_ipc_ffi.cpp). Messages
+-- The Lua API over ngx_ipc_module's C ABI (src/ngx_ipc_ffi.h). Messages
 -- travel through shared memory. Each worker runs two light threads (timers):
 --   the reader sleeps on a semaphore that the module's event handler posts
 --   when the inbox has messages; it takes them in batches, hands replies to
@@ -44,12 +45,9 @@ local worker_exiting = ngx.worker.exiting
 local worker_pid = ngx.worker.pid
 
 
-local FFI_VERSION = 2      -- NGX_IPC_FFI_VERSION in src/ngx_ipc_module.h
+local FFI_VERSION = 3      -- the C ABI this file is written for
 local NGX_OK = 0
 local NGX_ERROR = -1
-local BATCH = 64           -- messages taken from the inbox per FFI call
-local MAX_SLOTS = 128      -- ngx_ipc::kMaxSlots
-local MAX_NAME = 65535     -- ngx_ipc::kMaxNameLen
 local IDLE_WAIT = 3600     -- seconds; the light threads are woken by events
 local LOG_BURST = 10       -- handler-error log lines per second, at most
 local RUN_BURST = 128      -- handlers run between two visits to the event loop
@@ -58,14 +56,6 @@ local QUEUE_MAX_BYTES = 4 * 1024 * 1024  -- ... and their bytes, at most
 local CALL_TIMEOUT = 5     -- seconds
 local MAX_WAIT = 2147483   -- seconds: ngx.semaphore waits take int milliseconds
 
--- record flags (ngx_ipc::RecordFlags in core/include/ngx_ipc/layout.h)
-local F_REQUEST = 0x10
-local F_REPLY = 0x20
-local F_STATUS = 0xc0      -- reply status: ...
-local S_OK = 0x00          -- the handler's first return value
-local S_ERROR = 0x40       -- the handler raised; data is the message
-local S_NO_HANDLER = 0x80  -- no handler for the name
-local S_KICK = 0xc0        -- not a reply: wakes the cluster agent's writer
 local REPLY_NAME = "r"     -- the name a reply carries (it is not used)
 
 -- where ngx.sleep may be used, and so ipc.call
@@ -76,66 +66,21 @@ local YIELDABLE = {
 }
 
 
-ffi.cdef[[
-typedef struct {
-    const unsigned char  *name;
-    const unsigned char  *data;
-    uint64_t              data_len;
-    uint32_t              name_len;
-    int32_t               sender_pid;
-    uint32_t              flags;
-    uint32_t              call_id;
-} ngx_ipc_msg_t;
+require "ngx.ipc.ffi"   -- ffi.cdef of src/ngx_ipc_ffi.h, the C ABI
 
-typedef struct {
-    uint64_t  sent;
-    uint64_t  received;
-    uint64_t  sent_bytes;
-    uint64_t  received_bytes;
-    uint64_t  dropped;
-    uint64_t  refused;
-    uint64_t  handler_errors;
-    uint64_t  calls;
-    uint64_t  call_timeouts;
-    uint64_t  queued_bytes;
-    uint64_t  resets;
-} ngx_ipc_stats_t;
-
-int ngx_ipc_ffi_version(void);
-int ngx_ipc_ffi_start(void *sema, char **err);
-int ngx_ipc_ffi_send(int pid, const unsigned char *name, size_t name_len,
-    const unsigned char *data, size_t data_len, int flags, uint32_t call_id,
-    char **err);
-int ngx_ipc_ffi_broadcast(const unsigned char *name, size_t name_len,
-    const unsigned char *data, size_t data_len, int include_self,
-    char **err);
-int ngx_ipc_ffi_recv(ngx_ipc_msg_t *out, int max);
-void ngx_ipc_ffi_recv_done(void);
-int ngx_ipc_ffi_pids(int *out, int max);
-ngx_ipc_stats_t *ngx_ipc_ffi_stats(void);
-
-typedef struct {
-    int32_t          pid;
-    uint32_t         incarnation;
-    int32_t          state;
-    uint32_t         slot;
-    ngx_ipc_stats_t  stats;
-    uint64_t         busy_poll_ns;
-} ngx_ipc_worker_status_t;
-
-int ngx_ipc_ffi_worker_status(int slot, ngx_ipc_worker_status_t *out);
-int ngx_ipc_ffi_wait_space(void *sema);
-
-typedef struct {
-    int  waits;
-    int  release;
-    int  runner_gone;
-} ngx_ipc_exit_t;
-
-ngx_ipc_exit_t *ngx_ipc_ffi_exit_state(void);
-int ngx_ipc_ffi_watch_runner(void *r);
-int ngx_ipc_ffi_yield(void *sema);
-]]
+-- constants of the C ABI (src/ngx_ipc_ffi.h)
+local BATCH = C.NGX_IPC_FFI_BATCH            -- messages per take
+local MAX_SLOTS = C.NGX_IPC_FFI_MAX_SLOTS
+local MAX_NAME = C.NGX_IPC_FFI_MAX_NAME
+-- a message's flags: an ipc.call request, its answer, the answer's status
+local F_REQUEST = C.NGX_IPC_FFI_F_REQUEST
+local F_REPLY = C.NGX_IPC_FFI_F_REPLY
+local F_STATUS = C.NGX_IPC_FFI_F_STATUS
+local S_OK = C.NGX_IPC_FFI_S_OK                  -- the handler's first value
+local S_ERROR = C.NGX_IPC_FFI_S_ERROR            -- the handler raised
+local S_NO_HANDLER = C.NGX_IPC_FFI_S_NO_HANDLER  -- no handler for the name
+local S_KICK = C.NGX_IPC_FFI_S_KICK  -- not an answer: wakes the cluster
+                                     -- agent's writer
 
 
 do
@@ -162,10 +107,12 @@ local errmsg = ffi_new("char *[1]")
 local msgs = ffi_new("ngx_ipc_msg_t[?]", BATCH)
 local pids_buf = ffi_new("int[?]", MAX_SLOTS)
 local wstatus = ffi_new("ngx_ipc_worker_status_t")
+local own_stats = ffi_new("ngx_ipc_stats_t")
 -- ngx_ipc::WorkerState
 local STATES = { [0] = "not_started", "running", "exited", "dead" }
 
-local stats             -- ngx_ipc_stats_t *, once started
+local counts            -- ngx_ipc_lua_counters_t *, once started: the
+                        -- counters this file owns (stats() adds the core's)
 local exit_state        -- ngx_ipc_exit_t *: our waits, and the module's leave
 local inbox_sema        -- the reader sleeps on it; the module posts it, and
                         -- the runner when it frees room in a full queue
@@ -332,17 +279,19 @@ local function log_handler_error(name, err)
         name = str_sub(name, 1, 256) .. "..."
     end
 
-    ngx_log(ngx_ERR, "ngx_ipc: handler for alert \"", name, "\" failed: ",
+    ngx_log(ngx_ERR, "ngx_ipc: handler for message \"", name, "\" failed: ",
             error_text(err))
 end
 
 
+-- The answer to an ipc.call request (F_REPLY with the request's call id and
+-- a status); not to be confused with ipc.reply, which sends a new message.
 local function send_reply(to, name, flags, call_id, data)
     local rc = C.ngx_ipc_ffi_send(to, REPLY_NAME, #REPLY_NAME, data, #data,
                                   bor(F_REPLY, flags), call_id, errmsg)
     if rc ~= NGX_OK then
         -- the caller is gone, or its inbox is full: it will time out
-        stats.dropped = stats.dropped + 1
+        counts.dropped = counts.dropped + 1
         log_handler_error(name, "reply not sent: " .. ffi_string(errmsg[0]))
     end
 end
@@ -375,7 +324,7 @@ local function handle_request(handler, name, data, sender, call_id)
         ok, res = false, "bad response (string expected, got " .. t .. ")"
     end
 
-    stats.handler_errors = stats.handler_errors + 1
+    counts.handler_errors = counts.handler_errors + 1
     log_handler_error(name, res)
     send_reply(sender, name, S_ERROR, call_id, error_text(res))
 end
@@ -408,7 +357,7 @@ local function dispatch(name, data, sender, node)
 
         else
             ok = true
-            stats.dropped = stats.dropped + 1
+            counts.dropped = counts.dropped + 1
         end
     end
 
@@ -417,7 +366,7 @@ local function dispatch(name, data, sender, node)
     current_node = nil
 
     if not ok then
-        stats.handler_errors = stats.handler_errors + 1
+        counts.handler_errors = counts.handler_errors + 1
         log_handler_error(name, err)
     end
 end
@@ -455,7 +404,7 @@ local function resolve(call_id, flags, data)
     local call = calls[call_id]
     if not call then
         -- its call timed out: it is too late for anyone
-        stats.dropped = stats.dropped + 1
+        counts.dropped = counts.dropped + 1
         return
     end
 
@@ -501,12 +450,12 @@ local function restart_runner()
             name = str_sub(name, 1, 256) .. "..."
         end
 
-        ngx_log(ngx_NOTICE, "ngx_ipc: the handler for alert \"", name,
+        ngx_log(ngx_NOTICE, "ngx_ipc: the handler for message \"", name,
                 "\" ended its light thread; delivery goes on in a new one")
 
         -- an ipc.call() waits for this handler: answer it now
         if current_call then
-            stats.handler_errors = stats.handler_errors + 1
+            counts.handler_errors = counts.handler_errors + 1
             send_reply(current_sender, current_name, S_ERROR, current_call,
                        "the handler ended its light thread (ngx.exit(), or "
                        .. "an error in a coroutine it ran) before it "
@@ -549,7 +498,7 @@ local function reader(premature)
             reader_full = false
 
         else
-            local n = C.ngx_ipc_ffi_recv(msgs, BATCH)
+            local n = C.ngx_ipc_ffi_take(msgs, BATCH)
 
             if n > 0 then
                 -- copy the batch out of shared memory, then give the space
@@ -582,7 +531,7 @@ local function reader(premature)
                     end
                 end
 
-                C.ngx_ipc_ffi_recv_done()
+                C.ngx_ipc_ffi_take_done()
 
                 if queued and runner_idle then
                     runner_idle = false
@@ -709,7 +658,7 @@ local function start()
         return nil, ffi_string(errmsg[0])
     end
 
-    stats = C.ngx_ipc_ffi_stats()
+    counts = C.ngx_ipc_ffi_lua_counters()
     exit_state = C.ngx_ipc_ffi_exit_state()
 
     if cluster == nil then
@@ -745,8 +694,8 @@ end
 
 
 local function refuse(err)
-    if stats then
-        stats.refused = stats.refused + 1
+    if counts then
+        counts.refused = counts.refused + 1
     end
 
     return nil, err
@@ -853,7 +802,7 @@ local function send_waiting(timeout, try, a, b, c)
             return nil, err
         end
 
-        stats.refused = stats.refused - 1   -- not refused yet: it waits
+        counts.refused = counts.refused - 1   -- not refused yet: it waits
     end
 
     local deadline = ngx_now() + timeout
@@ -878,7 +827,7 @@ local function send_waiting(timeout, try, a, b, c)
                 break
             end
 
-            stats.refused = stats.refused - 1
+            counts.refused = counts.refused - 1
         end
 
         -- (a semaphore wait under 1 ms returns at once without yielding,
@@ -918,7 +867,7 @@ local function send_waiting(timeout, try, a, b, c)
     end
 
     if not counted then
-        stats.refused = stats.refused + 1
+        counts.refused = counts.refused + 1
     end
 
     return nil, err
@@ -1086,6 +1035,10 @@ function _M.receive(name, handler)
 end
 
 
+-- ipc.reply(name, data): a new message to the sender of the message being
+-- handled, as in ngx_lua_ipc: ipc.send(ipc.sender, name, data). It is not
+-- the answer to an ipc.call (that is the handler's return value, sent by
+-- send_reply() above); the name "reply" is kept for compatibility.
 function _M.reply(name, data)
     if current_sender == nil or not in_runner() then
         if current_name and in_runner() then
@@ -1147,13 +1100,13 @@ function _M.call(pid, name, data, timeout)
 
     local call = { sema = semaphore.new(0) }
     calls[id] = call
-    stats.calls = stats.calls + 1
+    counts.calls = counts.calls + 1
 
     ok, err = call.sema:wait(timeout)
     if not ok then
         calls[id] = nil
         if err == "timeout" then
-            stats.call_timeouts = stats.call_timeouts + 1
+            counts.call_timeouts = counts.call_timeouts + 1
         end
 
         return nil, err
@@ -1250,12 +1203,11 @@ function _M.stats(which)
     start()
 
     if which == nil then
-        local s = C.ngx_ipc_ffi_stats()
-        if s == nil then
+        if C.ngx_ipc_ffi_stats(own_stats) ~= NGX_OK then
             not_available()
         end
 
-        return counters(s)
+        return counters(own_stats)
     end
 
     local pid

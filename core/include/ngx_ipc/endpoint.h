@@ -1,11 +1,18 @@
 // ngx_ipc core: the per-process endpoint.
 //
 // One Endpoint per worker process, bound to its slot in a mapping made by
-// init_shm(). It sends to other slots (one Producer per destination, plus a
-// private backlog bounded by queue_limit), drains its inbox (one Consumer per
-// source, with reassembly of fragmented messages) in batches, and wakes other
-// processes through their wake-up fds (eventfd, or any fd that takes an
-// 8-byte write) only when they may be asleep.
+// init_shm(). It composes three parts:
+//   Outbox (outbox.h)  sends to other slots: one Producer per destination,
+//                      plus a private backlog, which the endpoint bounds
+//                      by queue_limit;
+//   Inbox (inbox.h)    drains this slot's inbox in batches: one Consumer
+//                      per source, with a Reassembler for fragmented
+//                      messages;
+//   Wakeup (wakeup.h)  wakes other processes through their wake-up fds
+//                      (eventfd, or any fd that takes an 8-byte write) only
+//                      when they may be asleep: all its fence pairs.
+// The endpoint itself owns the slot's identity (start/stop), addressing
+// (which slot has a PID, which slots a broadcast goes to) and the limits.
 //
 // Not thread-safe: one endpoint is used by one thread of one process.
 
@@ -13,12 +20,13 @@
 #define NGX_IPC_ENDPOINT_H
 
 #include <cstdint>
-#include <deque>
-#include <memory>
 #include <vector>
 
+#include "ngx_ipc/inbox.h"
 #include "ngx_ipc/layout.h"
+#include "ngx_ipc/outbox.h"
 #include "ngx_ipc/ring.h"
+#include "ngx_ipc/wakeup.h"
 
 namespace ngx_ipc {
 
@@ -51,7 +59,7 @@ class Endpoint {
  public:
   // Called for events an operator should see (a corrupt ring, a failed
   // write to a wake-up fd, memory exhausted). The glue rate-limits it.
-  using LogFn = void (*)(void* ctx, const char* msg, int err);
+  using LogFn = CoreLog::Fn;
 
   // shm: a mapping initialised by init_shm(); self: this process's slot;
   // wake_fds: one fd per slot (nslots entries), written to wake that slot.
@@ -61,8 +69,8 @@ class Endpoint {
   Endpoint& operator=(const Endpoint&) = delete;
 
   void set_logger(LogFn fn, void* ctx) {
-    log_ = fn;
-    log_ctx_ = ctx;
+    log_.fn = fn;
+    log_.ctx = ctx;
   }
 
   // Whether a process is alive; by default kill(pid, 0). Asked only when a
@@ -92,32 +100,28 @@ class Endpoint {
   // writes this slot's wake-up fd. Releases the previous batch first.
   // With arm false (a busy poll watches the inbox), an empty inbox returns 0
   // and leaves the slot as it is.
-  int receive(Delivery* out, int max, bool arm = true);
+  int receive(Delivery* out, int max, bool arm = true) { return inbox_.receive(out, max, arm); }
   // Gives the ring space of the last batch back to the senders.
-  void release();
+  void release() { inbox_.release(); }
   // Writes what the backlog holds as far as the rings take it. Returns true
   // if the backlog is now empty.
   bool flush();
   // True if some inbox ring holds unread records.
-  bool inbox_pending();
+  bool inbox_pending() { return inbox_.pending(); }
   // True while this slot is marked asleep (armed): a sender will wake it.
-  bool armed() const { return slot_at(shm_, self_)->sleeping.load(std::memory_order_relaxed) != 0; }
+  bool armed() const { return wakeup_.armed(); }
   // Writes this process's own wake-up fd.
-  void wake_self() { wake(self_); }
+  void wake_self() { wakeup_.wake(self_); }
   // Busy polling: while the owner watches inbox_pending() itself, senders
   // need not write the wake-up fd. disarm() clears the flag; rearm() sets it
   // again and returns true if the inbox has records (the owner must then
   // drain it with receive(), which arms the slot when it is empty).
-  void disarm() {
-    // Senders load this line after every publish: write it only if needed.
-    std::atomic<std::uint32_t>& f = slot_at(shm_, self_)->sleeping;
-    if (f.load(std::memory_order_relaxed) != 0) f.store(0, std::memory_order_relaxed);
-  }
-  bool rearm();
+  void disarm() { wakeup_.disarm(); }
+  bool rearm() { return inbox_.rearm(); }
 
-  // This process's counters (Stats, in layout.h), in its slot of the
-  // mapping: zeroed by start(), written only by this process.
-  Stats& stats() { return *stats_; }
+  // This process's counters (CoreStats, in layout.h), in its slot of the
+  // mapping: zeroed by start(), written only by this process, from C++.
+  CoreStats& stats() { return *stats_; }
   SlotCounters& counters() { return slot_at(shm_, self_)->counters; }
   std::uint32_t slot() const { return self_; }
   std::uint32_t nslots() const { return nslots_; }
@@ -127,50 +131,11 @@ class Endpoint {
   std::int32_t slot_pid(std::uint32_t i) const;
 
  private:
-  struct Pending {
-    MessageMeta meta;
-    std::uint64_t start;  // payload offset of buf[0]
-    std::uint64_t len;    // bytes in buf
-    std::uint64_t done;   // bytes of buf already written
-    std::unique_ptr<unsigned char[]> buf;
-  };
-  struct OutRing {
-    Producer producer;
-    std::deque<Pending> backlog;
-    std::uint64_t backlog_bytes = 0;
-  };
-  struct InRing {
-    Consumer consumer;
-    bool read = false;  // read something since the last release
-    // Reassembly of a fragmented message.
-    bool active = false;
-    bool discard = false;  // not for us: skip its fragments
-    bool counted = false;  // dropped partial already counted in stats.dropped
-    RecordHeader first{};
-    std::uint64_t filled = 0;
-    std::unique_ptr<unsigned char[]> buf;
-  };
-
-  Status enqueue(std::uint32_t k, const MessageMeta& meta, const unsigned char* name,
-                 const unsigned char* data, std::size_t data_len);
-  void unqueue(std::uint32_t k, std::size_t backlog_before, std::size_t data_len);
   bool slot_exited(std::uint32_t k) const;
   bool full_for_the_dead(std::uint32_t k);
-  void drop_backlog(std::uint32_t k);
-  bool flush_ring(std::uint32_t k);
-  void await_space(std::uint32_t k);
-  void notify(std::uint32_t k);
-  void wake(std::uint32_t k);
-  int scan(Delivery* out, int max);
-  bool take(InRing& r, const RecordView& v, Delivery* out);
-  void drop_partial(InRing& r);
-  void publish_backlog(std::uint32_t k);
   Status refuse(Status s) {
     ++stats_->refused;
     return s;
-  }
-  void log(const char* msg, int err = 0) {
-    if (log_ != nullptr) log_(log_ctx_, msg, err);
   }
 
   ShmHeader* shm_;
@@ -178,20 +143,16 @@ class Endpoint {
   std::uint32_t nslots_;
   std::uint64_t max_message_;
   std::uint64_t queue_limit_;
-  std::vector<int> wake_fds_;
-  std::vector<OutRing> out_;
-  std::vector<InRing> in_;
-  std::vector<std::unique_ptr<unsigned char[]>> batch_bufs_;  // reassembled, in a batch
-  std::vector<std::uint32_t> released_;                       // scratch for release()
-  std::vector<std::uint32_t> targets_;                        // scratch for broadcast()
-  std::vector<std::size_t> queued_before_;                    // scratch for broadcast()
-  std::uint32_t rr_ = 0;  // inbox ring the next scan starts with
+  CoreLog log_;
+  CoreStats* stats_;  // &slot_at(shm_, self_)->counters.core
+  Wakeup wakeup_;
+  Outbox outbox_;
+  Inbox inbox_;
+  std::vector<std::uint32_t> targets_;      // scratch for broadcast()
+  std::vector<std::size_t> queued_before_;  // scratch for broadcast()
   bool started_ = false;
   std::int32_t pid_ = 0;
   std::uint32_t incarnation_ = 0;
-  Stats* stats_;  // &slot_at(shm_, self_)->counters.stats
-  LogFn log_ = nullptr;
-  void* log_ctx_ = nullptr;
   AliveFn alive_ = &process_alive;
 };
 

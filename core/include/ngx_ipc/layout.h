@@ -87,33 +87,66 @@ static_assert(sizeof(ShmHeader) == 2 * kCacheLine);
 // and from LuaJIT, never a read-modify-write shared with anyone. Readers
 // load each one with a relaxed atomic load (load_counter): every figure is
 // one the owner stored, and the set is not a snapshot taken at one instant.
-struct Stats {
+// What the endpoint counts, written only by the slot's process from C++
+// (the core and the glue).
+struct CoreStats {
   std::uint64_t sent;            // messages queued, per destination
   std::uint64_t received;        // messages taken from the inbox for us
   std::uint64_t sent_bytes;      // data bytes of those
   std::uint64_t received_bytes;  // data bytes of those
   std::uint64_t dropped;         // received for no one (see docs)
   std::uint64_t refused;         // sends that returned an error
-  std::uint64_t handler_errors;  // counted by the Lua side
-  std::uint64_t calls;           // counted by the Lua side
-  std::uint64_t call_timeouts;   // counted by the Lua side
   std::uint64_t queued_bytes;    // payload bytes held now in the backlog
   std::uint64_t resets;          // inbox rings reset after a corrupt record
+};
+static_assert(std::is_standard_layout_v<CoreStats>);
+static_assert(sizeof(CoreStats) == 8 * sizeof(std::uint64_t));
+
+// What the Lua library counts (ngx_ipc_lua_counters_t in src/ngx_ipc_ffi.h),
+// written only by the slot's process from Lua; start() zeroes them with the
+// rest before the process runs any Lua.
+struct LuaStats {
+  std::uint64_t dropped;         // answers and messages no one took
+  std::int64_t refused;          // sends Lua refused, less the core's
+                                 // "queue full" of sends that then waited
+  std::uint64_t handler_errors;  // handlers that raised
+  std::uint64_t calls;           // ipc.call requests
+  std::uint64_t call_timeouts;   // of them, timed out
+};
+static_assert(std::is_standard_layout_v<LuaStats>);
+static_assert(sizeof(LuaStats) == 5 * sizeof(std::uint64_t));
+
+// A worker's counters as ipc.stats() and the status page show them
+// (ngx_ipc_stats_t): CoreStats and LuaStats added up by read_worker().
+struct Stats {
+  std::uint64_t sent;
+  std::uint64_t received;
+  std::uint64_t sent_bytes;
+  std::uint64_t received_bytes;
+  std::uint64_t dropped;
+  std::uint64_t refused;
+  std::uint64_t handler_errors;
+  std::uint64_t calls;
+  std::uint64_t call_timeouts;
+  std::uint64_t queued_bytes;
+  std::uint64_t resets;
 };
 static_assert(std::is_standard_layout_v<Stats>);
 static_assert(sizeof(Stats) == 11 * sizeof(std::uint64_t));
 
 // What a slot's process counts, on cache lines of its own: the owner
 // writes them at every send and receive, and nobody else touches these
-// lines except a status reader, once per request.
+// lines except a status reader, once per request. Each part has one
+// writer: core from C++, busy_poll_ns from the glue's busy poll, lua from
+// lib/ngx/ipc.lua.
 struct alignas(kCacheLine) SlotCounters {
-  Stats stats;
+  CoreStats core;
   std::uint64_t busy_poll_ns;  // time spent busy polling (ipc_busy_poll)
-  std::uint64_t reserved[4];   // room for more without a layout change
+  LuaStats lua;
+  std::uint64_t reserved[2];   // room for more without a layout change
 };
 static_assert(std::is_standard_layout_v<SlotCounters>);
 static_assert(sizeof(SlotCounters) == 2 * kCacheLine);
-static_assert(offsetof(SlotCounters, stats) == 0, "the Lua side points at stats");
 
 // A relaxed atomic load of a counter written by another process with plain
 // aligned stores (GCC/Clang builtin: no std::atomic_ref before C++20).

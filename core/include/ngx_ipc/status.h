@@ -49,6 +49,8 @@ struct PairStatus {
 using StatusAliveFn = bool (*)(std::int32_t pid);
 bool status_process_alive(std::int32_t pid);
 
+// A slot's counters as one Stats: what C++ and Lua count, added up.
+void read_stats(const SlotCounters& c, Stats* out);
 void read_worker(const ShmHeader* h, std::uint32_t slot, WorkerStatus* out,
                  StatusAliveFn alive = &status_process_alive);
 // True if the pair has ever carried traffic or holds a backlog.

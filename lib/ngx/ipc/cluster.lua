@@ -65,10 +65,22 @@ local NODES_PERIOD = 1         -- seconds between two records of our position
 local IN_NAME = "ipc:cluster:in"    -- the local message that carries an entry
 local GAP_NAME = "ipc:cluster_gap"  -- the user's hook
 
--- counter indexes: enum Counter in src/ngx_ipc_cluster.cpp
-local K_PUBLISHED, K_REFUSED, K_ADDED, K_RECEIVED, K_GAPS, K_RECONNECTS,
-      K_ERRORS, K_CONNECTED, K_LAG_MS, K_NODE_CLASHES = 0, 1, 2, 3, 4, 5, 6,
-                                                       7, 8, 9
+require "ngx.ipc.ffi"   -- ffi.cdef of src/ngx_ipc_ffi.h, the C ABI
+
+-- counter indexes and texts (src/ngx_ipc_ffi.h)
+local K_PUBLISHED = C.NGX_IPC_FFI_CLUSTER_PUBLISHED
+local K_REFUSED = C.NGX_IPC_FFI_CLUSTER_REFUSED
+local K_ADDED = C.NGX_IPC_FFI_CLUSTER_ADDED
+local K_RECEIVED = C.NGX_IPC_FFI_CLUSTER_RECEIVED
+local K_GAPS = C.NGX_IPC_FFI_CLUSTER_GAPS
+local K_RECONNECTS = C.NGX_IPC_FFI_CLUSTER_RECONNECTS
+local K_ERRORS = C.NGX_IPC_FFI_CLUSTER_ERRORS
+local K_CONNECTED = C.NGX_IPC_FFI_CLUSTER_CONNECTED
+local K_LAG_MS = C.NGX_IPC_FFI_CLUSTER_LAG_MS
+local K_NODE_CLASHES = C.NGX_IPC_FFI_CLUSTER_NODE_CLASHES
+local TEXT_MAX = C.NGX_IPC_FFI_CLUSTER_TEXT_MAX
+local T_LAST_ID = C.NGX_IPC_FFI_CLUSTER_LAST_ID
+local T_LAST_ERROR = C.NGX_IPC_FFI_CLUSTER_LAST_ERROR
 local COUNTER_NAMES = {
     [K_PUBLISHED] = "published", [K_REFUSED] = "refused",
     [K_ADDED] = "added", [K_RECEIVED] = "received", [K_GAPS] = "gaps",
@@ -77,53 +89,6 @@ local COUNTER_NAMES = {
 }
 
 
-ffi.cdef[[
-typedef struct {
-    const unsigned char  *host;
-    size_t                host_len;
-    const unsigned char  *user;
-    size_t                user_len;
-    const unsigned char  *password;
-    size_t                password_len;
-    const unsigned char  *stream;
-    size_t                stream_len;
-    const unsigned char  *node;
-    size_t                node_len;
-    int                   port;
-    int                   db;
-    uint64_t              maxlen;
-    uint64_t              max_message;
-    uint64_t              epoch;
-} ngx_ipc_cluster_info_t;
-
-typedef struct {
-    const unsigned char  *name;
-    const unsigned char  *data;
-    uint64_t              seq;
-    uint64_t              data_len;
-    uint32_t              name_len;
-    int32_t               pid;
-} ngx_ipc_cluster_entry_t;
-
-int ngx_ipc_ffi_cluster_info(ngx_ipc_cluster_info_t *out);
-int ngx_ipc_ffi_cluster_broadcast(const unsigned char *name, size_t name_len,
-    const unsigned char *data, size_t data_len, int include_self,
-    int *kick_pid, char **err);
-int ngx_ipc_ffi_cluster_lease(int *agent_pid);
-int ngx_ipc_ffi_cluster_agent(void);
-void ngx_ipc_ffi_cluster_release(void);
-int ngx_ipc_ffi_cluster_peek(ngx_ipc_cluster_entry_t *out, int max,
-    size_t max_bytes, uint64_t from, uint64_t *end);
-uint64_t ngx_ipc_ffi_cluster_tail(void);
-uint64_t ngx_ipc_ffi_cluster_queued(void);
-void ngx_ipc_ffi_cluster_commit(uint64_t end);
-int ngx_ipc_ffi_cluster_arm(uint64_t from);
-int ngx_ipc_ffi_cluster_get_text(int which, char *buf, int size);
-void ngx_ipc_ffi_cluster_set_text(int which, const char *text, size_t len);
-uint64_t *ngx_ipc_ffi_cluster_counters(void);
-void ngx_ipc_ffi_cluster_count(int which, int64_t n);
-void ngx_ipc_ffi_cluster_gauge(int which, uint64_t v);
-]]
 
 
 local _M = { IN_NAME = IN_NAME }
@@ -136,7 +101,7 @@ local kick_sema          -- the writer sleeps on it; a kick posts it
 local agent_pid = ffi_new("int[1]")
 local peek_end = ffi_new("uint64_t[1]")
 local entries = ffi_new("ngx_ipc_cluster_entry_t[?]", BATCH)
-local text_buf = ffi_new("char[?]", 128)
+local text_buf = ffi_new("char[?]", TEXT_MAX)
 
 local agent = false      -- this worker runs the agent's light threads
 local threads = 0        -- of them, running
@@ -170,7 +135,7 @@ end
 
 
 local function get_text(which)
-    local n = C.ngx_ipc_ffi_cluster_get_text(which, text_buf, 128)
+    local n = C.ngx_ipc_ffi_cluster_get_text(which, text_buf, TEXT_MAX)
     if n <= 0 then
         return ""
     end
@@ -186,7 +151,7 @@ end
 
 local function fail(kind, msg)
     C.ngx_ipc_ffi_cluster_count(K_ERRORS, 1)
-    set_text(1, msg)
+    set_text(T_LAST_ERROR, msg)
     log_limited(ngx_ERR, kind, msg, " (", cfg.where, ")")
 end
 
@@ -364,7 +329,7 @@ end
 -- Where the reader starts: the last id fanned out here (kept in shared
 -- memory, so it outlives an agent and a reload), else the stream's end.
 local function resume(red)
-    local last = get_text(0)
+    local last = get_text(T_LAST_ID)
     if last ~= "" then
         local ok, err = check_trimmed(red, last)
         if not ok then
@@ -397,7 +362,7 @@ local function resume(red)
                    .. "were not seen")
     end
 
-    set_text(0, last)
+    set_text(T_LAST_ID, last)
     return last
 end
 
@@ -520,7 +485,7 @@ local function reader_loop()
                     end
 
                     last = entry[1]
-                    set_text(0, last)
+                    set_text(T_LAST_ID, last)
                 end
 
                 if n > 0 then
@@ -799,8 +764,8 @@ function _M.state()
         redis = cfg.where,
         connected = counters[K_CONNECTED] ~= 0,
         agent = C.ngx_ipc_ffi_cluster_agent(),   -- 0: none now
-        last_id = get_text(0),
-        last_error = get_text(1),
+        last_id = get_text(T_LAST_ID),
+        last_error = get_text(T_LAST_ERROR),
         lag_ms = tonumber(counters[K_LAG_MS]),
         queued_bytes = tonumber(C.ngx_ipc_ffi_cluster_queued()),
     }

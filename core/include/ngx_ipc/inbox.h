@@ -1,0 +1,98 @@
+// ngx_ipc core: an endpoint's receive side.
+//
+// One Consumer per source ring, each with a Reassembler for the messages
+// that came in fragments. receive() takes a batch from the rings in turn
+// (round robin), and arms the slot (wake-up handshake A of wakeup.h) when
+// they are all empty; release() gives the ring space of the last batch
+// back to the senders (handshake B).
+//
+// Not thread-safe: one per endpoint, used by its process's one thread.
+
+#ifndef NGX_IPC_INBOX_H
+#define NGX_IPC_INBOX_H
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "ngx_ipc/layout.h"
+#include "ngx_ipc/ring.h"
+#include "ngx_ipc/wakeup.h"
+
+namespace ngx_ipc {
+
+struct Delivery;
+
+// The messages of one source ring, record by record. A message written in
+// several records (kFirst ... kLast) is copied into a buffer of its own; a
+// message that cannot be completed (its sender died mid-message, or this
+// process came in after its first record) is dropped and counted once.
+class Reassembler {
+ public:
+  enum class State {
+    kIdle,             // between messages
+    kAssembling,       // copying a message for this process into buf_
+    kDiscarding,       // skipping a message not for us (already counted)
+    kSkippingCounted,  // skipping the rest of a message counted as dropped
+  };
+
+  // Feeds one record; true if it completes a message for this process
+  // (incarnation), described in *out. A buffer it filled moves to *keep,
+  // which must hold it until the batch is released.
+  bool take(const RecordView& v, std::uint32_t incarnation, Delivery* out,
+            std::vector<std::unique_ptr<unsigned char[]>>* keep, CoreStats* stats,
+            const CoreLog& log);
+  // The ring is reset (corrupt) or a new message starts: what was being
+  // assembled is dropped and counted.
+  void drop_partial(CoreStats* stats);
+  State state() const { return state_; }
+
+ private:
+  bool in_message() const { return state_ == State::kAssembling || state_ == State::kDiscarding; }
+
+  State state_ = State::kIdle;
+  RecordHeader first_{};
+  std::uint64_t filled_ = 0;
+  std::unique_ptr<unsigned char[]> buf_;
+};
+
+class Inbox {
+ public:
+  Inbox(ShmHeader* shm, std::uint32_t self, CoreStats* stats, Wakeup* wakeup, const CoreLog* log);
+
+  // Binds the consumers to this slot's rings, for a process of this
+  // incarnation (Endpoint::start()).
+  void attach(std::uint32_t incarnation);
+
+  // See Endpoint::receive().
+  int receive(Delivery* out, int max, bool arm);
+  void release();
+  bool pending();
+  // Arms the slot again after a busy poll: true if records came meanwhile.
+  bool rearm();
+
+ private:
+  struct InRing {
+    Consumer consumer;
+    bool read = false;  // read something since the last release
+    Reassembler reassembler;
+  };
+
+  int scan(Delivery* out, int max);
+
+  ShmHeader* shm_;
+  std::uint32_t self_;
+  std::uint32_t nslots_;
+  std::uint32_t incarnation_ = 0;
+  CoreStats* stats_;
+  Wakeup* wakeup_;
+  const CoreLog* log_;
+  std::vector<InRing> in_;
+  std::vector<std::unique_ptr<unsigned char[]>> batch_bufs_;  // reassembled, in a batch
+  std::vector<std::uint32_t> released_;                       // scratch for release()
+  std::uint32_t rr_ = 0;  // inbox ring the next scan starts with
+};
+
+}  // namespace ngx_ipc
+
+#endif  // NGX_IPC_INBOX_H

@@ -1,0 +1,232 @@
+/*
+ * ngx_ipc cluster lease: which worker of the node is the agent (holds the
+ * Redis link), its heartbeat, and what it reports to every worker: the
+ * cluster's configuration, the last stream id and error, the counters.
+ *
+ * Owns: ClusterShared's agent_pid, heartbeat_ms, counters, last_id and
+ * last_error.
+ */
+
+#include "ngx_ipc_cluster.h"
+
+#include <sched.h>
+
+int
+ngx_ipc_ffi_cluster_info(ngx_ipc_cluster_info_t *out)
+{
+    ngx_ipc_cluster_conf_t  *ccf;
+    ClusterShared           *cs;
+
+    if (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE) {
+        return NGX_ERROR;
+    }
+
+    ccf = ngx_ipc_cluster_conf();
+    cs = ngx_ipc_cluster_shared();
+    if (ccf == NULL || cs == NULL) {
+        return NGX_DECLINED;
+    }
+
+    out->host = ccf->host.data;
+    out->host_len = ccf->host.len;
+    out->user = ccf->user.data;
+    out->user_len = ccf->user.len;
+    out->password = ccf->password.data;
+    out->password_len = ccf->password.len;
+    out->stream = ccf->stream.data;
+    out->stream_len = ccf->stream.len;
+    out->node = ccf->node.data;
+    out->node_len = ccf->node.len;
+    out->port = (int) ccf->port;
+    out->db = (int) ccf->db;
+    out->maxlen = ccf->maxlen;
+    out->max_message = ccf->max_message;
+    out->epoch = cs->epoch;
+
+    return NGX_OK;
+}
+/* 1: this worker holds the agent lease (renewed now); 0: another live one
+ * does (*agent_pid). A holder that is gone, or whose heartbeat is stale,
+ * loses the lease to the first worker that asks. */
+int
+ngx_ipc_ffi_cluster_lease(int *agent_pid)
+{
+    ClusterShared  *cs;
+    std::int32_t    holder;
+    std::uint64_t   now, beat;
+
+    *agent_pid = 0;
+
+    cs = ngx_ipc_cluster_shared();
+    if (cs == NULL) {
+        return NGX_ERROR;
+    }
+
+    now = ngx_ipc_cluster_now_ms();
+    holder = cs->agent_pid.load(std::memory_order_acquire);
+
+    if (holder == (std::int32_t) ngx_pid) {
+        cs->heartbeat_ms.store(now, std::memory_order_relaxed);
+        *agent_pid = holder;
+        return 1;
+    }
+
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        *agent_pid = holder;
+        return 0;
+    }
+
+    beat = cs->heartbeat_ms.load(std::memory_order_relaxed);
+
+    if (holder != 0 && ngx_ipc_cluster_pid_alive(holder)
+        && now < beat + kLeaseStaleMs)
+    {
+        *agent_pid = holder;
+        return 0;
+    }
+
+    cs->heartbeat_ms.store(now, std::memory_order_relaxed);
+    if (!cs->agent_pid.compare_exchange_strong(holder, (std::int32_t) ngx_pid,
+                                               std::memory_order_acq_rel))
+    {
+        *agent_pid = holder;       /* another worker was faster */
+        return 0;
+    }
+
+    *agent_pid = (int) ngx_pid;
+    return 1;
+}
+
+
+/* the agent's PID, 0 if none holds the lease */
+int
+ngx_ipc_ffi_cluster_agent(void)
+{
+    ClusterShared  *cs = ngx_ipc_cluster_shared();
+
+    return cs ? cs->agent_pid.load(std::memory_order_relaxed) : 0;
+}
+
+
+void
+ngx_ipc_ffi_cluster_release(void)
+{
+    ClusterShared  *cs;
+    std::int32_t    me;
+
+    cs = ngx_ipc_cluster_shared();
+    if (cs == NULL) {
+        return;
+    }
+
+    me = (std::int32_t) ngx_pid;
+    cs->armed.store(0, std::memory_order_relaxed);
+    cs->agent_pid.compare_exchange_strong(me, 0, std::memory_order_acq_rel);
+}
+
+static Text *
+ngx_ipc_cluster_text(ClusterShared *cs, int which)
+{
+    return which == NGX_IPC_FFI_CLUSTER_LAST_ID ? &cs->last_id
+                                                : &cs->last_error;
+}
+
+
+int
+ngx_ipc_ffi_cluster_get_text(int which, char *buf, int size)
+{
+    ClusterShared  *cs;
+    Text           *t;
+    std::uint32_t   v1, v2, len;
+
+    cs = ngx_ipc_cluster_shared();
+    if (cs == NULL || size < (int) kTextMax) {
+        return -1;
+    }
+
+    t = ngx_ipc_cluster_text(cs, which);
+
+    for (int i = 0; i < 1000; i++) {
+        v1 = t->version.load(std::memory_order_acquire);
+        if (v1 & 1) {
+            sched_yield();
+            continue;
+        }
+
+        len = t->len;
+        if (len > kTextMax) {
+            len = kTextMax;
+        }
+        ngx_memcpy(buf, t->data, len);
+
+        std::atomic_thread_fence(std::memory_order_acquire);
+        v2 = t->version.load(std::memory_order_relaxed);
+        if (v1 == v2) {
+            return (int) len;
+        }
+    }
+
+    return -1;
+}
+
+
+/* the agent only: one writer */
+void
+ngx_ipc_ffi_cluster_set_text(int which, const char *text, size_t len)
+{
+    ClusterShared  *cs;
+    Text           *t;
+    std::uint32_t   v;
+
+    cs = ngx_ipc_cluster_shared();
+    if (cs == NULL) {
+        return;
+    }
+
+    t = ngx_ipc_cluster_text(cs, which);
+    if (len > kTextMax) {
+        len = kTextMax;
+    }
+
+    v = t->version.load(std::memory_order_relaxed);
+    t->version.store(v + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+    ngx_memcpy(t->data, text, len);
+    t->len = (std::uint32_t) len;
+    /* Release: publishes the text to readers that see the even version. */
+    t->version.store(v + 2, std::memory_order_release);
+}
+
+
+uint64_t *
+ngx_ipc_ffi_cluster_counters(void)
+{
+    ClusterShared  *cs = ngx_ipc_cluster_shared();
+
+    /* read from Lua as plain uint64_t: atomics of 8 bytes, lock-free */
+    return cs ? reinterpret_cast<uint64_t *>(cs->counters) : NULL;
+}
+
+
+void
+ngx_ipc_ffi_cluster_count(int which, int64_t n)
+{
+    ClusterShared  *cs = ngx_ipc_cluster_shared();
+
+    if (cs != NULL && which >= 0 && which < kCounters) {
+        cs->counters[which].fetch_add((std::uint64_t) n,
+                                      std::memory_order_relaxed);
+    }
+}
+
+
+void
+ngx_ipc_ffi_cluster_gauge(int which, uint64_t v)
+{
+    ClusterShared  *cs = ngx_ipc_cluster_shared();
+
+    if (cs != NULL && which >= 0 && which < kCounters) {
+        cs->counters[which].store(v, std::memory_order_relaxed);
+    }
+}
+

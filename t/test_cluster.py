@@ -580,3 +580,25 @@ def test_outbox_is_bounded_while_redis_is_down_and_drains_after(redis_server, ng
     wait_all([b], "a", "f", accepted, timeout=30)
     assert_exactly_once_in_order([b], "a", "f", accepted)
     wait_for(lambda: cluster_state(a)["queued_bytes"] == 0, what="the outbox to drain")
+
+
+def test_handler_that_ends_its_thread_mid_batch_loses_no_later_message(redis_server, nginx):
+    """A stream entry carries a batch: a handler that calls ngx.exit() in the
+    middle of one ends the runner's light thread, and the rest of the batch
+    is still handled, once, in order."""
+    r = redis_server()
+    exits = """
+        ipc.receive("e", function(data)
+            T.push("c:" .. ngx.worker.pid(), tostring(ipc.sender_node) .. " nil " .. data)
+            if data == "e 100" then
+                ngx.exit(ngx.OK)
+            end
+        end)
+    """
+    a = start_node(nginx, r, "a")
+    b = start_node(nginx, r, "b", init_worker=exits)
+    wait_linked(a, b)
+    a.lua('for i = 1, 200 do assert(ipc.broadcast("e", "e " .. i, { scope = "cluster" })) end')
+    wait_all([b], "a", "e", 200)
+    assert_exactly_once_in_order([b], "a", "e", 200)
+    assert re.search(r'the handler for message "e" ended its light thread', b.error_log())

@@ -130,6 +130,7 @@ local current_name      -- name of the message being handled
 local current_call      -- call id of the request being handled, until its
                         -- reply is sent
 local current_node      -- origin node of the message being handled
+local current_batch     -- the cluster entry (a batch) being handled
 
 -- the cluster link (ipc_cluster): ngx.ipc.cluster, or false without it
 local cluster
@@ -392,7 +393,10 @@ local function handle(name, data, sender, flags, call_id)
 
     if name == cluster_in then
         -- entries of another node, fanned out here by the cluster agent
-        return cluster.each(data, dispatch, pace)
+        current_batch = data
+        cluster.each(data, dispatch, pace)
+        current_batch = nil
+        return
     end
 
     dispatch(name, data, sender, node_name)
@@ -467,6 +471,18 @@ local function restart_runner()
     end
 
     current_sender = nil
+    current_node = nil
+
+    if current_batch then
+        -- the rest of that cluster batch goes first in the new runner (what
+        -- was handled already is skipped by its sequence numbers)
+        local first = q_first - 1
+        q_first = first
+        q_name[first], q_data[first] = cluster_in, current_batch
+        q_sender[first], q_flags[first], q_id[first] = 0, 0, 0
+        q_bytes = q_bytes + #current_batch + #cluster_in
+        current_batch = nil
+    end
 
     local ok, err = timer_at(0, run)
     if not ok then

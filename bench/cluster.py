@@ -58,6 +58,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "t"))
+import harness  # noqa: E402  t/harness.py
 
 import run as bench_run  # noqa: E402  bench/run.py: its Nginx launcher
 from redis_server import RedisServer, free_port  # noqa: E402
@@ -83,17 +84,9 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def poll(predicate, timeout, what, interval=0.02):
-    """Bounded poll: return predicate()'s first true value, or raise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise RuntimeError("timed out after %.0f s waiting for %s" % (timeout, what))
-        time.sleep(interval)
-        interval = min(interval * 1.5, 0.2)
+def poll(predicate, timeout, what):
+    """Bounded poll: predicate()'s first true value (t/harness.py's)."""
+    return harness.wait_for(predicate, timeout=timeout, what=what)
 
 
 # ----------------------------------------------------------------- nodes ----

@@ -50,7 +50,7 @@ import os
 
 import pytest
 
-from harness import EXTRA_LUA_PATH, IPC_MODULE, NGINX_BIN, Nginx, lua_module_files
+from harness import EXTRA_LUA_PATH, IPC_MODULE, NGINX_BIN, Nginx, NginxError, lua_module_files
 
 REQUIRE_MODULE = os.environ.get("NGX_IPC_REQUIRE_MODULE") == "1"
 KEEP = os.environ.get("NGX_TEST_KEEP") == "1"
@@ -90,6 +90,19 @@ def require_ipc_module():
     if REQUIRE_MODULE:
         pytest.fail(message + " (NGX_IPC_REQUIRE_MODULE=1)", pytrace=False)
     pytest.skip(message)
+
+
+def start_fails(main="", http="", workers=2):
+    """Start an nginx that must refuse its configuration; its error output."""
+    require_ipc_module()
+    n = Nginx(workers=workers, main=main, http=http)
+    try:
+        with pytest.raises(NginxError, match="exited with status 1 while starting"):
+            n.start()
+        return n.error_log()
+    finally:
+        n.stop()
+        n.cleanup()
 
 
 @pytest.fixture

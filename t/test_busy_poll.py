@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_ipc_module
-from harness import (Nginx, NginxError, assert_idle, cpu_ticks, digest,
-                     pattern, wait_for)
+from conftest import start_fails
+from harness import assert_idle, cpu_ticks, digest, pattern, wait_for
 from ipc_lua import stats
 
 INVALID = 'has an invalid value: use "off" or a time such as "50us" or "1ms"'
@@ -79,19 +78,6 @@ def test_valid_values_start_nginx(nginx, value):
     for receiver in range(2):
         got = n.wait_results(f"hello:{receiver}", 2)
         assert sorted(got) == sorted(b"%d from %d" % (n.pids[s], s) for s in range(2))
-
-
-def start_fails(main="", http=""):
-    """Start an nginx that must refuse its configuration; its error output."""
-    require_ipc_module()
-    n = Nginx(workers=2, main=main, http=http)
-    try:
-        with pytest.raises(NginxError, match="exited with status 1 while starting"):
-            n.start()
-        return n.error_log()
-    finally:
-        n.stop()
-        n.cleanup()
 
 
 @pytest.mark.parametrize("value, message", [

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from conftest import start_fails
 from harness import LuaError, digest, wait_for
 from redis_server import redis_server  # noqa: F401 (the fixture)
 
@@ -363,13 +364,19 @@ def handled_gap(n, pid):
     return n.results(f"gap:{pid}")
 
 
-def test_trimmed_past_a_cut_off_node_fires_the_gap_hook_once(redis_server, nginx):
+def two_nodes_after_x1(redis_server, nginx):
+    """Redis, nodes a and b linked, and "x 1" from a handled by b."""
     r = redis_server()
     a = start_node(nginx, r, "a", allow_log=REDIS_TROUBLE)
     b = start_node(nginx, r, "b", allow_log=REDIS_TROUBLE)
     wait_linked(a, b)
     a.lua('assert(ipc.broadcast("c", "x 1", { scope = "cluster" }))')
     wait_all([b], "a", "x", 1)
+    return r, a, b
+
+
+def test_trimmed_past_a_cut_off_node_fires_the_gap_hook_once(redis_server, nginx):
+    r, a, b = two_nodes_after_x1(redis_server, nginx)
     # cut b off: new connections need a password b does not have
     with cut_off(r, "b") as admin:
         wait_for(lambda: not cluster_state(b)["connected"], what="b cut off")
@@ -403,12 +410,7 @@ def test_messages_missing_from_the_stream_fire_the_gap_hook(redis_server, nginx)
     """A node numbers its messages: one missing from the stream (Redis lost
     it, or it was deleted), seen by a node that read the one before, is a
     gap too."""
-    r = redis_server()
-    a = start_node(nginx, r, "a", allow_log=REDIS_TROUBLE)
-    b = start_node(nginx, r, "b", allow_log=REDIS_TROUBLE)
-    wait_linked(a, b)
-    a.lua('assert(ipc.broadcast("c", "x 1", { scope = "cluster" }))')
-    wait_all([b], "a", "x", 1)
+    r, a, b = two_nodes_after_x1(redis_server, nginx)
     admin = cut_off(r, "b")
     try:
         wait_for(lambda: not cluster_state(b)["connected"], what="b cut off")
@@ -515,20 +517,6 @@ def test_without_ipc_cluster(nginx):
     n.lua('assert(ipc.broadcast("l", "y", { scope = "local" }))')
     for pid in n.pids:
         assert n.wait_results(f"l:{pid}", 1) == [b"y"]
-
-
-def start_fails(main):
-    from conftest import require_ipc_module
-    from harness import Nginx, NginxError
-    require_ipc_module()
-    n = Nginx(workers=1, main=main)
-    try:
-        with pytest.raises(NginxError, match="exited with status 1 while starting"):
-            n.start()
-        return n.error_log()
-    finally:
-        n.stop()
-        n.cleanup()
 
 
 @pytest.mark.parametrize("args, message", [

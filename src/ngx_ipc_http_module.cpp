@@ -45,6 +45,8 @@ typedef const char *(*ngx_ipc_lua_pushstring_pt)(lua_State *L,
 
 #define NGX_IPC_LUA_REGISTRYINDEX  (-10000)    /* Lua 5.1 and LuaJIT */
 
+static ngx_ipc_add_preload_pt            ngx_ipc_add_preload;
+static ngx_ipc_get_global_state_pt       ngx_ipc_get_global_state;
 static ngx_ipc_lua_loadbuffer_pt         ngx_ipc_luaL_loadbuffer;
 static ngx_ipc_lua_call_pt               ngx_ipc_lua_call;
 static ngx_ipc_lua_error_pt              ngx_ipc_lua_error;
@@ -159,70 +161,61 @@ ngx_module_t  ngx_http_ipc_module = {
  * semaphore post (not part of its documented API; each worker looks it up
  * again when it attaches).
  */
-static const char  *ngx_http_ipc_lua_symbols[] = {
-    "ngx_http_lua_add_package_preload",
-    "ngx_http_lua_ffi_sema_post",
-    "ngx_http_lua_get_global_state",
-    "luaL_loadbuffer",
-    "lua_call",
-    "lua_error",
-    "lua_pushlightuserdata",
-    "lua_pushboolean",
-    "lua_rawget",
-    "lua_rawset",
-    "lua_toboolean",
-    "lua_settop",
-    "lua_pushstring",
+typedef struct {
+    const char  *name;
+    void       **fn;       /* where to keep it, or NULL: only checked */
+} ngx_http_ipc_symbol_t;
+
+#define ngx_http_ipc_symbol(name, fn)  { name, reinterpret_cast<void **>(fn) }
+
+static ngx_http_ipc_symbol_t  ngx_http_ipc_lua_symbols[] = {
+    ngx_http_ipc_symbol("ngx_http_lua_add_package_preload",
+                        &ngx_ipc_add_preload),
+    ngx_http_ipc_symbol("ngx_http_lua_ffi_sema_post", NULL),
+    ngx_http_ipc_symbol("ngx_http_lua_get_global_state",
+                        &ngx_ipc_get_global_state),
+    ngx_http_ipc_symbol("luaL_loadbuffer", &ngx_ipc_luaL_loadbuffer),
+    ngx_http_ipc_symbol("lua_call", &ngx_ipc_lua_call),
+    ngx_http_ipc_symbol("lua_error", &ngx_ipc_lua_error),
+    ngx_http_ipc_symbol("lua_pushlightuserdata",
+                        &ngx_ipc_lua_pushlightuserdata),
+    ngx_http_ipc_symbol("lua_pushboolean", &ngx_ipc_lua_pushboolean),
+    ngx_http_ipc_symbol("lua_rawget", &ngx_ipc_lua_rawget),
+    ngx_http_ipc_symbol("lua_rawset", &ngx_ipc_lua_rawset),
+    ngx_http_ipc_symbol("lua_toboolean", &ngx_ipc_lua_toboolean),
+    ngx_http_ipc_symbol("lua_settop", &ngx_ipc_lua_settop),
+    ngx_http_ipc_symbol("lua_pushstring", &ngx_ipc_lua_pushstring),
 };
 
 
 static ngx_int_t
 ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
 {
-    lua_State                    *L;
-    ngx_uint_t                    i;
-    ngx_ipc_add_preload_pt        add_preload;
-    ngx_ipc_get_global_state_pt   get_global_state;
+    void        *fn;
+    lua_State   *L;
+    ngx_uint_t   i;
 
-    for (i = 0; i < sizeof(ngx_http_ipc_lua_symbols) / sizeof(char *); i++) {
-        if (dlsym(RTLD_DEFAULT, ngx_http_ipc_lua_symbols[i]) == NULL) {
+    for (i = 0; i < sizeof(ngx_http_ipc_lua_symbols)
+                    / sizeof(ngx_http_ipc_symbol_t); i++)
+    {
+        fn = dlsym(RTLD_DEFAULT, ngx_http_ipc_lua_symbols[i].name);
+        if (fn == NULL) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "ngx_ipc needs %s(), which is not found: load "
                                "ngx_http_lua_module (load_module) before "
                                "ngx_ipc_module, or use a lua-nginx-module "
                                "that exports it",
-                               ngx_http_ipc_lua_symbols[i]);
+                               ngx_http_ipc_lua_symbols[i].name);
             return NGX_ERROR;
+        }
+
+        if (ngx_http_ipc_lua_symbols[i].fn != NULL) {
+            *ngx_http_ipc_lua_symbols[i].fn = fn;
         }
     }
 
-    add_preload = (ngx_ipc_add_preload_pt)
-                      dlsym(RTLD_DEFAULT, "ngx_http_lua_add_package_preload");
-    ngx_ipc_luaL_loadbuffer = (ngx_ipc_lua_loadbuffer_pt)
-                                  dlsym(RTLD_DEFAULT, "luaL_loadbuffer");
-    ngx_ipc_lua_call = (ngx_ipc_lua_call_pt) dlsym(RTLD_DEFAULT, "lua_call");
-    ngx_ipc_lua_error = (ngx_ipc_lua_error_pt)
-                            dlsym(RTLD_DEFAULT, "lua_error");
-
-    get_global_state = (ngx_ipc_get_global_state_pt)
-                           dlsym(RTLD_DEFAULT, "ngx_http_lua_get_global_state");
-    ngx_ipc_lua_pushlightuserdata = (ngx_ipc_lua_pushlightuserdata_pt)
-                                  dlsym(RTLD_DEFAULT, "lua_pushlightuserdata");
-    ngx_ipc_lua_pushboolean = (ngx_ipc_lua_pushboolean_pt)
-                                  dlsym(RTLD_DEFAULT, "lua_pushboolean");
-    ngx_ipc_lua_rawget = (ngx_ipc_lua_rawop_pt)
-                             dlsym(RTLD_DEFAULT, "lua_rawget");
-    ngx_ipc_lua_rawset = (ngx_ipc_lua_rawop_pt)
-                             dlsym(RTLD_DEFAULT, "lua_rawset");
-    ngx_ipc_lua_toboolean = (ngx_ipc_lua_toboolean_pt)
-                                dlsym(RTLD_DEFAULT, "lua_toboolean");
-    ngx_ipc_lua_settop = (ngx_ipc_lua_settop_pt)
-                             dlsym(RTLD_DEFAULT, "lua_settop");
-    ngx_ipc_lua_pushstring = (ngx_ipc_lua_pushstring_pt)
-                                 dlsym(RTLD_DEFAULT, "lua_pushstring");
-
     /* registry[&ngx_ipc_main_vm_key] = true in the main VM */
-    L = get_global_state(cf);
+    L = ngx_ipc_get_global_state(cf);
     ngx_ipc_main_vm_marked = (L != NULL);
 
     if (L != NULL) {
@@ -231,14 +224,15 @@ ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
         ngx_ipc_lua_rawset(L, NGX_IPC_LUA_REGISTRYINDEX);
     }
 
-    if (add_preload(cf, "ngx.ipc", ngx_http_ipc_lua_loader) != NGX_OK
-        || add_preload(cf, "ngx.ipc.ffi", ngx_http_ipc_ffi_lua_loader)
+    if (ngx_ipc_add_preload(cf, "ngx.ipc", ngx_http_ipc_lua_loader) != NGX_OK
+        || ngx_ipc_add_preload(cf, "ngx.ipc.ffi", ngx_http_ipc_ffi_lua_loader)
            != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    return add_preload(cf, "ngx.ipc.cluster", ngx_http_ipc_cluster_lua_loader);
+    return ngx_ipc_add_preload(cf, "ngx.ipc.cluster",
+                               ngx_http_ipc_cluster_lua_loader);
 }
 
 

@@ -513,6 +513,10 @@ def test_without_ipc_cluster(nginx):
     with pytest.raises(LuaError, match=r"bad argument #3 to 'broadcast' \(scope \"local\" "
                                        r"or \"cluster\" expected, got planet\)"):
         n.lua('ipc.broadcast("l", "x", { scope = "planet" })')
+    # a cluster broadcast does not wait: the outbox drains at Redis's pace
+    with pytest.raises(LuaError, match=r"bad argument #3 to 'broadcast' \(wait is not "
+                                       r"available with scope \"cluster\""):
+        n.lua('ipc.broadcast("l", "x", { scope = "cluster", wait = 1 })')
     # sender_node is nil without a cluster; local scope is the default
     n.lua('assert(ipc.broadcast("l", "y", { scope = "local" }))')
     for pid in n.pids:

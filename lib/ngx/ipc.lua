@@ -952,6 +952,13 @@ function _M.broadcast(name, data, opts)
         end
 
         timeout = check_wait(opts, 3, "broadcast")
+
+        if timeout and scope == "cluster" then
+            -- the outbox drains at Redis's pace, not a local receiver's:
+            -- no local event would wake such a wait
+            error("bad argument #3 to 'broadcast' (wait is not available "
+                  .. "with scope \"cluster\": check for \"queue full\")", 2)
+        end
     end
 
     start()

@@ -60,6 +60,7 @@ ngx_ipc_exit_process(ngx_cycle_t *cycle)
     }
 
     w->endpoint->stop();
+    ngx_ipc_bridge_detach(w);
 
     if (w->watch.timer_set) {
         ngx_del_timer(&w->watch);

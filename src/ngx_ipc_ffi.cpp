@@ -55,6 +55,7 @@ NGX_IPC_SAME(ngx_ipc_worker_status_t, ngx_ipc::WorkerStatus, busy_poll_ns);
 static_assert(NGX_IPC_FFI_BATCH <= ngx_ipc::kMaxBatch, "batch");
 static_assert(NGX_IPC_FFI_MAX_SLOTS == ngx_ipc::kMaxSlots, "slots");
 static_assert(NGX_IPC_FFI_MAX_NAME == ngx_ipc::kMaxNameLen, "name");
+static_assert(NGX_IPC_BRIDGE_SLOTS == ngx_ipc::kMaxMappingSlots, "bridge");
 static_assert((unsigned) NGX_IPC_FFI_F_BROADCAST
               == (unsigned) ngx_ipc::kBroadcast, "flag");
 static_assert((unsigned) NGX_IPC_FFI_F_REQUEST
@@ -140,6 +141,17 @@ ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
         s = w->endpoint->send(pid, name, name_len, data, data_len,
                               (uint16_t) (flags & ngx_ipc_user_flags),
                               call_id);
+
+        if (s == ngx_ipc::Status::kNoSuchWorker
+            && ngx_ipc_bridge_has(w, pid))
+        {
+            /* a worker of another generation: not refused after all */
+            w->endpoint->stats().refused--;
+            s = ngx_ipc_bridge_send(w, pid, name, name_len, data, data_len,
+                                    (uint16_t) (flags & ngx_ipc_user_flags),
+                                    call_id);
+        }
+
     } catch (...) {
         s = ngx_ipc::Status::kNoMemory;
     }
@@ -166,8 +178,28 @@ ngx_ipc_ffi_broadcast(const u_char *name, size_t name_len,
     }
 
     try {
-        s = w->endpoint->broadcast(name, name_len, data, data_len,
-                                   include_self != 0);
+        /* every worker of every generation that runs, or none: the other
+         * generations' room is checked before anything is sent */
+        s = (w->bridge != NULL) ? ngx_ipc_bridge_check(w)
+                                : ngx_ipc::Status::kOk;
+
+        if (s == ngx_ipc::Status::kOk) {
+            s = w->endpoint->broadcast(name, name_len, data, data_len,
+                                       include_self != 0);
+        }
+
+        if (s == ngx_ipc::Status::kOk && w->bridge != NULL) {
+            /* only no memory can fail here, after this configuration's
+             * workers have it: logged and told as it is */
+            s = ngx_ipc_bridge_broadcast(w, name, name_len, data, data_len);
+            if (s != ngx_ipc::Status::kOk) {
+                ngx_ipc_log_limited(NGX_LOG_ALERT, 0,
+                                    "a broadcast reached this "
+                                    "configuration's workers but not the "
+                                    "other generations' (no memory)");
+            }
+        }
+
     } catch (...) {
         s = ngx_ipc::Status::kNoMemory;
     }
@@ -197,7 +229,7 @@ ngx_ipc_status_rc(ngx_ipc::Status s, char **err)
 int
 ngx_ipc_ffi_take(ngx_ipc_msg_t *out, int max)
 {
-    int                n;
+    int                n, nb;
     ngx_ipc_worker_t  *w;
 
     w = ngx_ipc_worker_get();
@@ -206,12 +238,27 @@ ngx_ipc_ffi_take(ngx_ipc_msg_t *out, int max)
     }
 
     try {
+        /* the other generations' messages first (only when its socket
+         * said some came): the configuration's own could fill every batch */
+        nb = (w->bridge != NULL)
+             ? ngx_ipc_bridge_take(w, reinterpret_cast<ngx_ipc::Delivery *>(
+                                          out), max)
+             : 0;
+
+        if (nb == max) {
+            ngx_ipc_busy_poll_after_receive(w, nb);
+            return nb;
+        }
+
         /* while a poll watches the inbox, the slot stays disarmed */
-        n = w->endpoint->receive(reinterpret_cast<ngx_ipc::Delivery *>(out),
-                                max, !ngx_ipc_busy_poll_watching(w));
+        n = w->endpoint->receive(
+                reinterpret_cast<ngx_ipc::Delivery *>(out) + nb, max - nb,
+                !ngx_ipc_busy_poll_watching(w));
     } catch (...) {
         return NGX_ERROR;
     }
+
+    n += nb;
 
     if (n > 0) {
         ngx_ipc_busy_poll_after_receive(w, n);
@@ -233,6 +280,10 @@ ngx_ipc_ffi_take_done(void)
     w = ngx_ipc_worker_get();
     if (w != NULL) {
         w->endpoint->release();
+
+        if (w->bridge != NULL) {
+            ngx_ipc_bridge_release(w);
+        }
     }
 }
 
@@ -303,6 +354,9 @@ static const ngx_ipc_layout_t  ngx_ipc_layout[] = {
     NGX_IPC_FIELD(ngx_ipc_cluster_entry_t, seq),
     NGX_IPC_FIELD(ngx_ipc_cluster_entry_t, name_len),
     NGX_IPC_FIELD(ngx_ipc_cluster_entry_t, pid),
+    NGX_IPC_SIZE(ngx_ipc_peer_t),
+    NGX_IPC_FIELD(ngx_ipc_peer_t, generation),
+    NGX_IPC_FIELD(ngx_ipc_peer_t, worker),
     NGX_IPC_SIZE(ngx_ipc_layout_t),
     NGX_IPC_FIELD(ngx_ipc_layout_t, value),
 };

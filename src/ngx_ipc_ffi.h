@@ -33,12 +33,15 @@ extern "C" {
 enum {
     /* Bumped whenever a declaration below changes; lib/ngx/ipc.lua refuses
      * to run against a module that reports another version. */
-    NGX_IPC_FFI_VERSION = 3,
+    NGX_IPC_FFI_VERSION = 4,
 
     /* messages taken from the inbox per ngx_ipc_ffi_take() call */
     NGX_IPC_FFI_BATCH = 64,
     /* worker slots at most (ngx_ipc::kMaxSlots) */
     NGX_IPC_FFI_MAX_SLOTS = 128,
+    /* processes of all generations that the reload bridge links at once
+     * (src/ngx_ipc_bridge.cpp) */
+    NGX_IPC_BRIDGE_SLOTS = 256,
     /* bytes of a message name at most (ngx_ipc::kMaxNameLen) */
     NGX_IPC_FFI_MAX_NAME = 65535,
 
@@ -130,6 +133,14 @@ typedef struct {
     uint64_t         busy_poll_ns;
 } ngx_ipc_worker_status_t;
 
+/* A worker of another configuration (generation) still running: an old
+ * one draining after a reload, or a newer one seen from an old worker. */
+typedef struct {
+    int32_t          pid;
+    uint32_t         generation;
+    uint32_t         worker;       /* its ngx.worker.id() */
+} ngx_ipc_peer_t;
+
 /* During a graceful shutdown, the light threads wait until nothing but
  * their own waits keeps the worker alive. */
 typedef struct {
@@ -195,6 +206,8 @@ int ngx_ipc_ffi_layout(const ngx_ipc_layout_t **out);
 
 /* ngx_ipc_ffi_worker.cpp: the worker, its light threads and counters */
 int ngx_ipc_ffi_pids(int *out, int max);
+/* the other generations' running workers (up to max); returns how many */
+int ngx_ipc_ffi_peers(ngx_ipc_peer_t *out, int max);
 /* this worker's counters, what the core and Lua count added up */
 int ngx_ipc_ffi_stats(ngx_ipc_stats_t *out);
 /* the part Lua counts, written only through this pointer */

@@ -49,6 +49,21 @@ ngx_ipc_ffi_pids(int *out, int max)
 }
 
 
+/* The other generations' running workers: see ngx_ipc_bridge_peers. */
+int
+ngx_ipc_ffi_peers(ngx_ipc_peer_t *out, int max)
+{
+    ngx_ipc_worker_t  *w;
+
+    w = ngx_ipc_worker_get();
+    if (w == NULL) {
+        return NGX_ERROR;
+    }
+
+    return ngx_ipc_bridge_peers(w, out, max);
+}
+
+
 /*
  * Called by the runner light thread with its timer's (fake) request: when
  * that request's pool goes, the runner is gone, however it ended (its loop

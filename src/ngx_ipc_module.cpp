@@ -180,6 +180,11 @@ ngx_ipc_init_conf(ngx_cycle_t *cycle, void *data)
         return NGX_CONF_OK;
     }
 
+    /* once per master: what lets the generations of a reload talk */
+    if (ccf->master && ngx_ipc_bridge_init(cycle) != NGX_OK) {
+        return (char *) NGX_CONF_ERROR;
+    }
+
     if (ngx_ipc_create_shared(cycle, conf, n) != NGX_OK) {
         return (char *) NGX_CONF_ERROR;
     }

@@ -7,6 +7,8 @@
  *                          wake handler, the shutdown watch, the yield
  * ngx_ipc_exit.cpp         a worker's graceful exit, with the Lua threads
  * ngx_ipc_busy_poll.cpp    busy polling (ipc_busy_poll), behind three calls
+ * ngx_ipc_bridge.cpp       the reload bridge: workers of different
+ *                          configurations that run at once
  * ngx_ipc_log.cpp          log lines at a bounded rate
  * ngx_ipc_http_module.cpp  http module: registers the embedded Lua library
  * ngx_ipc_ffi.cpp          the C ABI (ngx_ipc_ffi.h) for messages
@@ -58,6 +60,9 @@ typedef struct {
     unsigned                   active:1;     /* moved messages since */
 } ngx_ipc_busy_poll_t;
 
+/* ngx_ipc_bridge.cpp's: this worker's slot of the reload bridge */
+typedef struct ngx_ipc_bridge_s  ngx_ipc_bridge_t;
+
 /* This worker's attachment to its configuration's shared state. */
 typedef struct ngx_ipc_worker_s {
     ngx_ipc_conf_t            *conf;         /* the configuration attached to */
@@ -71,6 +76,7 @@ typedef struct ngx_ipc_worker_s {
     ngx_ipc_exit_t             exit;         /* shared with Lua */
     ngx_event_t                watch;        /* cancelable, while exiting */
     ngx_ipc_busy_poll_t        busy;         /* ngx_ipc_busy_poll.cpp's */
+    ngx_ipc_bridge_t          *bridge;       /* NULL: none (see below) */
     unsigned                   exiting:1;
     unsigned                   no_dispatcher_logged:1;
 } ngx_ipc_worker_t;
@@ -102,6 +108,29 @@ void ngx_ipc_busy_poll_after_receive(ngx_ipc_worker_t *w, int n);
 void ngx_ipc_busy_poll_on_empty(ngx_ipc_worker_t *w);
 /* true while a poll watches the inbox: a receive leaves the slot disarmed */
 bool ngx_ipc_busy_poll_watching(const ngx_ipc_worker_t *w);
+
+/* ngx_ipc_bridge.cpp: the reload bridge, between the workers of
+ * different configurations that run at once (docs/ARCHITECTURE.md §12).
+ * The master makes it once (init); a worker claims a slot at attach and
+ * gives it back at exit. A worker without it (master_process off, or all
+ * slots held) has w->bridge NULL and reaches its own configuration only. */
+ngx_int_t ngx_ipc_bridge_init(ngx_cycle_t *cycle);
+void ngx_ipc_bridge_attach(ngx_ipc_worker_t *w);
+void ngx_ipc_bridge_detach(ngx_ipc_worker_t *w);
+/* a broadcast: check() before the configuration's own part (all or
+ * nothing), broadcast() after it succeeded */
+ngx_ipc::Status ngx_ipc_bridge_check(ngx_ipc_worker_t *w);
+ngx_ipc::Status ngx_ipc_bridge_broadcast(ngx_ipc_worker_t *w,
+    const u_char *name, size_t name_len, const u_char *data, size_t data_len);
+/* a send to a PID that is not of this configuration */
+bool ngx_ipc_bridge_has(ngx_ipc_worker_t *w, int32_t pid);
+ngx_ipc::Status ngx_ipc_bridge_send(ngx_ipc_worker_t *w, int32_t pid,
+    const u_char *name, size_t name_len, const u_char *data, size_t data_len,
+    uint16_t flags, uint32_t call_id);
+/* the bridge's inbox, taken with the configuration's */
+int ngx_ipc_bridge_take(ngx_ipc_worker_t *w, ngx_ipc::Delivery *out, int max);
+void ngx_ipc_bridge_release(ngx_ipc_worker_t *w);
+int ngx_ipc_bridge_peers(ngx_ipc_worker_t *w, ngx_ipc_peer_t *out, int max);
 
 /* Posts sema after the event loop's next pass (a dispatcher's yield). */
 void ngx_ipc_yield(ngx_ipc_worker_t *w, void *sema);

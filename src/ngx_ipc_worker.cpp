@@ -150,6 +150,9 @@ ngx_ipc_attach(ngx_ipc_conf_t *conf)
     ngx_ipc_attach_failed = 0;
     ngx_ipc_attached = 1;
 
+    /* the workers of the other configurations still running */
+    ngx_ipc_bridge_attach(w);
+
     /* messages may have waited for this slot since before we started */
     ngx_post_event(rev, &ngx_posted_events);
 

@@ -31,23 +31,24 @@ const char* status_message(Status s) {
   return "unknown error";
 }
 
-Endpoint::Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds)
+Endpoint::Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds, CoreStats* stats)
     : shm_(shm),
       self_(self),
       nslots_(shm->nslots),
       max_message_(shm->max_message),
       queue_limit_(shm->queue_limit),
-      stats_(&slot_at(shm, self)->counters.core),
+      stats_(stats != nullptr ? stats : &slot_at(shm, self)->counters.core),
       wakeup_(shm, self, wake_fds, &log_),
       outbox_(shm, self, stats_, &wakeup_, &log_),
       inbox_(shm, self, stats_, &wakeup_, &log_),
       queued_before_(shm->nslots) {
   targets_.reserve(shm->nslots);
+  incarnations_.reserve(shm->nslots);
 }
 
 Endpoint::~Endpoint() = default;
 
-void Endpoint::start(std::int32_t pid) {
+void Endpoint::start(std::int32_t pid, bool skip_unread) {
   Slot* me = slot_at(shm_, self_);
   // Only this slot's processes write its identity, one at a time (the next
   // one is forked after the previous one died), so load + store is enough.
@@ -55,7 +56,7 @@ void Endpoint::start(std::int32_t pid) {
   if (incarnation_ == 0) incarnation_ = 1;  // 0 means "any" in a record
   pid_ = pid;
   outbox_.attach();
-  inbox_.attach(incarnation_);
+  inbox_.attach(incarnation_, skip_unread);
   // Counters since this process started: the owner's plain stores (a
   // status reader may see a mix of old and zero meanwhile). A new process
   // has no backlog either.
@@ -149,10 +150,60 @@ Status Endpoint::broadcast(const unsigned char* name, std::size_t name_len,
   meta.target_incarnation = 0;
   meta.name_len = static_cast<std::uint32_t>(name_len);
   meta.total_len = name_len + data_len;
+  return deliver_all(meta, nullptr, name, data, data_len);
+}
+
+Status Endpoint::check_room(const std::uint32_t* slots, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint32_t k = slots[i];
+    if (k >= nslots_ || k == self_) continue;
+    if (outbox_.backlog_bytes(k) >= queue_limit_ && !full_for_the_dead(k)) {
+      return refuse(Status::kQueueFull);
+    }
+  }
+  return Status::kOk;
+}
+
+Status Endpoint::multicast(const std::uint32_t* slots, std::size_t n, const unsigned char* name,
+                           std::size_t name_len, const unsigned char* data,
+                           std::size_t data_len) {
+  if (name_len == 0) return refuse(Status::kEmptyName);
+  if (name_len > kMaxNameLen) return refuse(Status::kNameTooLong);
+  if (data_len > max_message_) return refuse(Status::kTooLarge);
+  targets_.clear();
+  incarnations_.clear();
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint32_t k = slots[i];
+    if (k >= nslots_ || k == self_) continue;
+    // Acquire: pairs with start()'s release store of the identity.
+    std::uint64_t id = slot_at(shm_, k)->identity.load(std::memory_order_acquire);
+    if (identity_pid(id) == 0) continue;
+    if (outbox_.backlog_bytes(k) >= queue_limit_) {
+      if (!full_for_the_dead(k)) return refuse(Status::kQueueFull);
+      continue;
+    }
+    targets_.push_back(k);
+    incarnations_.push_back(identity_incarnation(id));
+  }
+  MessageMeta meta;
+  meta.flags = kBroadcast;
+  meta.sender_pid = pid_;
+  meta.name_len = static_cast<std::uint32_t>(name_len);
+  meta.total_len = name_len + data_len;
+  return deliver_all(meta, incarnations_.data(), name, data, data_len);
+}
+
+// Queues meta's message for every slot in targets_ (with incarnations[i]
+// for targets_[i], or meta's own), then publishes: all or none.
+Status Endpoint::deliver_all(const MessageMeta& meta, const std::uint32_t* incarnations,
+                             const unsigned char* name, const unsigned char* data,
+                             std::size_t data_len) {
+  MessageMeta m = meta;
   for (std::size_t i = 0; i < targets_.size(); ++i) {
     std::uint32_t k = targets_[i];
     std::size_t queued = outbox_.backlog_size(k);
-    Status s = outbox_.enqueue(k, meta, name, data, data_len);
+    if (incarnations != nullptr) m.target_incarnation = incarnations[i];
+    Status s = outbox_.enqueue(k, m, name, data, data_len);
     if (s != Status::kOk) {
       // Undo the destinations done so far: nothing was published yet.
       for (std::size_t j = 0; j < i; ++j) {

@@ -25,7 +25,11 @@ bool Reassembler::take(const RecordView& v, std::uint32_t incarnation, Delivery*
                        std::vector<std::unique_ptr<unsigned char[]>>* keep, CoreStats* stats,
                        const CoreLog& log) {
   const RecordHeader& h = v.header;
-  bool mine = (h.flags & kBroadcast) != 0 || h.target_incarnation == incarnation;
+  // A broadcast addressed to the slot (incarnation 0) is for whoever holds
+  // it; anything else, a broadcast too (the reload bridge addresses each
+  // process), only for the incarnation it names.
+  bool mine = h.target_incarnation == incarnation ||
+              ((h.flags & kBroadcast) != 0 && h.target_incarnation == 0);
   const unsigned char* msg;
   if (h.flags & kFirst) {
     drop_partial(stats);  // a predecessor of the sender died mid-message
@@ -101,12 +105,19 @@ Inbox::Inbox(ShmHeader* shm, std::uint32_t self, CoreStats* stats, Wakeup* wakeu
   batch_bufs_.reserve(kMaxBatch);
 }
 
-void Inbox::attach(std::uint32_t incarnation) {
+void Inbox::attach(std::uint32_t incarnation, bool skip_unread) {
   incarnation_ = incarnation;
   for (std::uint32_t k = 0; k < nslots_; ++k) {
-    in_[k].consumer.attach(ring_ctl(shm_, k, self_), ring_data(shm_, k, self_), shm_->ring_size,
-                           shm_->max_message);
+    InRing& r = in_[k];
+    r.consumer.attach(ring_ctl(shm_, k, self_), ring_data(shm_, k, self_), shm_->ring_size,
+                      shm_->max_message);
+    r.reassembler = Reassembler();
+    if (skip_unread) {
+      r.consumer.reset();  // what a predecessor left unread was not ours
+      r.read = true;
+    }
   }
+  if (skip_unread) release();
 }
 
 int Inbox::receive(Delivery* out, int max, bool arm) {

@@ -62,7 +62,7 @@ const ShmHeader* check_shm(const void* base, std::uint64_t mapped_size) {
   const auto* h = static_cast<const ShmHeader*>(base);
   if (base == nullptr || mapped_size < sizeof(ShmHeader)) return nullptr;
   if (h->magic != kShmMagic || h->version != kShmVersion) return nullptr;
-  if (h->nslots == 0 || h->nslots > kMaxSlots) return nullptr;
+  if (h->nslots == 0 || h->nslots > kMaxMappingSlots) return nullptr;
   Config c;
   c.nslots = h->nslots;
   c.ring_size = h->ring_size;

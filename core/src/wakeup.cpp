@@ -9,6 +9,11 @@
 namespace ngx_ipc {
 
 void Wakeup::wake(std::uint32_t k) {
+  if (waker_ != nullptr) {
+    waker_(waker_ctx_, k);
+    return;
+  }
+  if (k >= wake_fds_.size()) return;
   std::uint64_t one = 1;
   ssize_t n;
   do {

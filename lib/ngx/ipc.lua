@@ -45,7 +45,7 @@ local worker_exiting = ngx.worker.exiting
 local worker_pid = ngx.worker.pid
 
 
-local FFI_VERSION = 3      -- the C ABI this file is written for
+local FFI_VERSION = 4      -- the C ABI this file is written for
 local NGX_OK = 0
 local NGX_ERROR = -1
 local IDLE_WAIT = 3600     -- seconds; the light threads are woken by events
@@ -106,6 +106,7 @@ local _M = { version = "0.1.0", handlers = {} }
 local errmsg = ffi_new("char *[1]")
 local msgs = ffi_new("ngx_ipc_msg_t[?]", BATCH)
 local pids_buf = ffi_new("int[?]", MAX_SLOTS)
+local peers_buf = ffi_new("ngx_ipc_peer_t[?]", C.NGX_IPC_BRIDGE_SLOTS)
 local wstatus = ffi_new("ngx_ipc_worker_status_t")
 local own_stats = ffi_new("ngx_ipc_stats_t")
 -- ngx_ipc::WorkerState
@@ -1143,7 +1144,17 @@ function _M.call(pid, name, data, timeout)
 end
 
 
-function _M.pids()
+-- pids(): the PIDs of this configuration's workers (entry i is worker
+-- i - 1), false where none runs now. pids({ all = true }): the same, then
+-- the PIDs of the other configurations' workers that still run (the old
+-- ones draining after a reload, or, seen from an old worker, the new
+-- ones), by generation, then worker id.
+function _M.pids(opts)
+    if opts ~= nil and type(opts) ~= "table" then
+        error("bad argument #1 to 'pids' (table expected, got "
+              .. type(opts) .. ")", 2)
+    end
+
     start()
 
     local n = C.ngx_ipc_ffi_pids(pids_buf, MAX_SLOTS)
@@ -1155,6 +1166,28 @@ function _M.pids()
     for i = 1, n do
         local pid = pids_buf[i - 1]
         t[i] = pid ~= 0 and pid or false
+    end
+
+    if opts and opts.all then
+        local m = C.ngx_ipc_ffi_peers(peers_buf, C.NGX_IPC_BRIDGE_SLOTS)
+        local others = {}
+        for i = 1, m do
+            local p = peers_buf[i - 1]
+            others[i] = { tonumber(p.generation), tonumber(p.worker),
+                          tonumber(p.pid) }
+        end
+
+        table.sort(others, function(a, b)
+            if a[1] ~= b[1] then
+                return a[1] < b[1]
+            end
+
+            return a[2] < b[2]
+        end)
+
+        for i = 1, m do
+            t[n + i] = others[i][3]
+        end
     end
 
     return t

@@ -62,8 +62,12 @@ class Endpoint {
   using LogFn = CoreLog::Fn;
 
   // shm: a mapping initialised by init_shm(); self: this process's slot;
-  // wake_fds: one fd per slot (nslots entries), written to wake that slot.
-  Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds);
+  // wake_fds: one fd per slot (nslots entries), written to wake that slot,
+  // or nullptr with a waker (set_waker). stats: where this endpoint counts,
+  // by default its slot's CoreStats (the reload bridge's endpoint counts in
+  // the process's slot of its own configuration).
+  Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds,
+           CoreStats* stats = nullptr);
   ~Endpoint();
   Endpoint(const Endpoint&) = delete;
   Endpoint& operator=(const Endpoint&) = delete;
@@ -77,13 +81,23 @@ class Endpoint {
   // destination's backlog is full (tests give slots made-up PIDs).
   using AliveFn = bool (*)(std::int32_t pid);
   void set_alive_check(AliveFn fn) { alive_ = fn; }
+  // Wakes slots without fds (see Wakeup::set_waker).
+  void set_waker(Wakeup::WakeFn fn, void* ctx) { wakeup_.set_waker(fn, ctx); }
+  // Limits other than the mapping's (the bridge's mapping serves processes
+  // of several configurations, each with its own).
+  void set_limits(std::uint64_t max_message, std::uint64_t queue_limit) {
+    max_message_ = max_message;
+    queue_limit_ = queue_limit;
+  }
   static bool process_alive(std::int32_t pid);
 
   // Takes the slot for this process: a new incarnation with this PID. Then
   // wakes every slot once: a process killed in the middle of a wake-up
   // handshake (flag cleared, fd not yet written) may have left a receiver
   // asleep or a sender waiting for space; a spurious wake-up costs nothing.
-  void start(std::int32_t pid);
+  // skip_unread: leave what the inbox rings hold unread (the reload
+  // bridge's slots change hands between unrelated processes).
+  void start(std::int32_t pid, bool skip_unread = false);
   // Clean exit: the slot's PID becomes 0 (its incarnation stays).
   void stop();
 
@@ -94,6 +108,13 @@ class Endpoint {
   // Queues one message for every slot (or every other slot): all or none.
   Status broadcast(const unsigned char* name, std::size_t name_len, const unsigned char* data,
                    std::size_t data_len, bool include_self);
+  // Queues one broadcast for each of the n slots listed, addressed to the
+  // process each holds now (a slot without one is skipped): all or none.
+  Status multicast(const std::uint32_t* slots, std::size_t n, const unsigned char* name,
+                   std::size_t name_len, const unsigned char* data, std::size_t data_len);
+  // kQueueFull if one of the n slots' backlogs is at the limit (and its
+  // process alive): what multicast() would refuse for, checked first.
+  Status check_room(const std::uint32_t* slots, std::size_t n);
 
   // Takes up to max messages from the inbox. Returns 0 only when the inbox
   // was empty after this slot was marked asleep: from then on, any sender
@@ -132,6 +153,8 @@ class Endpoint {
 
  private:
   bool slot_exited(std::uint32_t k) const;
+  Status deliver_all(const MessageMeta& meta, const std::uint32_t* incarnations,
+                     const unsigned char* name, const unsigned char* data, std::size_t data_len);
   bool full_for_the_dead(std::uint32_t k);
   Status refuse(Status s) {
     ++stats_->refused;
@@ -149,6 +172,7 @@ class Endpoint {
   Outbox outbox_;
   Inbox inbox_;
   std::vector<std::uint32_t> targets_;      // scratch for broadcast()
+  std::vector<std::uint32_t> incarnations_;  // scratch for multicast()
   std::vector<std::size_t> queued_before_;  // scratch for broadcast()
   bool started_ = false;
   std::int32_t pid_ = 0;

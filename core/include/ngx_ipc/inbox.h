@@ -61,8 +61,9 @@ class Inbox {
   Inbox(ShmHeader* shm, std::uint32_t self, CoreStats* stats, Wakeup* wakeup, const CoreLog* log);
 
   // Binds the consumers to this slot's rings, for a process of this
-  // incarnation (Endpoint::start()).
-  void attach(std::uint32_t incarnation);
+  // incarnation (Endpoint::start()). skip_unread: what the rings hold now
+  // is left unread (a slot that no record may address before it starts).
+  void attach(std::uint32_t incarnation, bool skip_unread = false);
 
   // See Endpoint::receive().
   int receive(Delivery* out, int max, bool arm);

@@ -39,6 +39,10 @@ constexpr std::uint64_t kShmMagic = 0x3163'7069'5f78'676eULL;  // "ngx_ipc1"
 constexpr std::uint32_t kShmVersion = 2;
 
 constexpr std::uint32_t kMaxSlots = 128;  // worker_processes beyond this: refused
+// A mapping may hold more slots than one configuration's workers: the
+// reload bridge (src/ngx_ipc_bridge.cpp) has one per process of every
+// generation that runs at once.
+constexpr std::uint32_t kMaxMappingSlots = 256;
 constexpr std::uint32_t kMaxNameLen = 65535;
 constexpr int kMaxBatch = 256;  // messages one receive() may return
 

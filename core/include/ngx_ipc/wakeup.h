@@ -46,10 +46,21 @@ struct CoreLog {
 
 class Wakeup {
  public:
+  // wake_fds: one per slot, or nullptr if a waker (set_waker) wakes them.
   Wakeup(ShmHeader* shm, std::uint32_t self, const int* wake_fds, const CoreLog* log)
-      : shm_(shm), self_(self), wake_fds_(wake_fds, wake_fds + shm->nslots), log_(log) {}
+      : shm_(shm), self_(self), log_(log) {
+    if (wake_fds != nullptr) wake_fds_.assign(wake_fds, wake_fds + shm->nslots);
+  }
 
-  // Writes slot k's wake-up fd.
+  // How slot k is woken when it has no fd in this process (the reload
+  // bridge sends a datagram to the slot's socket instead).
+  using WakeFn = void (*)(void* ctx, std::uint32_t k);
+  void set_waker(WakeFn fn, void* ctx) {
+    waker_ = fn;
+    waker_ctx_ = ctx;
+  }
+
+  // Writes slot k's wake-up fd (or calls the waker).
   void wake(std::uint32_t k);
 
   // A, the receiver's side. arm_begin() marks this slot asleep; the caller
@@ -115,6 +126,8 @@ class Wakeup {
   std::uint32_t self_;
   std::vector<int> wake_fds_;
   const CoreLog* log_;
+  WakeFn waker_ = nullptr;
+  void* waker_ctx_ = nullptr;
 };
 
 }  // namespace ngx_ipc

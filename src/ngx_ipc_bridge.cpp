@@ -332,6 +332,13 @@ ngx_ipc_bridge_others(ngx_ipc_bridge_t *b)
     for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
         o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
 
+        if (o == 0) {
+            /* a claim taken back (its process died): what waited for it
+             * will never be read */
+            b->endpoint->forget(k);
+            continue;
+        }
+
         if (k != b->slot && (o & 0xffffffffU) != 0
             && (uint32_t) (o >> 32) != b->generation)
         {
@@ -348,6 +355,7 @@ ngx_ipc_bridge_others(ngx_ipc_bridge_t *b)
 ngx_ipc::Status
 ngx_ipc_bridge_check(ngx_ipc_worker_t *w)
 {
+    size_t             i;
     ngx_ipc_bridge_t  *b = w->bridge;
 
     ngx_ipc_bridge_others(b);
@@ -355,6 +363,20 @@ ngx_ipc_bridge_check(ngx_ipc_worker_t *w)
     if (b->others.empty()) {
         return ngx_ipc::Status::kOk;
     }
+
+    /*
+     * A worker that was killed may have been awake, so no wake-up told us
+     * it is gone: its ring fills, then our backlog for it. Once a backlog
+     * holds anything, each broadcast asks whether its reader still runs
+     * (one syscall, only for a pair whose ring is full).
+     */
+    for (i = 0; i < b->others.size(); i++) {
+        if (b->endpoint->backlog_bytes(b->others[i]) > 0) {
+            (void) ngx_ipc_bridge_probe(b->others[i]);
+        }
+    }
+
+    ngx_ipc_bridge_others(b);
 
     return b->endpoint->check_room(b->others.data(), b->others.size());
 }
@@ -393,6 +415,11 @@ ngx_ipc_bridge_has(ngx_ipc_worker_t *w, int32_t pid)
         if ((int32_t) (o & 0xffffffffU) == pid
             && w->bridge->endpoint->slot_pid(k) == pid)
         {
+            if (kill(pid, 0) == -1 && ngx_errno == ESRCH) {
+                ngx_ipc_bridge_forget(k, o);     /* it died: no such worker */
+                return false;
+            }
+
             return true;
         }
     }
@@ -624,18 +651,25 @@ ngx_ipc_bridge_wake(void *ctx, uint32_t k)
 }
 
 
-/* Whether slot k's claimant still runs: its name still takes datagrams. */
+/* Whether slot k's claimant still runs: its name still takes datagrams
+ * and its PID is a process (a name squatted by another local process must
+ * not keep a dead claim alive). */
 static bool
 ngx_ipc_bridge_probe(uint32_t k)
 {
     uint64_t  o;
+    int32_t   pid;
 
     o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
     if (o == 0) {
         return false;
     }
 
-    if (ngx_ipc_bridge_send_wake(k)) {
+    pid = (int32_t) (o & 0xffffffffU);
+
+    if (ngx_ipc_bridge_send_wake(k)
+        && !(kill(pid, 0) == -1 && ngx_errno == ESRCH))
+    {
         return true;
     }
 

@@ -128,7 +128,8 @@ ngx_http_ipc_status_handler(ngx_http_request_t *r)
     }
 
     /* generous bounds: a line is under 160 bytes */
-    size = 16384 + st.n * (ngx_http_ipc_status_nfields + 12) * 160 + st.npairs * 4 * 160;
+    size = 16384 + st.n * (ngx_http_ipc_status_nfields + 12) * 160
+           + st.npairs * 4 * 160 + st.npeers * 2 * 160;
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
@@ -251,9 +252,19 @@ ngx_http_ipc_status_read(ngx_http_request_t *r, ngx_ipc_worker_t *w,
     st->pair_ids = (uint32_t *) ngx_palloc(r->pool,
                                            st->n * st->n * sizeof(uint32_t));
 
-    if (st->workers == NULL || st->pairs == NULL || st->pair_ids == NULL) {
+    st->peers = (ngx_ipc_peer_t *)
+                    ngx_palloc(r->pool,
+                               NGX_IPC_BRIDGE_SLOTS * sizeof(ngx_ipc_peer_t));
+
+    if (st->workers == NULL || st->pairs == NULL || st->pair_ids == NULL
+        || st->peers == NULL)
+    {
         return NGX_ERROR;
     }
+
+    /* the workers of other configurations still running (reload bridge) */
+    st->npeers = (ngx_uint_t) ngx_ipc_bridge_peers(w, st->peers,
+                                                   NGX_IPC_BRIDGE_SLOTS);
 
     for (i = 0; i < st->n; i++) {
         ngx_ipc::read_worker(st->shm, i, &st->workers[i]);

@@ -25,6 +25,8 @@ typedef struct {
     ngx_ipc::PairStatus       *pairs;      /* the pairs with traffic */
     uint32_t                  *pair_ids;   /* sender * n + receiver */
     ngx_uint_t                 npairs;
+    ngx_ipc_peer_t            *peers;      /* other generations' workers */
+    ngx_uint_t                 npeers;
 } ngx_http_ipc_status_t;
 
 

@@ -161,6 +161,27 @@ ngx_http_ipc_status_prometheus(u_char *p, u_char *last,
                          ws->busy_poll_ns % 1000000000);
     }
 
+    /* the other configurations' workers still running */
+
+    p = ngx_http_ipc_status_family(p, last, "other_generation_workers",
+                "gauge", "Workers of other configurations still running (old ones "
+                "draining after a reload), linked by the reload bridge.");
+    p = ngx_slprintf(p, last, "ngx_ipc_other_generation_workers %ui\n",
+                     st->npeers);
+
+    if (st->npeers > 0) {
+        p = ngx_http_ipc_status_family(p, last, "other_generation_worker_pid",
+                    "gauge", "PID of a worker of another configuration still "
+                    "running.");
+        for (i = 0; i < st->npeers; i++) {
+            p = ngx_slprintf(p, last,
+                             "ngx_ipc_other_generation_worker_pid"
+                             "{generation=\"%uD\",worker=\"%uD\"} %D\n",
+                             st->peers[i].generation, st->peers[i].worker,
+                             st->peers[i].pid);
+        }
+    }
+
     /* the pairs with traffic */
 
     if (st->npairs == 0) {
@@ -242,6 +263,16 @@ ngx_http_ipc_status_json(u_char *p, u_char *last, ngx_http_ipc_status_t *st)
                          (uint32_t) (st->pair_ids[k] % st->n),
                          ps->ring_used, ps->ring_capacity, ps->backlog_bytes,
                          ps->waiting);
+    }
+
+    p = ngx_slprintf(p, last, "],\n\"other_generations\":[");
+
+    for (k = 0; k < st->npeers; k++) {
+        p = ngx_slprintf(p, last,
+                         "%s\n{\"generation\":%uD,\"worker\":%uD,"
+                         "\"pid\":%D}",
+                         k ? "," : "", st->peers[k].generation,
+                         st->peers[k].worker, st->peers[k].pid);
     }
 
     p = ngx_slprintf(p, last, "]}\n");

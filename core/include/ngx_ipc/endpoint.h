@@ -127,6 +127,14 @@ class Endpoint {
   // Writes what the backlog holds as far as the rings take it. Returns true
   // if the backlog is now empty.
   bool flush();
+  // Bytes waiting for slot k beyond its ring.
+  std::uint64_t backlog_bytes(std::uint32_t k) const {
+    return k < nslots_ ? outbox_.backlog_bytes(k) : 0;
+  }
+  // Drops what waits for slot k (its process is gone), counted as dropped.
+  void forget(std::uint32_t k) {
+    if (k < nslots_ && !outbox_.backlog_empty(k)) outbox_.drop_backlog(k);
+  }
   // True if some inbox ring holds unread records.
   bool inbox_pending() { return inbox_.pending(); }
   // True while this slot is marked asleep (armed): a sender will wake it.

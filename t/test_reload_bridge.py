@@ -1,0 +1,508 @@
+"""Reloads without blind spots: while the workers of an old configuration
+drain, broadcasts reach every worker of every generation that runs, exactly
+once each, in each sender's order; sends and calls cross generations by PID
+(the reload bridge, docs/ARCHITECTURE.md §12).
+
+Old workers are kept alive the way real ones are: a held request (the first
+test), or a Lua light thread that sleeps until the test lets its generation
+go (HOLD, the others), with `worker_shutdown_timeout` longer than any test.
+
+Every broadcast carries a number from the shared counter "seq", taken just
+before the broadcast by its sender.  Each worker records the counter's value
+right after it attached ("start:<pid>"), so a broadcast whose number is
+above it was sent after the worker started; the receivers check each
+sender's numbers rise (no duplicate, no reordering) and the test checks that
+every broadcast sent after a worker started reached it.
+"""
+
+import json
+import os
+import socket
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+from harness import NginxError, child_pids, wait_for
+from test_reload import master_footprint, same_footprint
+
+SHUTDOWN = "worker_shutdown_timeout 120s;"
+
+# Purge and answer: the handlers of the first test.
+PURGE = """
+    local dict = ngx.shared.results
+    ipc.receive("purge", function(data)
+        dict:set("purge:" .. ngx.worker.pid(), data .. " from " .. tostring(ipc.sender))
+        assert(ipc.send(ipc.sender, "purged", ngx.worker.pid() .. " " .. data))
+    end)
+    ipc.receive("purged", function(data)
+        T.push("acks:" .. ngx.worker.pid(), tostring(ipc.sender) .. " " .. data)
+    end)
+    ipc.receive("echo", function(data)
+        return "echo " .. data .. " by " .. ngx.worker.pid()
+    end)
+    T.set("gen:" .. IPC_GEN .. ":" .. ngx.worker.id(), ngx.worker.pid())
+"""
+
+# A request that an old worker holds through the reload: it says its PID,
+# waits for a purge, then answers with what it got, every PID it can reach
+# and the answer of an ipc.call to the purge's sender (a new worker).
+HOLD_LOCATION = """
+    location = /hold {
+        content_by_lua_block {
+            local ipc = require "ngx.ipc"
+            local dict = ngx.shared.results
+            local pid = ngx.worker.pid()
+            ngx.say(pid)
+            ngx.flush(true)
+            local deadline = ngx.now() + 30
+            while not dict:get("purge:" .. pid) and ngx.now() < deadline do
+                ngx.sleep(0.01)
+            end
+            local got = dict:get("purge:" .. pid) or "timeout"
+            ngx.say(got)
+            local all = {}
+            for i, p in ipairs(ipc.pids({ all = true })) do
+                all[i] = tostring(p)
+            end
+            ngx.say(table.concat(all, ","))
+            local sender = tonumber(got:match("from (%d+)$"))
+            local res, err = ipc.call(sender or 0, "echo", "old->new", 5)
+            ngx.say(tostring(res or err))
+            ngx.flush(true)
+        }
+    }
+"""
+
+
+class HeldRequest:
+    """A chunked GET held open by the worker that took it; read line by line."""
+
+    def __init__(self, port, path):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        self.f = self.sock.makefile("rb")
+        for _ in range(50):
+            line = self.f.readline()
+            if line in (b"\r\n", b""):
+                break
+        self.pending = b""
+
+    def line(self):
+        for _ in range(100):
+            if b"\n" in self.pending:
+                out, _, self.pending = self.pending.partition(b"\n")
+                return out
+            size = int(self.f.readline().strip() or b"0", 16)
+            if size == 0:
+                raise EOFError("the held request ended")
+            self.pending += self.f.read(size)
+            self.f.readline()
+        raise AssertionError("no line in 100 chunks")
+
+    def close(self):
+        self.sock.close()
+
+
+def gen_init(gen):
+    return f"IPC_GEN = {gen}"
+
+
+def reload(n, gen, workers=None, main=None):
+    """SIGHUP with generation `gen`'s configuration; wait for its workers."""
+    if workers is not None:
+        n.workers = workers
+    if main is not None:
+        n.main = main
+    n.init = gen_init(gen)
+    old = set(n.worker_pids())
+    (n.prefix / "conf" / "nginx.conf").write_text(n.config())
+    os.kill(n.master_pid, signal.SIGHUP)
+
+    def started():
+        (pids,) = n.lua(f"""
+            local out = {{}}
+            for i = 0, {n.workers} - 1 do
+                out[#out + 1] = T.get("gen:{gen}:" .. i) or false
+            end
+            return out
+        """)
+        return pids if all(pids) and set(pids) <= set(n.worker_pids()) else None
+
+    n.pids = wait_for(started, timeout=20, what=f"the workers of generation {gen}")
+    assert not set(n.pids) & old
+
+    # until an old worker closed its listening socket it may still take a
+    # new connection: wait for it to say so (or to have exited)
+    def closed():
+        log = n.error_log()
+        return all(f"{p}#{p}: gracefully shutting down" in log or not live(p)
+                   for p in old)
+
+    wait_for(closed, timeout=20, what="the old workers to stop listening")
+    return old
+
+
+def status_json(n):
+    status, body = n.get("/ipc_status?format=json")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_held_old_worker_handles_a_purge_from_a_new_one(nginx):
+    n = nginx(workers=2, main=SHUTDOWN, init=gen_init(1), init_worker=PURGE,
+              locations=HOLD_LOCATION + """
+                  location = /ipc_status { ipc_status; }
+              """)
+    held = HeldRequest(n.port, "/hold")
+    try:
+        old_pid = int(held.line())
+        assert old_pid in n.pids
+        sibling = [p for p in n.pids if p != old_pid][0]
+        reload(n, 2)
+        new = list(n.pids)
+
+        # the new workers list the old one as still running, apart
+        (pids,) = n.lua("return ipc.pids()")
+        assert pids == new
+        (everyone,) = n.lua("return ipc.pids({ all = true })")
+        assert everyone[:2] == new and old_pid in everyone[2:], everyone
+        page = status_json(n)
+        assert page["config"]["generation"] == 2
+        olds = {(w["generation"], w["pid"]) for w in page["other_generations"]}
+        assert (1, old_pid) in olds, page["other_generations"]
+        status, text = n.get("/ipc_status")
+        assert re.search(rb'ngx_ipc_other_generation_worker_pid\{generation="1",'
+                         rb'worker="\d"\} %d\n' % old_pid, text), text
+        with pytest.raises(Exception, match="table expected"):
+            n.lua('return ipc.pids("all")')
+
+        # a new worker calls the old one by PID
+        (answer,) = n.lua(f'return ipc.call({old_pid}, "echo", "new->old", 5)')
+        assert answer == f"echo new->old by {old_pid}"
+
+        # the purge, from a new worker, reaches the held old worker ...
+        (ok,) = n.lua('return ipc.broadcast("purge", "key\\00042")', worker=0)
+        assert ok is True
+        purger = new[0]
+        assert held.line() == b"key\x0042 from %d" % purger
+        reachable = held.line().decode().split(",")
+        assert str(purger) in reachable and str(new[1]) in reachable, reachable
+        # ... and the old worker's call to the new one is answered
+        assert held.line() == f"echo old->new by {purger}".encode()
+
+        # every worker of both generations answered the purger, once
+        acks = n.wait_results(f"acks:{purger}", len(everyone))
+        senders = sorted(int(a.split()[0]) for a in acks)
+        assert senders == sorted(set(everyone) - {False}), acks
+        for a in acks:
+            sender, pid, data = a.split(b" ", 2)
+            assert sender == pid and data == b"key\x0042", a
+    finally:
+        held.close()
+
+    # the old worker exits once its request is over: nothing lists it now,
+    # and a send to it says so
+    wait_for(lambda: n.worker_pids() == sorted(n.pids), timeout=20,
+             what="the old workers to exit")
+    wait_for(lambda: n.lua("return ipc.pids({ all = true })")[0] == n.pids,
+             what="the old PIDs to leave ipc.pids({ all = true })")
+    assert n.lua(f'return ipc.send({old_pid}, "purge", "x")') == [None, "no such worker"]
+    assert n.lua(f'return ipc.call({sibling}, "echo", "x", 1)') == [None, "no such worker"]
+    assert status_json(n)["other_generations"] == []
+
+
+# Every worker: a handler that checks each sender's numbers rise and keeps
+# what it got; a light thread that holds the worker until the test lets its
+# generation go ("release" >= its generation), broadcasting every 100 ms
+# (old workers' broadcasts must reach the new ones too) and writing what it
+# got to the shared dict.
+HOLD = """
+    local dict = ngx.shared.results
+    local mypid, gen = ngx.worker.pid(), IPC_GEN
+    local got, last, dirty = {}, {}, false
+    ipc.receive("b", function(data)
+        local seq = tonumber(data)
+        local s = ipc.sender
+        if last[s] and seq <= last[s] then
+            T.push("problems", mypid .. " got " .. seq .. " from " .. s
+                   .. " after " .. last[s])
+        end
+        last[s] = seq
+        got[#got + 1] = seq
+        dirty = true
+    end)
+    dict:set("start:" .. mypid, dict:get("seq") or 0)
+    dict:set("gen:" .. mypid, gen)
+    T.set("gen:" .. gen .. ":" .. ngx.worker.id(), mypid)
+
+    local function flush()
+        if dirty then
+            dict:set("got:" .. mypid, table.concat(got, ","))
+            dirty = false
+        end
+    end
+
+    local function bcast()
+        local seq = dict:incr("seq", 1, 0)
+        dict:set("try:" .. seq, mypid)
+        local ok, err = ipc.broadcast("b", tostring(seq))
+        if ok then
+            dict:set("sent:" .. seq, mypid)
+        else
+            dict:set("fail:" .. seq, mypid .. " " .. tostring(err))
+        end
+        return seq
+    end
+    BCAST = bcast
+
+    assert(ngx.timer.at(0, function()
+        local deadline = ngx.now() + 100
+        local next_bcast = 0
+        while (dict:get("release") or 0) < gen and ngx.now() < deadline do
+            if dict:get("bcast") and ngx.now() >= next_bcast then
+                bcast()
+                next_bcast = ngx.now() + 0.1
+            end
+            flush()
+            ngx.sleep(0.02)
+        end
+        flush()
+    end))
+"""
+
+BCAST_LOCATION = """
+    location = /bcast {
+        content_by_lua_block { ngx.say(BCAST()) }
+    }
+"""
+
+# What the test checks, read in one request: every worker's start, its
+# generation and what it got, and every broadcast sent (or refused).
+COLLECT = """
+    local dict = ngx.shared.results
+    local out = { workers = {}, sent = {}, failed = {}, tried = {} }
+    for _, key in ipairs(dict:get_keys(0)) do
+        local pid = key:match("^start:(%d+)$")
+        if pid then
+            out.workers[pid] = { start = dict:get(key),
+                                 gen = dict:get("gen:" .. pid),
+                                 got = dict:get("got:" .. pid) or "" }
+        end
+        local seq = key:match("^sent:(%d+)$")
+        if seq then
+            out.sent[#out.sent + 1] = { tonumber(seq), dict:get(key) }
+        end
+        seq = key:match("^try:(%d+)$")
+        if seq then
+            out.tried[#out.tried + 1] = tonumber(seq)
+        end
+        seq = key:match("^fail:(%d+)$")
+        if seq then
+            out.failed[#out.failed + 1] = dict:get(key)
+        end
+    end
+    return out
+"""
+
+
+class Broadcaster(threading.Thread):
+    """The client: broadcasts through HTTP (a new worker sends each one)
+    until stopped; bounded in count and time."""
+
+    def __init__(self, n, limit=20000, seconds=120):
+        super().__init__(daemon=True)
+        self.n, self.limit, self.seconds = n, limit, seconds
+        self.stop_event = threading.Event()
+        self.count = 0
+        self.errors = []
+
+    def run(self):
+        deadline = time.monotonic() + self.seconds
+        while not self.stop_event.is_set() and self.count < self.limit \
+                and time.monotonic() < deadline:
+            try:
+                status, body = self.n.get("/bcast", timeout=5)
+                if status == 200:
+                    self.count += 1
+                else:
+                    self.errors.append((status, body[:200]))
+            except (OSError, NginxError) as e:
+                self.errors.append(repr(e))
+            time.sleep(0.002)
+
+    def stop(self):
+        self.stop_event.set()
+        self.join(30)
+
+
+def live(pid):
+    return os.path.exists(f"/proc/{pid}")
+
+
+def check_delivery(n, killed=()):
+    """Every broadcast sent after a (surviving) worker started reached it,
+    once, in each sender's order; returns (workers, generations, checked)."""
+    problems = n.results("problems")
+    assert problems == [], problems[:10]
+
+    def complete():
+        data = n.lua(COLLECT)[0]
+        for key in ("sent", "failed", "tried"):
+            if isinstance(data[key], dict):   # an empty Lua table
+                data[key] = list(data[key].values())
+        sent = {int(seq): int(pid) for seq, pid in data["sent"]}
+        tried = set(data["tried"])
+        missing = {}
+        for pid, w in data["workers"].items():
+            # those killed, and generation 1 of the first test, let go
+            # before the broadcasts began (a crash would be in the log)
+            if int(pid) in killed or not live(int(pid)):
+                continue
+            got = [int(x) for x in w["got"].split(",") if x]
+            dups = len(got) - len(set(got))
+            want = {s for s in sent if s > w["start"]}
+            lost = want - set(got)
+            extra = set(got) - tried
+            if dups or lost or extra:
+                missing[pid] = (f"gen {w['gen']}: {len(lost)} lost (e.g. "
+                                f"{sorted(lost)[:5]}), {dups} twice, "
+                                f"{len(extra)} never sent")
+        complete.data, complete.missing = data, missing
+        return not missing
+
+    try:
+        wait_for(complete, timeout=30, interval=0.2, what="every broadcast")
+    except AssertionError:
+        raise AssertionError(f"{complete.missing}") from None
+    data = complete.data
+    assert data["failed"] == [], data["failed"][:10]
+    assert n.results("problems") == []
+    workers = {pid: w for pid, w in data["workers"].items()
+               if int(pid) not in killed and live(int(pid))}
+    checked = sum(len([x for x in w["got"].split(",") if x]) for w in workers.values())
+    return workers, data, checked
+
+
+def running_generations(n, workers):
+    return sorted({w["gen"] for pid, w in workers.items() if live(int(pid))})
+
+
+# worker_processes and the ipc_* directives of each reload, in turn
+CONFIGS = [
+    (2, ""),
+    (3, "ipc_ring_size 64k; ipc_busy_poll off;"),
+    (1, "ipc_queue_limit 1m; ipc_max_message 1m;"),
+    (2, "ipc_ring_size 1m; ipc_busy_poll 20us;"),
+]
+
+
+def test_twenty_reloads_overlapping_generations_hear_every_broadcast(nginx):
+    n = nginx(workers=2, main=SHUTDOWN, init=gen_init(1), init_worker=HOLD,
+              locations=BCAST_LOCATION)
+    master = n.master_pid
+
+    # Baseline: after one reload whose old workers are gone.
+    reload(n, 2)
+    n.lua('ngx.shared.results:set("release", 1)')
+    wait_for(lambda: n.worker_pids() == sorted(n.pids), timeout=20,
+             what="generation 1 to exit")
+    baseline = master_footprint(n)
+
+    n.lua('ngx.shared.results:set("bcast", true)')
+    client = Broadcaster(n)
+    client.start()
+    try:
+        gen = 2
+        for i in range(20):
+            gen = 3 + i
+            # the last one is the baseline's configuration again
+            workers, extra = CONFIGS[(i + 1) % len(CONFIGS)]
+            reload(n, gen, workers=workers, main=SHUTDOWN + extra)
+            # let a few broadcasts go in this generation
+            seq = n.lua('return ngx.shared.results:get("seq") or 0')[0]
+            wait_for(lambda: n.lua('return ngx.shared.results:get("seq") or 0')[0] >= seq + 10,
+                     what="broadcasts after the reload")
+    finally:
+        client.stop()
+    assert client.errors == [], client.errors[:5]
+    assert client.count > 0
+    n.lua('ngx.shared.results:set("bcast", false)')
+
+    workers, data, checked = check_delivery(n)
+    gens = running_generations(n, workers)
+    assert len(gens) >= 3, gens
+    assert len(data["sent"]) > 100
+    print(f"\n{len(gens)} generations overlapped ({len(workers)} workers, "
+          f"{len(data['sent'])} broadcasts, {checked} deliveries checked); "
+          f"master before: {baseline}")
+
+    # let every old generation go: fds and mappings back to the baseline
+    n.lua(f'ngx.shared.results:set("release", {gen - 1})')
+    wait_for(lambda: n.worker_pids() == sorted(n.pids), timeout=30,
+             what="the old generations to exit")
+    assert n.master_pid == master
+    after = master_footprint(n)
+    print(f"master after: {after}")
+    assert same_footprint(after, baseline), (after, baseline)
+    wait_for(lambda: n.lua("return ipc.pids({ all = true })")[0] == n.pids,
+             what="the old PIDs to leave ipc.pids({ all = true })")
+    n.lua(f'ngx.shared.results:set("release", {gen})')
+
+
+def test_kill_an_old_and_a_new_worker_mid_broadcast(nginx):
+    n = nginx(workers=2, main=SHUTDOWN, init=gen_init(1), init_worker=HOLD,
+              locations=BCAST_LOCATION)
+    n.allow_log(r"exited on signal 9", r"shared memory zone .* was locked by")
+    n.lua('ngx.shared.results:set("bcast", true)')
+    client = Broadcaster(n)
+    client.start()
+    try:
+        old = sorted(reload(n, 2))
+        # a third generation, so that the bridge links three at once
+        reload(n, 3)
+        seq = n.lua('return ngx.shared.results:get("seq") or 0')[0]
+        wait_for(lambda: n.lua('return ngx.shared.results:get("seq") or 0')[0] >= seq + 20,
+                 what="broadcasts during the overlap")
+        victim_old, victim_new = old[0], n.pids[1]
+        os.kill(victim_old, signal.SIGKILL)
+        os.kill(victim_new, signal.SIGKILL)
+        # the master respawns the new one (same worker id, new PID)
+        wait_for(lambda: n.lua('return ipc.pids()', worker=0)[0][1]
+                 not in (victim_new, False), timeout=20,
+                 what="the new worker's respawn")
+        seq = n.lua('return ngx.shared.results:get("seq") or 0')[0]
+        wait_for(lambda: n.lua('return ngx.shared.results:get("seq") or 0')[0] >= seq + 30,
+                 what="broadcasts after the kills")
+    finally:
+        client.stop()
+    n.lua('ngx.shared.results:set("bcast", false)')
+    # a request the killed new worker was serving is cut, nothing else
+    assert len(client.errors) <= 2 and not any(
+        isinstance(e, tuple) for e in client.errors), client.errors[:5]
+
+    workers, data, checked = check_delivery(n, killed={victim_old, victim_new})
+    assert len(running_generations(n, workers)) == 3
+    # the dead are listed nowhere; every survivor is
+    (everyone,) = n.lua("return ipc.pids({ all = true })", worker=0)
+    assert victim_old not in everyone and victim_new not in everyone, everyone
+    survivors = sorted(int(p) for p in workers if live(int(p)))
+    assert sorted(p for p in everyone if p) == survivors
+    # nothing wedged: one more broadcast reaches everyone who runs
+    n.lua("BCAST()")
+    check_delivery(n, killed={victim_old, victim_new})
+    n.lua('ngx.shared.results:set("release", 2)')
+    n.pids = [p for p in everyone[:2]]
+    wait_for(lambda: n.worker_pids() == sorted(n.pids), timeout=30,
+             what="the old generations to exit")
+    n.lua('ngx.shared.results:set("release", 3)')
+
+
+def test_without_a_master_process_nothing_changes(nginx):
+    """master_process off: one process, no bridge; a reload keeps it."""
+    n = nginx(master_process=False, init=gen_init(1), init_worker=PURGE)
+    assert n.lua("return ipc.pids({ all = true })") == [n.pids]
+    assert n.lua('return ipc.broadcast("purge", "k")') == [True]
+    assert n.wait_results(f"acks:{n.pids[0]}", 1) == [b"%d %d k" % (n.pids[0], n.pids[0])]

@@ -25,7 +25,9 @@ import time
 
 import pytest
 
-from harness import NginxError, child_pids, wait_for
+from harness import NginxError, wait_for
+from redis_server import redis_server  # noqa: F401 (the fixture)
+from test_cluster import cluster_main, wait_linked
 from test_reload import master_footprint, same_footprint
 
 SHUTDOWN = "worker_shutdown_timeout 120s;"
@@ -506,3 +508,58 @@ def test_without_a_master_process_nothing_changes(nginx):
     assert n.lua("return ipc.pids({ all = true })") == [n.pids]
     assert n.lua('return ipc.broadcast("purge", "k")') == [True]
     assert n.wait_results(f"acks:{n.pids[0]}", 1) == [b"%d %d k" % (n.pids[0], n.pids[0])]
+
+
+CLUSTER_RECORD = """
+    ipc.receive("c", function(data)
+        T.push("c:" .. ngx.worker.pid(), tostring(ipc.sender_node) .. " " .. data)
+    end)
+"""
+
+
+def agent_pid(n):
+    """The PID of the last worker that said it became the node's agent."""
+    found = re.findall(r"(\d+)#\d+: .*this worker is the agent of node", n.error_log())
+    return int(found[-1]) if found else None
+
+
+@pytest.mark.parametrize("queue", ["", "queue=4m"], ids=["zone-kept", "zone-changed"])
+def test_old_workers_hear_other_nodes_once(redis_server, nginx, queue):
+    """The cluster agent's deliveries reach the old workers too, once.
+    While the ipc_cluster zone is kept, one agent serves every generation;
+    a reload that changes it restarts the node's link, and once the old
+    agent stopped the new one serves every generation."""
+    r = redis_server()
+    a = nginx(workers=2, main=SHUTDOWN + cluster_main(r, "a"), init=gen_init(1),
+              init_worker=HOLD + CLUSTER_RECORD, locations=BCAST_LOCATION)
+    b = nginx(workers=1, main=cluster_main(r, "b"), init=gen_init(1),
+              init_worker=CLUSTER_RECORD)
+    wait_linked(a, b)
+    first = wait_for(lambda: agent_pid(a), what="node a's agent")
+    old = sorted(reload(a, 2, main=SHUTDOWN + cluster_main(r, "a", queue)))
+    assert first in old
+    # the old agent stops (its worker is shutting down), a new one takes over
+    wait_for(lambda: re.search(rf"{first}#\d+: .*no longer the agent of node "
+                               rf'"a" \(it is shutting down\)', a.error_log()),
+             what="the old agent to stop")
+    wait_for(lambda: agent_pid(a) in a.pids, what="a new agent")
+    wait_linked(a)
+    b.lua("""
+        for i = 1, 50 do
+            assert(ipc.broadcast("c", "x " .. i, { scope = "cluster" }))
+        end
+        assert(ipc.broadcast("c", "fence", { scope = "cluster" }))
+    """)
+    want = [b"b x %d" % i for i in range(1, 51)] + [b"b fence"]
+    for pid in old + a.pids:
+        got = a.wait_results(f"c:{pid}", 51, timeout=20)
+        assert got == want, (pid, pid in old, got[:5], len(got))
+    assert all(live(p) for p in old)
+    # nothing more comes: no second agent delivers the entries again
+    b.lua('assert(ipc.broadcast("c", "end", { scope = "cluster" }))')
+    for pid in old + a.pids:
+        got = a.wait_results(f"c:{pid}", 52, timeout=20)
+        assert got == want + [b"b end"], (pid, pid in old, got[51:])
+    a.lua('ngx.shared.results:set("release", 2)')
+    wait_for(lambda: a.worker_pids() == sorted(a.pids), timeout=30,
+             what="the old generation to exit")

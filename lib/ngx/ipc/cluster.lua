@@ -603,6 +603,9 @@ local function thread(fn)
             agent = false
             C.ngx_ipc_ffi_cluster_gauge(K_CONNECTED, 0)
             C.ngx_ipc_ffi_cluster_release()
+            ngx_log(ngx_NOTICE, "ngx_ipc cluster: this worker is no longer ",
+                    "the agent of node \"", cfg.node, "\"",
+                    worker_exiting() and " (it is shutting down)" or "")
         end
     end
 end

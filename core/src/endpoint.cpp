@@ -41,7 +41,8 @@ Endpoint::Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds, Core
       wakeup_(shm, self, wake_fds, &log_),
       outbox_(shm, self, stats_, &wakeup_, &log_),
       inbox_(shm, self, stats_, &wakeup_, &log_),
-      queued_before_(shm->nslots) {
+      queued_before_(shm->nslots),
+      picked_(shm->nslots) {
   targets_.reserve(shm->nslots);
   incarnations_.reserve(shm->nslots);
 }
@@ -172,19 +173,28 @@ Status Endpoint::multicast(const std::uint32_t* slots, std::size_t n, const unsi
   if (data_len > max_message_) return refuse(Status::kTooLarge);
   targets_.clear();
   incarnations_.clear();
+  bool full = false;
   for (std::size_t i = 0; i < n; ++i) {
     std::uint32_t k = slots[i];
-    if (k >= nslots_ || k == self_) continue;
+    if (k >= nslots_ || k == self_ || picked_[k]) continue;  // each slot once
+    picked_[k] = 1;
     // Acquire: pairs with start()'s release store of the identity.
     std::uint64_t id = slot_at(shm_, k)->identity.load(std::memory_order_acquire);
     if (identity_pid(id) == 0) continue;
     if (outbox_.backlog_bytes(k) >= queue_limit_) {
-      if (!full_for_the_dead(k)) return refuse(Status::kQueueFull);
+      if (!full_for_the_dead(k)) {
+        full = true;
+        break;
+      }
       continue;
     }
     targets_.push_back(k);
     incarnations_.push_back(identity_incarnation(id));
   }
+  for (std::size_t i = 0; i < n; ++i) {
+    if (slots[i] < nslots_) picked_[slots[i]] = 0;
+  }
+  if (full) return refuse(Status::kQueueFull);
   MessageMeta meta;
   meta.flags = kBroadcast;
   meta.sender_pid = pid_;

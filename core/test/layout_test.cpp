@@ -204,7 +204,7 @@ TEST_F(MappedLayout, CheckRejectsBadHeaders) {
   expect_rejected("version", [](ShmHeader& x) { x.version = kShmVersion + 1; });
   expect_rejected("version zero", [](ShmHeader& x) { x.version = 0; });
   expect_rejected("no slots", [](ShmHeader& x) { x.nslots = 0; });
-  expect_rejected("too many slots", [](ShmHeader& x) { x.nslots = kMaxSlots + 1; });
+  expect_rejected("too many slots", [](ShmHeader& x) { x.nslots = kMaxMappingSlots + 1; });
   expect_rejected("nslots vs size", [](ShmHeader& x) { x.nslots = 3; });
   expect_rejected("ring not pow2", [](ShmHeader& x) { x.ring_size = 16 * KiB + 8; });
   expect_rejected("ring zero", [](ShmHeader& x) { x.ring_size = 0; });

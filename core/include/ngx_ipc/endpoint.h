@@ -108,8 +108,9 @@ class Endpoint {
   // Queues one message for every slot (or every other slot): all or none.
   Status broadcast(const unsigned char* name, std::size_t name_len, const unsigned char* data,
                    std::size_t data_len, bool include_self);
-  // Queues one broadcast for each of the n slots listed, addressed to the
-  // process each holds now (a slot without one is skipped): all or none.
+  // Queues one broadcast for each of the n slots listed (a slot listed
+  // twice gets it once), addressed to the process each holds now (a slot
+  // without one is skipped): all or none.
   Status multicast(const std::uint32_t* slots, std::size_t n, const unsigned char* name,
                    std::size_t name_len, const unsigned char* data, std::size_t data_len);
   // kQueueFull if one of the n slots' backlogs is at the limit (and its
@@ -182,6 +183,7 @@ class Endpoint {
   std::vector<std::uint32_t> targets_;      // scratch for broadcast()
   std::vector<std::uint32_t> incarnations_;  // scratch for multicast()
   std::vector<std::size_t> queued_before_;  // scratch for broadcast()
+  std::vector<std::uint8_t> picked_;         // scratch for multicast()
   bool started_ = false;
   std::int32_t pid_ = 0;
   std::uint32_t incarnation_ = 0;

@@ -166,8 +166,7 @@ Status Endpoint::check_room(const std::uint32_t* slots, std::size_t n) {
 }
 
 Status Endpoint::multicast(const std::uint32_t* slots, std::size_t n, const unsigned char* name,
-                           std::size_t name_len, const unsigned char* data,
-                           std::size_t data_len) {
+                           std::size_t name_len, const unsigned char* data, std::size_t data_len) {
   if (name_len == 0) return refuse(Status::kEmptyName);
   if (name_len > kMaxNameLen) return refuse(Status::kNameTooLong);
   if (data_len > max_message_) return refuse(Status::kTooLarge);

@@ -66,8 +66,7 @@ class Endpoint {
   // or nullptr with a waker (set_waker). stats: where this endpoint counts,
   // by default its slot's CoreStats (the reload bridge's endpoint counts in
   // the process's slot of its own configuration).
-  Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds,
-           CoreStats* stats = nullptr);
+  Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds, CoreStats* stats = nullptr);
   ~Endpoint();
   Endpoint(const Endpoint&) = delete;
   Endpoint& operator=(const Endpoint&) = delete;
@@ -180,9 +179,9 @@ class Endpoint {
   Wakeup wakeup_;
   Outbox outbox_;
   Inbox inbox_;
-  std::vector<std::uint32_t> targets_;      // scratch for broadcast()
+  std::vector<std::uint32_t> targets_;       // scratch for broadcast()
   std::vector<std::uint32_t> incarnations_;  // scratch for multicast()
-  std::vector<std::size_t> queued_before_;  // scratch for broadcast()
+  std::vector<std::size_t> queued_before_;   // scratch for broadcast()
   std::vector<std::uint8_t> picked_;         // scratch for multicast()
   bool started_ = false;
   std::int32_t pid_ = 0;

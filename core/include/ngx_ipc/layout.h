@@ -147,7 +147,7 @@ struct alignas(kCacheLine) SlotCounters {
   CoreStats core;
   std::uint64_t busy_poll_ns;  // time spent busy polling (ipc_busy_poll)
   LuaStats lua;
-  std::uint64_t reserved[2];   // room for more without a layout change
+  std::uint64_t reserved[2];  // room for more without a layout change
 };
 static_assert(std::is_standard_layout_v<SlotCounters>);
 static_assert(sizeof(SlotCounters) == 2 * kCacheLine);

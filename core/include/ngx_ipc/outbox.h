@@ -27,8 +27,7 @@ enum class Status : int;
 
 class Outbox {
  public:
-  Outbox(ShmHeader* shm, std::uint32_t self, CoreStats* stats, Wakeup* wakeup,
-         const CoreLog* log);
+  Outbox(ShmHeader* shm, std::uint32_t self, CoreStats* stats, Wakeup* wakeup, const CoreLog* log);
 
   // Binds the producers to this slot's rings (Endpoint::start()).
   void attach();

@@ -45,6 +45,9 @@ PURGE = """
     ipc.receive("echo", function(data)
         return "echo " .. data .. " by " .. ngx.worker.pid()
     end)
+    ipc.receive("probe", function(data)
+        T.push("probe:" .. ngx.worker.pid(), tostring(ipc.sender) .. " " .. data)
+    end)
     T.set("gen:" .. IPC_GEN .. ":" .. ngx.worker.id(), ngx.worker.pid())
 """
 
@@ -184,6 +187,15 @@ def test_held_old_worker_handles_a_purge_from_a_new_one(nginx):
         # a new worker calls the old one by PID
         (answer,) = n.lua(f'return ipc.call({old_pid}, "echo", "new->old", 5)')
         assert answer == f"echo new->old by {old_pid}"
+
+        # include_self = false leaves out the caller only, across generations
+        assert n.lua('return ipc.broadcast("probe", "not me", '
+                     '{ include_self = false })', worker=0) == [True]
+        assert n.lua('return ipc.broadcast("probe", "fence")', worker=0) == [True]
+        for pid in (old_pid, new[1]):
+            assert n.wait_results(f"probe:{pid}", 2) == \
+                [b"%d not me" % new[0], b"%d fence" % new[0]], pid
+        assert n.wait_results(f"probe:{new[0]}", 1) == [b"%d fence" % new[0]]
 
         # the purge, from a new worker, reaches the held old worker ...
         (ok,) = n.lua('return ipc.broadcast("purge", "key\\00042")', worker=0)

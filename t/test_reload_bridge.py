@@ -575,3 +575,60 @@ def test_old_workers_hear_other_nodes_once(redis_server, nginx, queue):
     a.lua('ngx.shared.results:set("release", 2)')
     wait_for(lambda: a.worker_pids() == sorted(a.pids), timeout=30,
              what="the old generation to exit")
+
+
+def bridge_names(master):
+    """The reload bridge's names bound now: {slot: name} (/proc/net/unix)."""
+    out = {}
+    prefix = f"@ngx_ipc/{master}/"
+    for line in open("/proc/net/unix").read().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7].startswith(prefix):
+            out[int(fields[7].rsplit("/", 1)[1])] = fields[7]
+    return out
+
+
+def test_past_the_bridges_slots_a_worker_says_so_and_keeps_its_own(nginx):
+    """The bridge links 256 running workers at most. With every free name
+    taken (here by the test itself binding them), a new worker logs a
+    warning and reaches its own configuration only; once names are free
+    again, the next generation is linked as before."""
+    n = nginx(workers=2, main=SHUTDOWN, init=gen_init(1), init_worker=PURGE,
+              locations=HOLD_LOCATION)
+    n.allow_log(r"the reload bridge's 256 slots are all held")
+    names = wait_for(lambda: len(bridge_names(n.master_pid)) == 2
+                     and bridge_names(n.master_pid), what="the bridge's names")
+    base = next(iter(names.values()))[1:].rsplit("/", 1)[0]
+    squat = []
+    try:
+        for k in range(256):
+            if k in names:
+                continue
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.bind(f"\0{base}/{k}")
+            squat.append(s)
+        held = HeldRequest(n.port, "/hold")
+        old_pid = int(held.line())
+        reload(n, 2)
+        log = n.error_log()
+        for pid in n.pids:
+            assert f"{pid}#{pid}: ngx_ipc: the reload bridge's 256 slots are all held" in log
+        # the new workers reach each other, not the old one
+        assert n.lua("return ipc.pids({ all = true })") == [n.pids]
+        assert n.lua(f'return ipc.send({old_pid}, "purge", "x")') == [None, "no such worker"]
+        assert n.lua('return ipc.broadcast("probe", "own")', worker=0) == [True]
+        for pid in n.pids:
+            assert n.wait_results(f"probe:{pid}", 1) == [b"%d own" % n.pids[0]]
+        # free the names: generation 3 is linked to generation 1 again
+        for s in squat:
+            s.close()
+        squat = []
+        reload(n, 3)
+        (everyone,) = n.lua("return ipc.pids({ all = true })")
+        assert everyone[:2] == n.pids and old_pid in everyone[2:], everyone
+        assert n.lua('return ipc.broadcast("purge", "again")', worker=0) == [True]
+        assert held.line() == b"again from %d" % n.pids[0]
+        held.close()
+    finally:
+        for s in squat:
+            s.close()

@@ -298,8 +298,8 @@ ngx_ipc_bridge_detach(ngx_ipc_worker_t *w)
     w->bridge = NULL;
 
     b->endpoint->stop();
-    ngx_ipc_bridge_page->owner[b->slot].store(0, std::memory_order_release);
-    ngx_ipc_bridge_page->epoch.fetch_add(1, std::memory_order_seq_cst);
+    ngx_ipc_bridge_forget(b->slot,
+                          ngx_ipc_bridge_owner(b->generation, ngx_pid));
 
     if (b->conn != NULL) {
         if (close(b->conn->fd) == -1) {
@@ -695,8 +695,8 @@ ngx_ipc_bridge_alive(int32_t pid)
 }
 
 
-/* Takes back the claim `owner` of slot k, whose process is gone, unless a
- * new claimant wrote its own meanwhile. */
+/* Clears slot k's claim if it is still `owner` (a process that is gone,
+ * or this one at exit): a new claimant's is never clobbered. */
 static void
 ngx_ipc_bridge_forget(uint32_t k, uint64_t owner)
 {

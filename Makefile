@@ -107,7 +107,8 @@ check-sanitizers:
 # the long variants: 50 reloads, 20 kills, 10 minutes of fuzzing
 soak: $(MODULE)
 	NGX_IPC_MODULE=$(abspath $(MODULE)) NGX_IPC_RELOADS=50 NGX_IPC_KILLS=20 \
-	    $(PYTEST) -q t/test_reload.py t/test_crash.py
+	    NGX_IPC_OVERLAP_RELOADS=60 \
+	    $(PYTEST) -q t/test_reload.py t/test_crash.py t/test_reload_bridge.py
 	$(MAKE) fuzz FUZZ_SECONDS=600
 
 # libFuzzer on the record decoder (core/fuzz); FUZZ_SECONDS=N for longer.

@@ -61,7 +61,7 @@ struct ngx_ipc_bridge_page_t {
     alignas(64) std::atomic<uint64_t> owner[NGX_IPC_BRIDGE_SLOTS];
 
     /* the claimant's ngx_worker, for the lists */
-    uint32_t                         worker[NGX_IPC_BRIDGE_SLOTS];
+    std::atomic<uint32_t>            worker[NGX_IPC_BRIDGE_SLOTS];
 };
 
 static_assert(sizeof(ngx_ipc_bridge_page_t) <= 4096, "one page");
@@ -74,8 +74,13 @@ struct ngx_ipc_bridge_s {
     uint32_t                         generation;
     uint64_t                         epoch_seen;
     std::vector<uint32_t>            others;      /* other generations' */
+    std::vector<int32_t>             others_pid;  /* who held them then */
+    ngx_msec_t                       probed[NGX_IPC_BRIDGE_SLOTS];
+    u_char                           retry[NGX_IPC_BRIDGE_SLOTS];
+    ngx_event_t                      retry_ev;    /* wake-ups to send again */
     unsigned                         dirty:1;     /* inbox may hold records */
     unsigned                         batch:1;     /* a batch to release */
+    unsigned                         drop_logged:1;
 };
 
 
@@ -83,7 +88,8 @@ static uint64_t ngx_ipc_bridge_owner(uint32_t generation, ngx_pid_t pid);
 static void ngx_ipc_bridge_name(uint32_t slot, struct sockaddr_un *sa,
     socklen_t *len);
 static void ngx_ipc_bridge_wake(void *ctx, uint32_t k);
-static bool ngx_ipc_bridge_alive(int32_t pid);
+static void ngx_ipc_bridge_retry(ngx_event_t *ev);
+static bool ngx_ipc_bridge_alive(void *ctx, uint32_t k, int32_t pid);
 static bool ngx_ipc_bridge_probe(uint32_t k);
 static void ngx_ipc_bridge_forget(uint32_t k, uint64_t owner);
 static void ngx_ipc_bridge_handler(ngx_event_t *rev);
@@ -220,9 +226,10 @@ ngx_ipc_bridge_attach(ngx_ipc_worker_t *w)
     b->epoch_seen = (uint64_t) -1;
 
     try {
+        b->others.reserve(NGX_IPC_BRIDGE_SLOTS);
+        b->others_pid.reserve(NGX_IPC_BRIDGE_SLOTS);
         ep = new ngx_ipc::Endpoint(ngx_ipc_bridge_shm(), k, NULL,
                                    &w->endpoint->stats());
-        b->others.reserve(NGX_IPC_BRIDGE_SLOTS);
     } catch (...) {
         ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
                       "ngx_ipc: no memory for the reload bridge");
@@ -253,10 +260,16 @@ ngx_ipc_bridge_attach(ngx_ipc_worker_t *w)
     b->conn = c;
     b->endpoint = ep;
 
+    b->retry_ev.handler = ngx_ipc_bridge_retry;
+    b->retry_ev.data = b;
+    b->retry_ev.log = ngx_cycle->log;
+    b->retry_ev.cancelable = 1;      /* never keeps an exiting worker */
+
     /* Holding the name, the slot is ours: a claim still written there is
      * a dead process's. */
     mine = ngx_ipc_bridge_owner(b->generation, ngx_pid);
-    ngx_ipc_bridge_page->worker[k] = (uint32_t) ngx_worker;
+    ngx_ipc_bridge_page->worker[k].store((uint32_t) ngx_worker,
+                                         std::memory_order_relaxed);
     o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_relaxed);
     while (!ngx_ipc_bridge_page->owner[k].compare_exchange_weak(
                 o, mine, std::memory_order_acq_rel))
@@ -264,9 +277,13 @@ ngx_ipc_bridge_attach(ngx_ipc_worker_t *w)
         /* someone took back the dead claim meanwhile: retry */
     }
 
+    /* senders that listed the slot for its dead claimant drop it now
+     * (a broadcast in between skips it: see others_pid) */
+    ngx_ipc_bridge_page->epoch.fetch_add(1, std::memory_order_seq_cst);
+
     ep->set_logger(ngx_ipc_bridge_log, NULL);
     ep->set_waker(ngx_ipc_bridge_wake, b);
-    ep->set_alive_check(ngx_ipc_bridge_alive);
+    ep->set_slot_alive_check(ngx_ipc_bridge_alive, b);
     ep->set_limits(conf->max_message, conf->queue_limit);
 
     /* the rings may hold what was sent to a dead claimant: not ours */
@@ -296,6 +313,10 @@ ngx_ipc_bridge_detach(ngx_ipc_worker_t *w)
     }
 
     w->bridge = NULL;
+
+    if (b->retry_ev.timer_set) {
+        ngx_del_timer(&b->retry_ev);
+    }
 
     b->endpoint->stop();
     ngx_ipc_bridge_forget(b->slot,
@@ -328,6 +349,7 @@ ngx_ipc_bridge_others(ngx_ipc_bridge_t *b)
     }
 
     b->others.clear();
+    b->others_pid.clear();
 
     for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
         o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
@@ -343,6 +365,7 @@ ngx_ipc_bridge_others(ngx_ipc_bridge_t *b)
             && (uint32_t) (o >> 32) != b->generation)
         {
             b->others.push_back(k);
+            b->others_pid.push_back((int32_t) (o & 0xffffffffU));
         }
     }
 
@@ -356,6 +379,7 @@ ngx_ipc::Status
 ngx_ipc_bridge_check(ngx_ipc_worker_t *w)
 {
     size_t             i;
+    uint32_t           k;
     ngx_ipc_bridge_t  *b = w->bridge;
 
     ngx_ipc_bridge_others(b);
@@ -371,8 +395,15 @@ ngx_ipc_bridge_check(ngx_ipc_worker_t *w)
      * (one syscall, only for a pair whose ring is full).
      */
     for (i = 0; i < b->others.size(); i++) {
-        if (b->endpoint->backlog_bytes(b->others[i]) > 0) {
-            (void) ngx_ipc_bridge_probe(b->others[i]);
+        k = b->others[i];
+
+        /* at most one probe per slot every 10 ms: each datagram stays
+         * charged to our socket until its reader takes it */
+        if (b->endpoint->backlog_bytes(k) > 0
+            && ngx_current_msec - b->probed[k] >= 10)
+        {
+            b->probed[k] = ngx_current_msec;
+            (void) ngx_ipc_bridge_probe(k);
         }
     }
 
@@ -393,20 +424,22 @@ ngx_ipc_bridge_broadcast(ngx_ipc_worker_t *w, const u_char *name,
         return ngx_ipc::Status::kOk;
     }
 
-    return b->endpoint->multicast(b->others.data(), b->others.size(),
-                                  name, name_len, data, data_len);
+    return b->endpoint->multicast(b->others.data(), b->others_pid.data(),
+                                  b->others.size(), name, name_len, data,
+                                  data_len);
 }
 
 
-/* Whether pid is a running worker of another generation. */
-bool
-ngx_ipc_bridge_has(ngx_ipc_worker_t *w, int32_t pid)
+/* The bridge slot of pid if it is a running worker of another
+ * generation, else -1. */
+int
+ngx_ipc_bridge_find(ngx_ipc_worker_t *w, int32_t pid)
 {
     uint32_t  k;
     uint64_t  o;
 
     if (w->bridge == NULL || pid <= 0) {
-        return false;
+        return -1;
     }
 
     for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
@@ -417,24 +450,25 @@ ngx_ipc_bridge_has(ngx_ipc_worker_t *w, int32_t pid)
         {
             if (kill(pid, 0) == -1 && ngx_errno == ESRCH) {
                 ngx_ipc_bridge_forget(k, o);     /* it died: no such worker */
-                return false;
+                continue;
             }
 
-            return true;
+            return (int) k;
         }
     }
 
-    return false;
+    return -1;
 }
 
 
 ngx_ipc::Status
-ngx_ipc_bridge_send(ngx_ipc_worker_t *w, int32_t pid, const u_char *name,
-    size_t name_len, const u_char *data, size_t data_len, uint16_t flags,
-    uint32_t call_id)
+ngx_ipc_bridge_send(ngx_ipc_worker_t *w, int slot, int32_t pid,
+    const u_char *name, size_t name_len, const u_char *data, size_t data_len,
+    uint16_t flags, uint32_t call_id)
 {
-    return w->bridge->endpoint->send(pid, name, name_len, data, data_len,
-                                     flags, call_id);
+    return w->bridge->endpoint->send_slot((uint32_t) slot, pid, name,
+                                          name_len, data, data_len, flags,
+                                          call_id);
 }
 
 
@@ -507,7 +541,8 @@ ngx_ipc_bridge_peers(ngx_ipc_worker_t *w, ngx_ipc_peer_t *out, int max)
 
         out[n].pid = pid;
         out[n].generation = (uint32_t) (o >> 32);
-        out[n].worker = ngx_ipc_bridge_page->worker[k];
+        out[n].worker = ngx_ipc_bridge_page->worker[k].load(
+                            std::memory_order_relaxed);
         n++;
     }
 
@@ -562,6 +597,14 @@ ngx_ipc_bridge_handler(ngx_event_t *rev)
     /* nobody in this worker called ngx.ipc: dropped and counted (rule 7) */
     while ((n = b->endpoint->receive(batch, NGX_IPC_FFI_BATCH)) > 0) {
         w->endpoint->stats().dropped += n;
+
+        if (!b->drop_logged) {
+            b->drop_logged = 1;
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "ngx_ipc: messages from another generation "
+                          "arrived in a worker that has not called ngx.ipc; "
+                          "they are dropped and counted");
+        }
     }
 
     b->dirty = 0;
@@ -594,16 +637,18 @@ ngx_ipc_bridge_name(uint32_t slot, struct sockaddr_un *sa, socklen_t *len)
 }
 
 
-/* Sends slot k's socket an empty datagram; false if no process holds the
- * name (ECONNREFUSED): the claimant is gone. */
-static bool
+/* Sends slot k's socket an empty datagram: NGX_OK; NGX_DECLINED if no
+ * process holds the name (ECONNREFUSED: the claimant is gone); NGX_AGAIN
+ * if it could not go now (EAGAIN: the reader's queue is full, or ours is,
+ * each datagram being charged to us until its reader takes it). */
+static ngx_int_t
 ngx_ipc_bridge_send_wake(uint32_t k)
 {
     socklen_t           len;
     struct sockaddr_un  sa;
 
     if (ngx_ipc_bridge.conn == NULL) {
-        return true;
+        return NGX_OK;
     }
 
     ngx_ipc_bridge_name(k, &sa, &len);
@@ -612,7 +657,7 @@ ngx_ipc_bridge_send_wake(uint32_t k)
         if (sendto(ngx_ipc_bridge.conn->fd, "", 0, 0,
                    (struct sockaddr *) &sa, len) == 0)
         {
-            return true;
+            return NGX_OK;
         }
 
         if (ngx_errno == NGX_EINTR) {
@@ -620,16 +665,17 @@ ngx_ipc_bridge_send_wake(uint32_t k)
         }
 
         if (ngx_errno == ECONNREFUSED || ngx_errno == ENOENT) {
-            return false;
+            return NGX_DECLINED;
         }
 
-        /* EAGAIN: its queue is full, so it has wake-ups to read anyway */
-        if (ngx_errno != NGX_EAGAIN) {
-            ngx_ipc_log_limited(NGX_LOG_ALERT, ngx_errno,
-                                "sendto() to the reload bridge failed");
+        if (ngx_errno == NGX_EAGAIN) {
+            return NGX_AGAIN;
         }
 
-        return true;
+        ngx_ipc_log_limited(NGX_LOG_ALERT, ngx_errno,
+                            "sendto() to the reload bridge failed");
+
+        return NGX_AGAIN;
     }
 }
 
@@ -645,8 +691,67 @@ ngx_ipc_bridge_wake(void *ctx, uint32_t k)
         return;                  /* nobody holds it: nobody to wake */
     }
 
-    if (!ngx_ipc_bridge_send_wake(k)) {
+    switch (ngx_ipc_bridge_send_wake(k)) {
+
+    case NGX_DECLINED:
         ngx_ipc_bridge_forget(k, o);
+        break;
+
+    case NGX_AGAIN:
+        /*
+         * We cleared its flag, so this wake-up is ours to deliver: no other
+         * sender will send one. Send it again in 1 ms, and until it goes.
+         */
+        ngx_ipc_bridge.retry[k] = 1;
+
+        if (!ngx_ipc_bridge.retry_ev.timer_set) {
+            ngx_add_timer(&ngx_ipc_bridge.retry_ev, 1);
+        }
+
+        break;
+
+    default:
+        break;
+    }
+}
+
+
+static void
+ngx_ipc_bridge_retry(ngx_event_t *ev)
+{
+    uint32_t           k;
+    uint64_t           o;
+    ngx_uint_t         left;
+    ngx_ipc_bridge_t  *b = (ngx_ipc_bridge_t *) ev->data;
+
+    left = 0;
+
+    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
+        if (!b->retry[k]) {
+            continue;
+        }
+
+        o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
+
+        switch (o == 0 ? NGX_OK : ngx_ipc_bridge_send_wake(k)) {
+
+        case NGX_DECLINED:
+            ngx_ipc_bridge_forget(k, o);
+            b->retry[k] = 0;
+            break;
+
+        case NGX_AGAIN:
+            left++;
+            break;
+
+        default:
+            b->retry[k] = 0;
+            break;
+        }
+    }
+
+    if (left > 0) {
+        ngx_add_timer(ev, 1);
     }
 }
 
@@ -667,7 +772,7 @@ ngx_ipc_bridge_probe(uint32_t k)
 
     pid = (int32_t) (o & 0xffffffffU);
 
-    if (ngx_ipc_bridge_send_wake(k)
+    if (ngx_ipc_bridge_send_wake(k) != NGX_DECLINED
         && !(kill(pid, 0) == -1 && ngx_errno == ESRCH))
     {
         return true;
@@ -679,19 +784,16 @@ ngx_ipc_bridge_probe(uint32_t k)
 }
 
 
-/* The core's alive check for a destination whose backlog is full. */
+/* The core's alive check for slot k, whose backlog is full: pid must
+ * still hold its claim, and run. */
 static bool
-ngx_ipc_bridge_alive(int32_t pid)
+ngx_ipc_bridge_alive(void *ctx, uint32_t k, int32_t pid)
 {
-    uint32_t  k;
+    uint64_t  o;
 
-    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
-        if (ngx_ipc_bridge.endpoint->slot_pid(k) == pid) {
-            return ngx_ipc_bridge_probe(k);
-        }
-    }
+    o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
 
-    return false;
+    return (int32_t) (o & 0xffffffffU) == pid && ngx_ipc_bridge_probe(k);
 }
 
 

@@ -128,6 +128,7 @@ ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
     const u_char *data, size_t data_len, int flags, uint32_t call_id,
     char **err)
 {
+    int                slot;
     ngx_ipc_worker_t  *w;
     ngx_ipc::Status    s;
 
@@ -143,11 +144,12 @@ ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
                               call_id);
 
         if (s == ngx_ipc::Status::kNoSuchWorker
-            && ngx_ipc_bridge_has(w, pid))
+            && (slot = ngx_ipc_bridge_find(w, pid)) >= 0)
         {
             /* a worker of another generation: not refused after all */
             w->endpoint->stats().refused--;
-            s = ngx_ipc_bridge_send(w, pid, name, name_len, data, data_len,
+            s = ngx_ipc_bridge_send(w, slot, pid, name, name_len, data,
+                                    data_len,
                                     (uint16_t) (flags & ngx_ipc_user_flags),
                                     call_id);
         }
@@ -239,16 +241,12 @@ ngx_ipc_ffi_take(ngx_ipc_msg_t *out, int max)
 
     try {
         /* the other generations' messages first (only when its socket
-         * said some came): the configuration's own could fill every batch */
-        nb = (w->bridge != NULL)
+         * said some came), up to half the batch: each inbox has room in
+         * every batch, so neither starves the other */
+        nb = (w->bridge != NULL && max > 1)
              ? ngx_ipc_bridge_take(w, reinterpret_cast<ngx_ipc::Delivery *>(
-                                          out), max)
+                                          out), max / 2)
              : 0;
-
-        if (nb == max) {
-            ngx_ipc_busy_poll_after_receive(w, nb);
-            return nb;
-        }
 
         /* while a poll watches the inbox, the slot stays disarmed */
         n = w->endpoint->receive(

@@ -122,11 +122,12 @@ void ngx_ipc_bridge_detach(ngx_ipc_worker_t *w);
 ngx_ipc::Status ngx_ipc_bridge_check(ngx_ipc_worker_t *w);
 ngx_ipc::Status ngx_ipc_bridge_broadcast(ngx_ipc_worker_t *w,
     const u_char *name, size_t name_len, const u_char *data, size_t data_len);
-/* a send to a PID that is not of this configuration */
-bool ngx_ipc_bridge_has(ngx_ipc_worker_t *w, int32_t pid);
-ngx_ipc::Status ngx_ipc_bridge_send(ngx_ipc_worker_t *w, int32_t pid,
-    const u_char *name, size_t name_len, const u_char *data, size_t data_len,
-    uint16_t flags, uint32_t call_id);
+/* a send to a PID that is not of this configuration: find() its bridge
+ * slot (-1: none), send() to it there */
+int ngx_ipc_bridge_find(ngx_ipc_worker_t *w, int32_t pid);
+ngx_ipc::Status ngx_ipc_bridge_send(ngx_ipc_worker_t *w, int slot,
+    int32_t pid, const u_char *name, size_t name_len, const u_char *data,
+    size_t data_len, uint16_t flags, uint32_t call_id);
 /* the bridge's inbox, taken with the configuration's */
 int ngx_ipc_bridge_take(ngx_ipc_worker_t *w, ngx_ipc::Delivery *out, int max);
 void ngx_ipc_bridge_release(ngx_ipc_worker_t *w);

@@ -57,7 +57,7 @@ void Endpoint::start(std::int32_t pid, bool skip_unread) {
   if (incarnation_ == 0) incarnation_ = 1;  // 0 means "any" in a record
   pid_ = pid;
   outbox_.attach();
-  inbox_.attach(incarnation_, skip_unread);
+  inbox_.attach(incarnation_, skip_unread, max_message_);
   // Counters since this process started: the owner's plain stores (a
   // status reader may see a mix of old and zero meanwhile). A new process
   // has no backlog either.
@@ -93,13 +93,24 @@ Status Endpoint::send(std::int32_t pid, const unsigned char* name, std::size_t n
   if (data_len > max_message_) return refuse(Status::kTooLarge);
   if (pid <= 0) return refuse(Status::kNoSuchWorker);
   std::uint32_t k = 0;
-  std::uint64_t id = 0;
   for (; k < nslots_; ++k) {
     // Acquire: pairs with start()'s release store of the identity.
-    id = slot_at(shm_, k)->identity.load(std::memory_order_acquire);
-    if (identity_pid(id) == pid) break;
+    if (identity_pid(slot_at(shm_, k)->identity.load(std::memory_order_acquire)) == pid) break;
   }
   if (k == nslots_) return refuse(Status::kNoSuchWorker);
+  return send_slot(k, pid, name, name_len, data, data_len, flags, call_id);
+}
+
+Status Endpoint::send_slot(std::uint32_t k, std::int32_t pid, const unsigned char* name,
+                           std::size_t name_len, const unsigned char* data, std::size_t data_len,
+                           std::uint16_t flags, std::uint32_t call_id) {
+  if (name_len == 0) return refuse(Status::kEmptyName);
+  if (name_len > kMaxNameLen) return refuse(Status::kNameTooLong);
+  if (data_len > max_message_) return refuse(Status::kTooLarge);
+  if (k >= nslots_ || pid <= 0) return refuse(Status::kNoSuchWorker);
+  // Acquire: pairs with start()'s release store of the identity.
+  std::uint64_t id = slot_at(shm_, k)->identity.load(std::memory_order_acquire);
+  if (identity_pid(id) != pid) return refuse(Status::kNoSuchWorker);
   if (outbox_.backlog_bytes(k) >= queue_limit_) {
     return refuse(full_for_the_dead(k) ? Status::kNoSuchWorker : Status::kQueueFull);
   }
@@ -165,8 +176,9 @@ Status Endpoint::check_room(const std::uint32_t* slots, std::size_t n) {
   return Status::kOk;
 }
 
-Status Endpoint::multicast(const std::uint32_t* slots, std::size_t n, const unsigned char* name,
-                           std::size_t name_len, const unsigned char* data, std::size_t data_len) {
+Status Endpoint::multicast(const std::uint32_t* slots, const std::int32_t* pids, std::size_t n,
+                           const unsigned char* name, std::size_t name_len,
+                           const unsigned char* data, std::size_t data_len) {
   if (name_len == 0) return refuse(Status::kEmptyName);
   if (name_len > kMaxNameLen) return refuse(Status::kNameTooLong);
   if (data_len > max_message_) return refuse(Status::kTooLarge);
@@ -180,6 +192,8 @@ Status Endpoint::multicast(const std::uint32_t* slots, std::size_t n, const unsi
     // Acquire: pairs with start()'s release store of the identity.
     std::uint64_t id = slot_at(shm_, k)->identity.load(std::memory_order_acquire);
     if (identity_pid(id) == 0) continue;
+    // Another process than the one listed holds the slot now: skipped.
+    if (pids != nullptr && identity_pid(id) != pids[i]) continue;
     if (outbox_.backlog_bytes(k) >= queue_limit_) {
       if (!full_for_the_dead(k)) {
         full = true;
@@ -233,7 +247,9 @@ Status Endpoint::deliver_all(const MessageMeta& meta, const std::uint32_t* incar
 bool Endpoint::full_for_the_dead(std::uint32_t k) {
   if (k == self_) return false;
   std::int32_t pid = slot_pid(k);
-  if (pid > 0 && alive_(pid)) return false;
+  if (pid > 0 && (slot_alive_ != nullptr ? slot_alive_(alive_ctx_, k, pid) : alive_(pid))) {
+    return false;
+  }
   outbox_.drop_backlog(k);
   return true;
 }

@@ -21,9 +21,9 @@ void Reassembler::drop_partial(CoreStats* stats) {
   buf_.reset();
 }
 
-bool Reassembler::take(const RecordView& v, std::uint32_t incarnation, Delivery* out,
-                       std::vector<std::unique_ptr<unsigned char[]>>* keep, CoreStats* stats,
-                       const CoreLog& log) {
+bool Reassembler::take(const RecordView& v, std::uint32_t incarnation, std::uint64_t max_data,
+                       Delivery* out, std::vector<std::unique_ptr<unsigned char[]>>* keep,
+                       CoreStats* stats, const CoreLog& log) {
   const RecordHeader& h = v.header;
   // A broadcast addressed to the slot (incarnation 0) is for whoever holds
   // it; anything else, a broadcast too (the reload bridge addresses each
@@ -34,8 +34,13 @@ bool Reassembler::take(const RecordView& v, std::uint32_t incarnation, Delivery*
   if (h.flags & kFirst) {
     drop_partial(stats);  // a predecessor of the sender died mid-message
     state_ = State::kIdle;
+    if (mine && h.total_len - h.name_len > max_data) {
+      // from a worker of another configuration, with a larger limit
+      log("a message over this worker's ipc_max_message was dropped", 0);
+      mine = false;
+    }
     if (!mine) {
-      ++stats->dropped;  // addressed to a previous process in this slot
+      ++stats->dropped;  // addressed to a previous process in this slot, or too big
       if (!(h.flags & kLast)) state_ = State::kDiscarding;
       first_ = h;
       filled_ = v.payload_len;
@@ -105,8 +110,9 @@ Inbox::Inbox(ShmHeader* shm, std::uint32_t self, CoreStats* stats, Wakeup* wakeu
   batch_bufs_.reserve(kMaxBatch);
 }
 
-void Inbox::attach(std::uint32_t incarnation, bool skip_unread) {
+void Inbox::attach(std::uint32_t incarnation, bool skip_unread, std::uint64_t max_data) {
   incarnation_ = incarnation;
+  max_data_ = max_data;
   for (std::uint32_t k = 0; k < nslots_; ++k) {
     InRing& r = in_[k];
     r.consumer.attach(ring_ctl(shm_, k, self_), ring_data(shm_, k, self_), shm_->ring_size,
@@ -164,7 +170,7 @@ int Inbox::scan(Delivery* out, int max) {
         break;
       }
       bytes += v.payload_len;
-      if (r.reassembler.take(v, incarnation_, &out[n], &batch_bufs_, stats_, *log_)) ++n;
+      if (r.reassembler.take(v, incarnation_, max_data_, &out[n], &batch_bufs_, stats_, *log_)) ++n;
     }
   }
   rr_ = (rr_ + 1) % nslots_;

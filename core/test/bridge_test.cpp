@@ -37,13 +37,13 @@ const unsigned char* bytes(const std::string& s) {
 
 Status multicast_str(Endpoint& ep, const Slots& slots, const std::string& name,
                      const std::string& data) {
-  return ep.multicast(slots.data(), slots.size(), bytes(name), name.size(), bytes(data),
+  return ep.multicast(slots.data(), nullptr, slots.size(), bytes(name), name.size(), bytes(data),
                       data.size());
 }
 
 Status multicast_bytes(Endpoint& ep, const Slots& slots, const std::string& name,
                        const std::vector<unsigned char>& data) {
-  return ep.multicast(slots.data(), slots.size(), bytes(name), name.size(), data.data(),
+  return ep.multicast(slots.data(), nullptr, slots.size(), bytes(name), name.size(), data.data(),
                       data.size());
 }
 
@@ -781,6 +781,59 @@ TEST(Bridge, FirstAndLastOf256SlotsTalk) {
   EXPECT_EQ(got[0].data, "back");
   EXPECT_EQ(got[0].sender_pid, 355);
   EXPECT_EQ(got[0].flags, static_cast<std::uint32_t>(kBroadcast));
+}
+
+}  // namespace
+}  // namespace ngx_ipc
+
+namespace ngx_ipc {
+namespace {
+
+TEST(Bridge, MulticastWithPidsSkipsASlotAnotherProcessHoldsNow) {
+  World w(3, 4096, 1 * MiB, 64 * KiB);
+  const Slots slots = {1, 2};
+  const std::int32_t listed[] = {w.ep(1).pid(), 777};  // slot 2 is not 777's
+  ASSERT_EQ(w.ep(0).multicast(slots.data(), listed, slots.size(), bytes("n"), 1, bytes("d"), 1),
+            Status::kOk);
+  std::vector<Received> one = test::drain(w.ep(1));
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0].data, "d");
+  EXPECT_TRUE(test::drain(w.ep(2)).empty());
+  EXPECT_EQ(w.ep(2).stats().dropped, 0u);
+  EXPECT_EQ(w.ep(0).stats().sent, 1u);
+}
+
+TEST(Bridge, SendSlotGoesToThatSlotOnlyWhileThatPidHoldsIt) {
+  World w(3, 4096, 1 * MiB, 64 * KiB);
+  const std::int32_t pid2 = w.ep(2).pid();
+  EXPECT_EQ(w.ep(0).send_slot(2, pid2, bytes("n"), 1, bytes("x"), 1), Status::kOk);
+  // the PID of slot 2 named with slot 1: refused, nothing written
+  EXPECT_EQ(w.ep(0).send_slot(1, pid2, bytes("n"), 1, bytes("y"), 1), Status::kNoSuchWorker);
+  EXPECT_EQ(w.ep(0).send_slot(7, pid2, bytes("n"), 1, bytes("y"), 1), Status::kNoSuchWorker);
+  EXPECT_EQ(w.ep(0).stats().refused, 2u);
+  std::vector<Received> got = test::drain(w.ep(2));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].data, "x");
+  EXPECT_TRUE(test::drain(w.ep(1)).empty());
+}
+
+TEST(Bridge, AMessageOverTheReceiversOwnLimitIsDroppedAndCountedNotReset) {
+  // Slot 1's process has a 100-byte limit; the mapping allows 1 MiB.
+  World w(2, 64 * KiB, 1 * MiB, 4 * MiB, /*start_all=*/false);
+  w.start(0, 10000);
+  w.ep(1).set_limits(100, 4 * MiB);
+  w.start(1, 10001);
+  const std::string small(100, 's'), big(101, 'b'), huge(20000, 'h');
+  ASSERT_EQ(test::send_str(w.ep(0), 10001, "m", small), Status::kOk);
+  ASSERT_EQ(test::send_str(w.ep(0), 10001, "m", big), Status::kOk);
+  ASSERT_EQ(test::send_str(w.ep(0), 10001, "m", huge), Status::kOk);  // fragments
+  ASSERT_EQ(test::send_str(w.ep(0), 10001, "m", small), Status::kOk);
+  std::vector<Received> got = test::drain(w.ep(1));
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].data, small);
+  EXPECT_EQ(got[1].data, small);
+  EXPECT_EQ(w.ep(1).stats().dropped, 2u);
+  EXPECT_EQ(w.ep(1).stats().resets, 0u);
 }
 
 }  // namespace

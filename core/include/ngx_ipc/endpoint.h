@@ -80,6 +80,13 @@ class Endpoint {
   // destination's backlog is full (tests give slots made-up PIDs).
   using AliveFn = bool (*)(std::int32_t pid);
   void set_alive_check(AliveFn fn) { alive_ = fn; }
+  // The same asked about slot k's process, when a PID alone cannot tell
+  // (the reload bridge's slots change hands); replaces the one above.
+  using SlotAliveFn = bool (*)(void* ctx, std::uint32_t k, std::int32_t pid);
+  void set_slot_alive_check(SlotAliveFn fn, void* ctx) {
+    slot_alive_ = fn;
+    alive_ctx_ = ctx;
+  }
   // Wakes slots without fds (see Wakeup::set_waker).
   void set_waker(Wakeup::WakeFn fn, void* ctx) { wakeup_.set_waker(fn, ctx); }
   // Limits other than the mapping's (the bridge's mapping serves processes
@@ -101,6 +108,11 @@ class Endpoint {
   void stop();
 
   // Queues one message for the live process `pid` of this mapping.
+  // send_slot(): the same for the process `pid` known to be in slot k
+  // (kNoSuchWorker if another holds it now).
+  Status send_slot(std::uint32_t k, std::int32_t pid, const unsigned char* name,
+                   std::size_t name_len, const unsigned char* data, std::size_t data_len,
+                   std::uint16_t flags = 0, std::uint32_t call_id = 0);
   Status send(std::int32_t pid, const unsigned char* name, std::size_t name_len,
               const unsigned char* data, std::size_t data_len, std::uint16_t flags = 0,
               std::uint32_t call_id = 0);
@@ -109,9 +121,11 @@ class Endpoint {
                    std::size_t data_len, bool include_self);
   // Queues one broadcast for each of the n slots listed (a slot listed
   // twice gets it once), addressed to the process each holds now (a slot
-  // without one is skipped): all or none.
-  Status multicast(const std::uint32_t* slots, std::size_t n, const unsigned char* name,
-                   std::size_t name_len, const unsigned char* data, std::size_t data_len);
+  // without one is skipped; with pids, so is slots[i] unless process
+  // pids[i] holds it): all or none.
+  Status multicast(const std::uint32_t* slots, const std::int32_t* pids, std::size_t n,
+                   const unsigned char* name, std::size_t name_len, const unsigned char* data,
+                   std::size_t data_len);
   // kQueueFull if one of the n slots' backlogs is at the limit (and its
   // process alive): what multicast() would refuse for, checked first.
   Status check_room(const std::uint32_t* slots, std::size_t n);
@@ -187,6 +201,8 @@ class Endpoint {
   std::int32_t pid_ = 0;
   std::uint32_t incarnation_ = 0;
   AliveFn alive_ = &process_alive;
+  SlotAliveFn slot_alive_ = nullptr;
+  void* alive_ctx_ = nullptr;
 };
 
 }  // namespace ngx_ipc

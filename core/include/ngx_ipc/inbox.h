@@ -39,7 +39,7 @@ class Reassembler {
   // Feeds one record; true if it completes a message for this process
   // (incarnation), described in *out. A buffer it filled moves to *keep,
   // which must hold it until the batch is released.
-  bool take(const RecordView& v, std::uint32_t incarnation, Delivery* out,
+  bool take(const RecordView& v, std::uint32_t incarnation, std::uint64_t max_data, Delivery* out,
             std::vector<std::unique_ptr<unsigned char[]>>* keep, CoreStats* stats,
             const CoreLog& log);
   // The ring is reset (corrupt) or a new message starts: what was being
@@ -63,7 +63,11 @@ class Inbox {
   // Binds the consumers to this slot's rings, for a process of this
   // incarnation (Endpoint::start()). skip_unread: what the rings hold now
   // is left unread (a slot that no record may address before it starts).
-  void attach(std::uint32_t incarnation, bool skip_unread = false);
+  // max_data: this process's own limit on a message's data (in a mapping
+  // shared by configurations with other limits, a bigger message is
+  // dropped and counted, not taken as corrupt).
+  void attach(std::uint32_t incarnation, bool skip_unread = false,
+              std::uint64_t max_data = ~std::uint64_t{0});
 
   // See Endpoint::receive().
   int receive(Delivery* out, int max, bool arm);
@@ -85,6 +89,7 @@ class Inbox {
   std::uint32_t self_;
   std::uint32_t nslots_;
   std::uint32_t incarnation_ = 0;
+  std::uint64_t max_data_ = ~std::uint64_t{0};
   CoreStats* stats_;
   Wakeup* wakeup_;
   const CoreLog* log_;

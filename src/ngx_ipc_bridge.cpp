@@ -19,8 +19,9 @@
  * Binding the name is also what claims the slot: a process binds before it
  * writes its claim, so a live claimant always holds its name, and a name
  * that can be bound, or that refuses a datagram (ECONNREFUSED), belongs to
- * no live process. That is how dead claims are found and taken back,
- * without kill() and without trusting PIDs that may have been reused.
+ * no live process. That is how dead claims are found and taken back
+ * without trusting PIDs, which are reused (kill(pid, 0) is asked as well,
+ * so that a name squatted by another local process keeps no dead claim).
  *
  * Owns: the bridge mapping and its claims page, ngx_ipc_bridge_t (this
  * worker's slot, endpoint, socket and the cached list of the other

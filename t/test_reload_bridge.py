@@ -28,7 +28,7 @@ import pytest
 from harness import NginxError, wait_for
 from redis_server import redis_server  # noqa: F401 (the fixture)
 from test_cluster import cluster_main, wait_linked
-from test_reload import master_footprint, same_footprint
+from test_reload import fd_count, master_footprint, same_footprint, shared_maps
 
 SHUTDOWN = "worker_shutdown_timeout 120s;"
 
@@ -437,6 +437,14 @@ def test_twenty_reloads_overlapping_generations_hear_every_broadcast(nginx):
              what="generation 1 to exit")
     baseline = master_footprint(n)
 
+    def worker_footprint():
+        return [(fd_count(p), len(shared_maps(p))) for p in n.pids]
+
+    # a request's connection may not be closed yet in the worker that took it
+    worker_baseline = wait_for(lambda: len(set(worker_footprint())) == 1
+                               and worker_footprint(),
+                               what="the workers to hold the same fds")
+
     n.lua('ngx.shared.results:set("bcast", true)')
     client = Broadcaster(n)
     client.start()
@@ -473,6 +481,15 @@ def test_twenty_reloads_overlapping_generations_hear_every_broadcast(nginx):
     after = master_footprint(n)
     print(f"master after: {after}")
     assert same_footprint(after, baseline), (after, baseline)
+    # a worker of the last generation (the baseline's configuration again)
+    # holds what one of the baseline's held: its fds, one bridge socket
+    # among them, and its shared mappings, the bridge among them
+    try:
+        wait_for(lambda: worker_footprint() == worker_baseline,
+                 what="the workers' fds and shared mappings")
+    finally:
+        print(f"workers (fds, shared maps) before: {worker_baseline}, "
+              f"after: {worker_footprint()}")
     wait_for(lambda: n.lua("return ipc.pids({ all = true })")[0] == n.pids,
              what="the old PIDs to leave ipc.pids({ all = true })")
     n.lua(f'ngx.shared.results:set("release", {gen})')

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from harness import NginxError, wait_for
+from harness import NginxError, pattern, wait_for
 from redis_server import redis_server  # noqa: F401 (the fixture)
 from test_cluster import cluster_main, wait_linked
 from test_reload import fd_count, master_footprint, same_footprint, shared_maps
@@ -79,6 +79,7 @@ HOLD_LOCATION = """
             local sender = tonumber(got:match("from (%d+)$"))
             local res, err = ipc.call(sender or 0, "echo", "old->new", 5)
             ngx.say(tostring(res or err))
+            ngx.say("dropped ", ipc.stats().dropped)
             ngx.flush(true)
         }
     }
@@ -199,6 +200,11 @@ def test_held_old_worker_handles_a_purge_from_a_new_one(nginx):
             assert n.wait_results(f"probe:{pid}", 2) == \
                 [b"%d not me" % new[0], b"%d fence" % new[0]], pid
         assert n.wait_results(f"probe:{new[0]}", 1) == [b"%d fence" % new[0]]
+        # a message many times the bridge's 16 KiB rings arrives whole
+        assert n.lua('return ipc.broadcast("probe", T.pattern(300000, 3))',
+                     worker=1) == [True]
+        got = n.wait_results(f"probe:{old_pid}", 3)[2]
+        assert got == b"%d " % new[1] + pattern(300000, 3)
 
         # the purge, from a new worker, reaches the held old worker ...
         (ok,) = n.lua('return ipc.broadcast("purge", "key\\00042")', worker=0)
@@ -229,6 +235,35 @@ def test_held_old_worker_handles_a_purge_from_a_new_one(nginx):
     assert n.lua(f'return ipc.send({old_pid}, "purge", "x")') == [None, "no such worker"]
     assert n.lua(f'return ipc.call({sibling}, "echo", "x", 1)') == [None, "no such worker"]
     assert status_json(n)["other_generations"] == []
+
+
+def test_an_old_worker_drops_what_is_over_its_own_limit(nginx):
+    """A newer configuration with a larger ipc_max_message: its bigger
+    broadcast is dropped and counted by an old worker with the smaller
+    limit (not taken for a corrupt ring), what follows arrives."""
+    n = nginx(workers=2, main=SHUTDOWN + "ipc_max_message 1k;", init=gen_init(1),
+              init_worker=PURGE, locations=HOLD_LOCATION)
+    n.allow_log(r"a message over this worker's ipc_max_message was dropped")
+    held = HeldRequest(n.port, "/hold")
+    try:
+        old_pid = int(held.line())
+        reload(n, 2, main=SHUTDOWN + "ipc_max_message 64k;")
+        assert n.lua('return ipc.broadcast("probe", T.pattern(20000, 7))',
+                     worker=0) == [True]
+        assert n.lua('return ipc.broadcast("purge", "after")', worker=0) == [True]
+        assert held.line() == b"after from %d" % n.pids[0]
+        held.line()                                   # the PIDs
+        assert held.line().startswith(b"echo old->new")
+        assert held.line() == b"dropped 1"
+        for pid in n.pids:                            # the new ones take it
+            (got,) = n.wait_results(f"probe:{pid}", 1)
+            assert len(got) == len(b"%d " % n.pids[0]) + 20000
+        log = n.error_log()
+        assert f"{old_pid}#{old_pid}: ngx_ipc: a message over this worker's " \
+               "ipc_max_message was dropped" in log, n.log_tail()
+        assert "corrupt record" not in log
+    finally:
+        held.close()
 
 
 # Every worker: a handler that checks each sender's numbers rise and keeps

@@ -172,12 +172,16 @@ def test_held_old_worker_handles_a_purge_from_a_new_one(nginx):
         sibling = [p for p in n.pids if p != old_pid][0]
         reload(n, 2)
         new = list(n.pids)
+        # nothing holds the other old worker: it exits
+        wait_for(lambda: not live(sibling), timeout=20, what="the idle old worker to exit")
 
         # the new workers list the old one as still running, apart
         (pids,) = n.lua("return ipc.pids()")
         assert pids == new
-        (everyone,) = n.lua("return ipc.pids({ all = true })")
-        assert everyone[:2] == new and old_pid in everyone[2:], everyone
+        (everyone,) = wait_for(lambda: (lambda r: r if len(r[0]) == 3 else None)(
+                                   n.lua("return ipc.pids({ all = true })")),
+                               what="the exited old worker to leave the list")
+        assert everyone == new + [old_pid], everyone
         page = status_json(n)
         assert page["config"]["generation"] == 2
         olds = {(w["generation"], w["pid"]) for w in page["other_generations"]}

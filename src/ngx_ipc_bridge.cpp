@@ -116,7 +116,8 @@ ngx_ipc_bridge_shm(void)
 /*
  * In the master, at its first configuration with ngx_ipc: the mapping that
  * every later worker inherits. Address space, not memory (MAP_NORESERVE):
- * only the rings of pairs that talk across generations get pages.
+ * pages only for the claims, the ring control blocks the slots' processes
+ * touch, and the rings of the pairs that talk across generations.
  */
 ngx_int_t
 ngx_ipc_bridge_init(ngx_cycle_t *cycle)

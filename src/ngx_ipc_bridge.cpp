@@ -81,7 +81,6 @@ struct ngx_ipc_bridge_s {
     ngx_event_t                      retry_ev;    /* wake-ups to send again */
     unsigned                         dirty:1;     /* inbox may hold records */
     unsigned                         batch:1;     /* a batch to release */
-    unsigned                         drop_logged:1;
 };
 
 
@@ -556,12 +555,11 @@ ngx_ipc_bridge_peers(ngx_ipc_worker_t *w, ngx_ipc_peer_t *out, int max)
 static void
 ngx_ipc_bridge_handler(ngx_event_t *rev)
 {
-    int                  i, n;
+    int                  i;
     u_char               buf[64];
     ngx_connection_t    *c = (ngx_connection_t *) rev->data;
     ngx_ipc_worker_t    *w = (ngx_ipc_worker_t *) c->data;
     ngx_ipc_bridge_t    *b = w->bridge;
-    ngx_ipc::Delivery    batch[NGX_IPC_FFI_BATCH];
 
     if (b == NULL) {
         return;
@@ -581,13 +579,7 @@ ngx_ipc_bridge_handler(ngx_event_t *rev)
     }
 
     b->endpoint->flush();
-
-    if (w->space_sema != NULL) {
-        void  *sema = w->space_sema;
-
-        w->space_sema = NULL;
-        w->sema_post(sema, 1);
-    }
+    ngx_ipc_space_freed(w);
 
     b->dirty = 1;
 
@@ -596,19 +588,7 @@ ngx_ipc_bridge_handler(ngx_event_t *rev)
         return;
     }
 
-    /* nobody in this worker called ngx.ipc: dropped and counted (rule 7) */
-    while ((n = b->endpoint->receive(batch, NGX_IPC_FFI_BATCH)) > 0) {
-        w->endpoint->stats().dropped += n;
-
-        if (!b->drop_logged) {
-            b->drop_logged = 1;
-            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                          "ngx_ipc: messages from another generation "
-                          "arrived in a worker that has not called ngx.ipc; "
-                          "they are dropped and counted");
-        }
-    }
-
+    ngx_ipc_drop_undelivered(w, b->endpoint);
     b->dirty = 0;
 }
 

@@ -139,19 +139,26 @@ ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
     }
 
     try {
-        s = w->endpoint->send(pid, name, name_len, data, data_len,
-                              (uint16_t) (flags & ngx_ipc_user_flags),
-                              call_id);
+        slot = w->endpoint->slot_of(pid);
 
-        if (s == ngx_ipc::Status::kNoSuchWorker
-            && (slot = ngx_ipc_bridge_find(w, pid)) >= 0)
-        {
-            /* a worker of another generation: not refused after all */
-            w->endpoint->stats().refused--;
+        if (slot >= 0) {
+            s = w->endpoint->send_slot((uint32_t) slot, pid, name, name_len,
+                                       data, data_len,
+                                       (uint16_t) (flags & ngx_ipc_user_flags),
+                                       call_id);
+
+        } else if ((slot = ngx_ipc_bridge_find(w, pid)) >= 0) {
+            /* a worker of another generation */
             s = ngx_ipc_bridge_send(w, slot, pid, name, name_len, data,
                                     data_len,
                                     (uint16_t) (flags & ngx_ipc_user_flags),
                                     call_id);
+
+        } else {
+            /* refused as the core refuses it (the arguments first) */
+            s = w->endpoint->send(pid, name, name_len, data, data_len,
+                                  (uint16_t) (flags & ngx_ipc_user_flags),
+                                  call_id);
         }
 
     } catch (...) {

@@ -133,6 +133,12 @@ int ngx_ipc_bridge_take(ngx_ipc_worker_t *w, ngx_ipc::Delivery *out, int max);
 void ngx_ipc_bridge_release(ngx_ipc_worker_t *w);
 int ngx_ipc_bridge_peers(ngx_ipc_worker_t *w, ngx_ipc_peer_t *out, int max);
 
+/* ngx_ipc_worker.cpp, for the wake handlers (the eventfd's, the bridge's):
+ * after a flush(), the send waiting for room tries again; in a worker with
+ * no dispatcher, what ep's inbox holds is dropped and counted (rule 7). */
+void ngx_ipc_space_freed(ngx_ipc_worker_t *w);
+void ngx_ipc_drop_undelivered(ngx_ipc_worker_t *w, ngx_ipc::Endpoint *ep);
+
 /* Posts sema after the event loop's next pass (a dispatcher's yield). */
 void ngx_ipc_yield(ngx_ipc_worker_t *w, void *sema);
 

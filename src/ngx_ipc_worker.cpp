@@ -163,11 +163,9 @@ ngx_ipc_attach(ngx_ipc_conf_t *conf)
 static void
 ngx_ipc_wake_handler(ngx_event_t *rev)
 {
-    int                  n;
     uint64_t             count;
     ngx_connection_t    *c = (ngx_connection_t *) rev->data;
     ngx_ipc_worker_t    *w = (ngx_ipc_worker_t *) c->data;
-    ngx_ipc::Delivery    batch[NGX_IPC_FFI_BATCH];
 
     if (c->close) {
         ngx_ipc_exit_begin(w);
@@ -180,19 +178,7 @@ ngx_ipc_wake_handler(ngx_event_t *rev)
     }
 
     w->endpoint->flush();
-
-    if (w->space_sema != NULL) {
-        /*
-         * A send waits for room (ipc.send with "wait"): a receiver freed
-         * ring space, which is what writes our eventfd while we hold a
-         * backlog, and flush() moved what it could. The waiter tries
-         * again; if its destination is still full it registers again.
-         */
-        void  *sema = w->space_sema;
-
-        w->space_sema = NULL;
-        w->sema_post(sema, 1);
-    }
+    ngx_ipc_space_freed(w);
 
     if (w->sema != NULL) {
         /*
@@ -209,28 +195,51 @@ ngx_ipc_wake_handler(ngx_event_t *rev)
         return;
     }
 
-    /*
-     * Nobody in this worker has called ngx.ipc: it has no handler for
-     * anything. Rule 7: such messages are dropped and counted (keeping them
-     * would fill the senders' backlogs, and then every broadcast of every
-     * worker would be refused). Handlers registered in init_worker_by_lua*
-     * start the dispatcher before this handler ever runs.
-     */
+    ngx_ipc_drop_undelivered(w, w->endpoint);
+}
 
-    if (!w->endpoint->inbox_pending()) {
-        return;
+
+/*
+ * A receiver freed ring space, which is what wakes us while we hold a
+ * backlog, and the caller's flush() moved what it could. A send that waits
+ * for room (ipc.send with "wait") tries again; if its destination is still
+ * full it registers again.
+ */
+void
+ngx_ipc_space_freed(ngx_ipc_worker_t *w)
+{
+    void  *sema = w->space_sema;
+
+    if (sema != NULL) {
+        w->space_sema = NULL;
+        w->sema_post(sema, 1);
     }
+}
 
-    if (!w->no_dispatcher_logged) {
-        w->no_dispatcher_logged = 1;
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "ngx_ipc: messages arrived in a worker that has not "
-                      "called ngx.ipc; they are dropped and counted "
-                      "(register handlers in init_worker_by_lua*)");
-    }
 
-    while ((n = w->endpoint->receive(batch, NGX_IPC_FFI_BATCH)) > 0) {
+/*
+ * Nobody in this worker has called ngx.ipc: it has no handler for anything.
+ * Rule 7: what arrives in ep's inbox is dropped and counted (keeping it
+ * would fill the senders' backlogs, and then every broadcast of every
+ * worker would be refused). Handlers registered in init_worker_by_lua*
+ * start the dispatcher before a wake handler ever runs.
+ */
+void
+ngx_ipc_drop_undelivered(ngx_ipc_worker_t *w, ngx_ipc::Endpoint *ep)
+{
+    int                 n;
+    ngx_ipc::Delivery   batch[NGX_IPC_FFI_BATCH];
+
+    while ((n = ep->receive(batch, NGX_IPC_FFI_BATCH)) > 0) {
         w->endpoint->stats().dropped += n;
+
+        if (!w->no_dispatcher_logged) {
+            w->no_dispatcher_logged = 1;
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "ngx_ipc: messages arrived in a worker that has "
+                          "not called ngx.ipc; they are dropped and counted "
+                          "(register handlers in init_worker_by_lua*)");
+        }
     }
 }
 

@@ -91,14 +91,21 @@ Status Endpoint::send(std::int32_t pid, const unsigned char* name, std::size_t n
   if (name_len == 0) return refuse(Status::kEmptyName);
   if (name_len > kMaxNameLen) return refuse(Status::kNameTooLong);
   if (data_len > max_message_) return refuse(Status::kTooLarge);
-  if (pid <= 0) return refuse(Status::kNoSuchWorker);
-  std::uint32_t k = 0;
-  for (; k < nslots_; ++k) {
+  int k = slot_of(pid);
+  if (k < 0) return refuse(Status::kNoSuchWorker);
+  return send_slot(static_cast<std::uint32_t>(k), pid, name, name_len, data, data_len, flags,
+                   call_id);
+}
+
+int Endpoint::slot_of(std::int32_t pid) const {
+  if (pid <= 0) return -1;
+  for (std::uint32_t k = 0; k < nslots_; ++k) {
     // Acquire: pairs with start()'s release store of the identity.
-    if (identity_pid(slot_at(shm_, k)->identity.load(std::memory_order_acquire)) == pid) break;
+    if (identity_pid(slot_at(shm_, k)->identity.load(std::memory_order_acquire)) == pid) {
+      return static_cast<int>(k);
+    }
   }
-  if (k == nslots_) return refuse(Status::kNoSuchWorker);
-  return send_slot(k, pid, name, name_len, data, data_len, flags, call_id);
+  return -1;
 }
 
 Status Endpoint::send_slot(std::uint32_t k, std::int32_t pid, const unsigned char* name,

@@ -170,6 +170,8 @@ class Endpoint {
   std::uint32_t nslots() const { return nslots_; }
   std::uint32_t incarnation() const { return incarnation_; }
   std::int32_t pid() const { return pid_; }
+  // The slot whose identity holds pid, -1 if none.
+  int slot_of(std::int32_t pid) const;
   // PID of the process in slot i, 0 if none has started or it exited cleanly.
   std::int32_t slot_pid(std::uint32_t i) const;
 

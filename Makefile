@@ -15,7 +15,7 @@ BUILD     ?= build
 MODULE    := $(BUILD)/ngx_ipc_module.so
 NGX_BUILD := $(BUILD)/nginx
 CORE_SRCS := $(wildcard core/include/ngx_ipc/*.h core/src/*.cpp)
-GLUE_SRCS := $(wildcard src/*.cpp src/*.h lib/ngx/*.lua lib/ngx/ipc/*.lua)
+GLUE_SRCS := $(wildcard src/*.cpp src/*.h lib/ngx/*.lua lib/ngx/ipc/*.lua lib/ngx/ipc/*/*.lua)
 DEMO_PORT ?= 8080
 PYTEST    ?= /usr/bin/python3 -m pytest
 

@@ -2,8 +2,9 @@
  * ngx_ipc http module: makes `require "ngx.ipc"` work with no
  * lua_package_path. The Lua library (lib/ngx/ipc.lua and lib/ngx/ipc/) is
  * embedded in the module at build time and registered as preloaded
- * packages through lua-nginx-module's public C API. So is the C ABI's
- * header, src/ngx_ipc_ffi.h: the loader of "ngx.ipc.ffi" hands its text to
+ * packages through lua-nginx-module's public C API: one package per file,
+ * as `config` lists them (NGX_IPC_LUA_PACKAGES). So is the C ABI's header,
+ * src/ngx_ipc_ffi.h: the loader of "ngx.ipc.ffi" hands its text to
  * lib/ngx/ipc/ffi.lua, which declares it with ffi.cdef.
  */
 
@@ -15,9 +16,8 @@ extern "C" {
 
 #include <dlfcn.h>
 
-#include "ngx_ipc_lua_path.h"   /* written by ./config: NGX_IPC_LUA_PATH,
-                                   NGX_IPC_CLUSTER_LUA_PATH,
-                                   NGX_IPC_FFI_LUA_PATH, NGX_IPC_FFI_H_PATH */
+#include "ngx_ipc_lua_path.h"   /* written by ./config:
+                                   NGX_IPC_LUA_PACKAGES, NGX_IPC_FFI_H_PATH */
 
 
 /*
@@ -42,6 +42,8 @@ typedef int (*ngx_ipc_lua_toboolean_pt)(lua_State *L, int idx);
 typedef void (*ngx_ipc_lua_settop_pt)(lua_State *L, int idx);
 typedef const char *(*ngx_ipc_lua_pushstring_pt)(lua_State *L,
     const char *s);
+typedef const char *(*ngx_ipc_lua_tolstring_pt)(lua_State *L, int idx,
+    size_t *len);
 
 #define NGX_IPC_LUA_REGISTRYINDEX  (-10000)    /* Lua 5.1 and LuaJIT */
 
@@ -57,6 +59,7 @@ static ngx_ipc_lua_rawop_pt              ngx_ipc_lua_rawset;
 static ngx_ipc_lua_toboolean_pt          ngx_ipc_lua_toboolean;
 static ngx_ipc_lua_settop_pt             ngx_ipc_lua_settop;
 static ngx_ipc_lua_pushstring_pt         ngx_ipc_lua_pushstring;
+static ngx_ipc_lua_tolstring_pt          ngx_ipc_lua_tolstring;
 
 /*
  * Its address is the registry key that marks lua-nginx-module's main Lua VM,
@@ -71,45 +74,37 @@ static ngx_uint_t  ngx_ipc_main_vm_marked;
 
 static ngx_int_t ngx_http_ipc_postconfiguration(ngx_conf_t *cf);
 static int ngx_http_ipc_lua_loader(lua_State *L);
-static int ngx_http_ipc_cluster_lua_loader(lua_State *L);
-static int ngx_http_ipc_ffi_lua_loader(lua_State *L);
 static int ngx_http_ipc_load(lua_State *L, const char *src, size_t len,
     const char *name, const char *arg);
 
 
-/* lib/ngx/ipc.lua, lib/ngx/ipc/cluster.lua, lib/ngx/ipc/ffi.lua and
- * src/ngx_ipc_ffi.h (NUL-terminated), embedded by the assembler */
-extern "C" const char  ngx_ipc_lua_source[];
-extern "C" const char  ngx_ipc_lua_source_end[];
-extern "C" const char  ngx_ipc_cluster_lua_source[];
-extern "C" const char  ngx_ipc_cluster_lua_source_end[];
-extern "C" const char  ngx_ipc_ffi_lua_source[];
-extern "C" const char  ngx_ipc_ffi_lua_source_end[];
+/*
+ * The Lua files (NUL-free text) and src/ngx_ipc_ffi.h (NUL-terminated),
+ * embedded by the assembler: for package i, ngx_ipc_lua_<i> and
+ * ngx_ipc_lua_<i>_end.
+ */
+#define NGX_IPC_LUA_DECLARE(i, package, path)                                \
+    extern "C" const char  ngx_ipc_lua_##i[];                                \
+    extern "C" const char  ngx_ipc_lua_##i##_end[];
+
+#define NGX_IPC_LUA_INCBIN(i, package, path)                                 \
+    ".global ngx_ipc_lua_" #i "\n"                                           \
+    ".global ngx_ipc_lua_" #i "_end\n"                                       \
+    ".hidden ngx_ipc_lua_" #i "\n"                                           \
+    ".hidden ngx_ipc_lua_" #i "_end\n"                                       \
+    "ngx_ipc_lua_" #i ":\n"                                                  \
+    ".incbin \"" path "\"\n"                                                 \
+    "ngx_ipc_lua_" #i "_end:\n"
+
+#define NGX_IPC_LUA_ENTRY(i, package, path)                                  \
+    { package, ngx_ipc_lua_##i, ngx_ipc_lua_##i##_end },
+
+NGX_IPC_LUA_PACKAGES(NGX_IPC_LUA_DECLARE)
 extern "C" const char  ngx_ipc_ffi_h_source[];
 
 __asm__(
     ".section .rodata\n"
-    ".global ngx_ipc_lua_source\n"
-    ".global ngx_ipc_lua_source_end\n"
-    ".hidden ngx_ipc_lua_source\n"
-    ".hidden ngx_ipc_lua_source_end\n"
-    "ngx_ipc_lua_source:\n"
-    ".incbin \"" NGX_IPC_LUA_PATH "\"\n"
-    "ngx_ipc_lua_source_end:\n"
-    ".global ngx_ipc_cluster_lua_source\n"
-    ".global ngx_ipc_cluster_lua_source_end\n"
-    ".hidden ngx_ipc_cluster_lua_source\n"
-    ".hidden ngx_ipc_cluster_lua_source_end\n"
-    "ngx_ipc_cluster_lua_source:\n"
-    ".incbin \"" NGX_IPC_CLUSTER_LUA_PATH "\"\n"
-    "ngx_ipc_cluster_lua_source_end:\n"
-    ".global ngx_ipc_ffi_lua_source\n"
-    ".global ngx_ipc_ffi_lua_source_end\n"
-    ".hidden ngx_ipc_ffi_lua_source\n"
-    ".hidden ngx_ipc_ffi_lua_source_end\n"
-    "ngx_ipc_ffi_lua_source:\n"
-    ".incbin \"" NGX_IPC_FFI_LUA_PATH "\"\n"
-    "ngx_ipc_ffi_lua_source_end:\n"
+    NGX_IPC_LUA_PACKAGES(NGX_IPC_LUA_INCBIN)
     ".global ngx_ipc_ffi_h_source\n"
     ".hidden ngx_ipc_ffi_h_source\n"
     "ngx_ipc_ffi_h_source:\n"
@@ -117,6 +112,16 @@ __asm__(
     ".byte 0\n"
     ".previous\n"
 );
+
+typedef struct {
+    const char  *name;          /* "ngx.ipc.cluster" */
+    const char  *start;
+    const char  *end;
+} ngx_http_ipc_package_t;
+
+static ngx_http_ipc_package_t  ngx_http_ipc_packages[] = {
+    NGX_IPC_LUA_PACKAGES(NGX_IPC_LUA_ENTRY)
+};
 
 
 static ngx_http_module_t  ngx_http_ipc_module_ctx = {
@@ -185,6 +190,7 @@ static ngx_http_ipc_symbol_t  ngx_http_ipc_lua_symbols[] = {
     ngx_http_ipc_symbol("lua_toboolean", &ngx_ipc_lua_toboolean),
     ngx_http_ipc_symbol("lua_settop", &ngx_ipc_lua_settop),
     ngx_http_ipc_symbol("lua_pushstring", &ngx_ipc_lua_pushstring),
+    ngx_http_ipc_symbol("lua_tolstring", &ngx_ipc_lua_tolstring),
 };
 
 
@@ -224,63 +230,79 @@ ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
         ngx_ipc_lua_rawset(L, NGX_IPC_LUA_REGISTRYINDEX);
     }
 
-    if (ngx_ipc_add_preload(cf, "ngx.ipc", ngx_http_ipc_lua_loader) != NGX_OK
-        || ngx_ipc_add_preload(cf, "ngx.ipc.ffi", ngx_http_ipc_ffi_lua_loader)
-           != NGX_OK)
+    for (i = 0; i < sizeof(ngx_http_ipc_packages)
+                    / sizeof(ngx_http_ipc_package_t); i++)
     {
-        return NGX_ERROR;
-    }
-
-    return ngx_ipc_add_preload(cf, "ngx.ipc.cluster",
-                               ngx_http_ipc_cluster_lua_loader);
-}
-
-
-static int
-ngx_http_ipc_lua_loader(lua_State *L)
-{
-    int  main_vm;
-
-    if (ngx_ipc_main_vm_marked) {
-        ngx_ipc_lua_pushlightuserdata(L, &ngx_ipc_main_vm_key);
-        ngx_ipc_lua_rawget(L, NGX_IPC_LUA_REGISTRYINDEX);
-        main_vm = ngx_ipc_lua_toboolean(L, -1);
-        ngx_ipc_lua_settop(L, -2);
-
-        if (!main_vm) {
-            ngx_ipc_lua_pushstring(L,
-                "ngx.ipc does not work with \"lua_code_cache off\": each "
-                "request then runs in a Lua VM of its own, and ngx.ipc needs "
-                "the one VM of its worker; remove \"lua_code_cache off\" "
-                "(or set it on) where ngx.ipc is used");
-            return ngx_ipc_lua_error(L);
+        if (ngx_ipc_add_preload(cf, ngx_http_ipc_packages[i].name,
+                                ngx_http_ipc_lua_loader)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
         }
     }
 
-    return ngx_http_ipc_load(L, ngx_ipc_lua_source,
-                             ngx_ipc_lua_source_end - ngx_ipc_lua_source,
-                             "=ngx.ipc", NULL);
+    return NGX_OK;
 }
 
 
+/* The loader of every package: require() passes the package's name. */
 static int
-ngx_http_ipc_cluster_lua_loader(lua_State *L)
+ngx_http_ipc_lua_loader(lua_State *L)
 {
-    return ngx_http_ipc_load(L, ngx_ipc_cluster_lua_source,
-                             ngx_ipc_cluster_lua_source_end
-                             - ngx_ipc_cluster_lua_source,
-                             "=ngx.ipc.cluster", NULL);
-}
+    int                      main_vm;
+    size_t                   len;
+    ngx_uint_t               i;
+    const char              *name;
+    ngx_http_ipc_package_t  *p;
+    u_char                   chunk[128];
 
+    name = ngx_ipc_lua_tolstring(L, 1, &len);
+    if (name == NULL) {
+        ngx_ipc_lua_pushstring(L, "ngx_ipc: a package loader called "
+                                  "without the package's name");
+        return ngx_ipc_lua_error(L);
+    }
 
-/* lib/ngx/ipc/ffi.lua, called with the text of src/ngx_ipc_ffi.h */
-static int
-ngx_http_ipc_ffi_lua_loader(lua_State *L)
-{
-    return ngx_http_ipc_load(L, ngx_ipc_ffi_lua_source,
-                             ngx_ipc_ffi_lua_source_end
-                             - ngx_ipc_ffi_lua_source,
-                             "=ngx.ipc.ffi", ngx_ipc_ffi_h_source);
+    for (i = 0; i < sizeof(ngx_http_ipc_packages)
+                    / sizeof(ngx_http_ipc_package_t); i++)
+    {
+        p = &ngx_http_ipc_packages[i];
+
+        if (ngx_strlen(p->name) != len || ngx_strncmp(p->name, name, len) != 0)
+        {
+            continue;
+        }
+
+        if (ngx_ipc_main_vm_marked && ngx_strcmp(p->name, "ngx.ipc") == 0) {
+            /* "ngx.ipc" itself: only in the main VM (see the key above) */
+            ngx_ipc_lua_pushlightuserdata(L, &ngx_ipc_main_vm_key);
+            ngx_ipc_lua_rawget(L, NGX_IPC_LUA_REGISTRYINDEX);
+            main_vm = ngx_ipc_lua_toboolean(L, -1);
+            ngx_ipc_lua_settop(L, -2);
+
+            if (!main_vm) {
+                ngx_ipc_lua_pushstring(L,
+                    "ngx.ipc does not work with \"lua_code_cache off\": "
+                    "each request then runs in a Lua VM of its own, and "
+                    "ngx.ipc needs the one VM of its worker; remove "
+                    "\"lua_code_cache off\" (or set it on) where ngx.ipc "
+                    "is used");
+                return ngx_ipc_lua_error(L);
+            }
+        }
+
+        /* "=ngx.ipc.cluster": what error messages and tracebacks name */
+        *ngx_snprintf(chunk, sizeof(chunk) - 1, "=%s", p->name) = '\0';
+
+        /* lib/ngx/ipc/ffi.lua is called with the text of the C ABI */
+        return ngx_http_ipc_load(L, p->start, p->end - p->start,
+                                 (const char *) chunk,
+                                 ngx_strcmp(p->name, "ngx.ipc.ffi") == 0
+                                 ? ngx_ipc_ffi_h_source : NULL);
+    }
+
+    ngx_ipc_lua_pushstring(L, "ngx_ipc: no such embedded package");
+    return ngx_ipc_lua_error(L);
 }
 
 

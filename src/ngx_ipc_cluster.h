@@ -9,6 +9,9 @@
  *     (ngx_ipc_cluster_outbox.cpp);
  *   - the stream position (the last entry id fanned out here) and counters.
  *
+ * ngx_ipc_cluster_secret.cpp reads secret= and makes and checks the MAC
+ * every entry carries with it.
+ *
  * ngx_ipc_cluster_module.cpp holds the directive and makes the zone. The
  * zone outlives a reload when the directive's sizes are unchanged (nginx
  * keeps a zone whose name, size and tag match), so a reloaded node resumes
@@ -29,7 +32,7 @@
 namespace ngx_ipc_cluster_zone {
 
 constexpr std::uint64_t kClusterMagic = 0x72756c6370696e67ULL;  /* "gnipclur" */
-constexpr std::uint32_t kClusterVersion = 1;
+constexpr std::uint32_t kClusterVersion = 2;
 constexpr std::uint32_t kOutMagic = 0x6f757462;                   /* "btuo" */
 constexpr std::uint32_t kOutPad = 0x64617062;                     /* "bpad" */
 constexpr std::size_t kTextMax = NGX_IPC_FFI_CLUSTER_TEXT_MAX;
@@ -71,6 +74,8 @@ enum Counter : int {
     kConnected = NGX_IPC_FFI_CLUSTER_CONNECTED,
     kLagMs = NGX_IPC_FFI_CLUSTER_LAG_MS,
     kNodeClashes = NGX_IPC_FFI_CLUSTER_NODE_CLASHES,
+    kMalformed = NGX_IPC_FFI_CLUSTER_MALFORMED,
+    kUnauthenticated = NGX_IPC_FFI_CLUSTER_UNAUTHENTICATED,
     kCounters = NGX_IPC_FFI_CLUSTER_COUNTERS
 };
 
@@ -125,6 +130,8 @@ typedef struct {
     size_t           max_message;
     size_t           queue;
     ngx_shm_zone_t  *zone;
+    void            *secret;     /* secret=: the MAC's keyed state, or NULL
+                                    (ngx_ipc_cluster_secret.cpp) */
 } ngx_ipc_cluster_conf_t;
 
 
@@ -137,6 +144,10 @@ ClusterShared *ngx_ipc_cluster_shared(void);
 /* ngx_ipc_cluster_url.cpp: fills ccf's host, port, db, user, password */
 char *ngx_ipc_cluster_parse_url(ngx_conf_t *cf, ngx_ipc_cluster_conf_t *ccf,
     ngx_str_t *url);
+/* ngx_ipc_cluster_secret.cpp: secret=PATH, the key every entry's MAC is
+ * made with (read now, by the master) */
+char *ngx_ipc_cluster_read_secret(ngx_conf_t *cf, ngx_ipc_cluster_conf_t *ccf,
+    ngx_str_t *path);
 
 
 static inline bool

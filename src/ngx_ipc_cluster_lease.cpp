@@ -42,6 +42,7 @@ ngx_ipc_ffi_cluster_info(ngx_ipc_cluster_info_t *out)
     out->maxlen = ccf->maxlen;
     out->max_message = ccf->max_message;
     out->epoch = cs->epoch;
+    out->secret = ccf->secret != NULL;
 
     return NGX_OK;
 }

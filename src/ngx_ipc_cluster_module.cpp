@@ -15,6 +15,7 @@ static void *ngx_ipc_cluster_create_conf(ngx_cycle_t *cycle);
 static char *ngx_ipc_cluster_init_conf(ngx_cycle_t *cycle, void *conf);
 static char *ngx_ipc_cluster(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_ipc_cluster_init_zone(ngx_shm_zone_t *zone, void *data);
+static ngx_uint_t ngx_ipc_cluster_printable(ngx_str_t *s);
 
 
 #define NGX_IPC_CLUSTER_DEFAULT_MAXLEN    100000
@@ -93,7 +94,8 @@ ngx_ipc_cluster_init_conf(ngx_cycle_t *cycle, void *conf)
 
 
 /* ipc_cluster redis://[user:password@]HOST:PORT[/DB] [stream=NAME]
- *             [node=NAME] [maxlen=N] [max_message=SIZE] [queue=SIZE]; */
+ *             [node=NAME] [maxlen=N] [max_message=SIZE] [queue=SIZE]
+ *             [secret=PATH]; */
 static char *
 ngx_ipc_cluster(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -135,14 +137,22 @@ ngx_ipc_cluster(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         v.len = value[i].data + value[i].len - v.data;
 
         if (name.len == 6 && ngx_strncmp(name.data, "stream", 6) == 0
-            && v.len > 0)
+            && v.len > 0 && v.len <= 255 && ngx_ipc_cluster_printable(&v))
         {
             ccf->stream = v;
 
         } else if (name.len == 4 && ngx_strncmp(name.data, "node", 4) == 0
-                   && v.len > 0 && v.len <= 255)
+                   && v.len > 0 && v.len <= 255
+                   && ngx_ipc_cluster_printable(&v))
         {
             ccf->node = v;
+
+        } else if (name.len == 6 && ngx_strncmp(name.data, "secret", 6) == 0
+                   && v.len > 0)
+        {
+            if (ngx_ipc_cluster_read_secret(cf, ccf, &v) != NGX_CONF_OK) {
+                return (char *) NGX_CONF_ERROR;
+            }
 
         } else if (name.len == 6 && ngx_strncmp(name.data, "maxlen", 6) == 0) {
             n = ngx_atoi(v.data, v.len);
@@ -196,6 +206,12 @@ ngx_ipc_cluster(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (ccf->node.len > 255) {
             ccf->node.len = 255;
         }
+
+        for (p = ccf->node.data; p < ccf->node.data + ccf->node.len; p++) {
+            if (*p < 0x20 || *p == 0x7f) {
+                *p = '_';          /* every node's decoder refuses them */
+            }
+        }
     }
 
     ngx_str_set(&name, "ngx_ipc_cluster");
@@ -216,12 +232,30 @@ invalid:
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid ipc_cluster parameter \"%V\" (expected "
-                       "stream=NAME, node=NAME (at most 255 bytes), "
-                       "maxlen=N, max_message=SIZE or queue=SIZE)",
+                       "stream=NAME, node=NAME (1 to 255 bytes, no control "
+                       "character), maxlen=N, max_message=SIZE, queue=SIZE "
+                       "or secret=PATH)",
                        &value[i]);
     return (char *) NGX_CONF_ERROR;
 }
 
+
+
+/* Node and stream names travel in every entry and in log lines: no control
+ * character (other nodes' decoders refuse them). */
+static ngx_uint_t
+ngx_ipc_cluster_printable(ngx_str_t *s)
+{
+    u_char  *p;
+
+    for (p = s->data; p < s->data + s->len; p++) {
+        if (*p < 0x20 || *p == 0x7f) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
 
 
 static ngx_int_t

@@ -33,7 +33,7 @@ extern "C" {
 enum {
     /* Bumped whenever a declaration below changes; lib/ngx/ipc.lua refuses
      * to run against a module that reports another version. */
-    NGX_IPC_FFI_VERSION = 4,
+    NGX_IPC_FFI_VERSION = 5,
 
     /* messages taken from the inbox per ngx_ipc_ffi_take() call */
     NGX_IPC_FFI_BATCH = 64,
@@ -78,7 +78,13 @@ enum {
     NGX_IPC_FFI_CLUSTER_CONNECTED = 7,   /* gauge: 1 while the link is up */
     NGX_IPC_FFI_CLUSTER_LAG_MS = 8,      /* gauge: age of the last entry */
     NGX_IPC_FFI_CLUSTER_NODE_CLASHES = 9,/* entries from a node of our name */
-    NGX_IPC_FFI_CLUSTER_COUNTERS = 10
+    NGX_IPC_FFI_CLUSTER_MALFORMED = 10,  /* entries skipped: not well formed,
+                                            out of bounds or of window */
+    NGX_IPC_FFI_CLUSTER_UNAUTHENTICATED = 11, /* skipped: no valid MAC */
+    NGX_IPC_FFI_CLUSTER_COUNTERS = 12,
+
+    /* hex digits of an entry's MAC (HMAC-SHA256, secret=) */
+    NGX_IPC_FFI_CLUSTER_MAC_HEX = 64
 };
 
 /* A message taken from the inbox (ngx_ipc::Delivery): name and data stay
@@ -166,6 +172,7 @@ typedef struct {
     uint64_t              maxlen;
     uint64_t              max_message;
     uint64_t              epoch;
+    int                   secret;      /* 1: entries carry a MAC (secret=) */
 } ngx_ipc_cluster_info_t;
 
 /* an outbox entry handed to the agent (pointers into the zone, valid until
@@ -236,6 +243,16 @@ void ngx_ipc_ffi_cluster_set_text(int which, const char *text, size_t len);
 uint64_t *ngx_ipc_ffi_cluster_counters(void);
 void ngx_ipc_ffi_cluster_count(int which, int64_t n);
 void ngx_ipc_ffi_cluster_gauge(int which, uint64_t v);
+/* secret=: the MAC of an entry (its header text, then its messages), as
+ * NGX_IPC_FFI_CLUSTER_MAC_HEX lowercase hex digits into hex; NGX_DECLINED
+ * without a secret */
+int ngx_ipc_ffi_cluster_mac(const unsigned char *head, size_t head_len,
+    const unsigned char *body, size_t body_len, char *hex);
+/* 1 if mac (mac_len bytes) is that MAC, compared in constant time; 0 if
+ * not, or without a secret */
+int ngx_ipc_ffi_cluster_mac_ok(const unsigned char *head, size_t head_len,
+    const unsigned char *body, size_t body_len, const char *mac,
+    size_t mac_len);
 
 /* NGX_IPC_FFI_CDEF_END */
 

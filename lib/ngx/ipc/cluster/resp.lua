@@ -1,0 +1,426 @@
+-- ngx.ipc.cluster.resp: the cluster link's Redis client, RESP2 over a
+-- cosocket, with what a reply may cost bounded.
+--
+-- Replies carry what other writers to the stream put there, so nothing in
+-- one is trusted to be small: a bulk string over its limit is read and
+-- dropped in slices, never held (it reads as resp.TOO_LARGE), an array keeps
+-- at most its limit of elements (the rest are read and dropped), and nesting
+-- is bounded. XREAD replies are read one stream entry at a time
+-- (conn:xread_each), so the link holds at most one entry however many the
+-- reply carries. The protocol's own lines (types, lengths, simple strings,
+-- errors) come from the Redis server, which the link trusts (README,
+-- "Security"); what a stream writer controls only ever arrives in bulks.
+--
+-- conn:command(...) returns the reply; false, message for an error reply
+-- (the connection stays usable); nil, err when the connection failed (it
+-- is closed then).
+
+local ngx_socket_tcp = ngx.socket.tcp
+local ngx_sleep = ngx.sleep
+local setmetatable = setmetatable
+local str_byte = string.byte
+local str_sub = string.sub
+local tonumber = tonumber
+local tostring = tostring
+local type = type
+
+
+local SLICE = 65536                   -- bytes per read of a dropped bulk
+local YIELD_BYTES = 8 * 1024 * 1024   -- dropped bytes between two yields
+local MAX_DEPTH = 8                   -- nested arrays in a reply, at most
+local DEFAULTS = { bulk = 1024 * 1024, elements = 1024 }
+
+local TOO_LARGE = setmetatable({}, {
+    __tostring = function() return "(bulk string over its limit)" end
+})
+
+local _M = { TOO_LARGE = TOO_LARGE }
+local mt = { __index = _M }
+
+
+-- The request: RESP2's array of bulk strings. An argument may be a table of
+-- strings sent as one bulk (no copy: the cosocket writes the pieces).
+local function request(args, n)
+    local out, k = { "*", n, "\r\n" }, 3
+    for i = 1, n do
+        local a = args[i]
+        if type(a) == "table" then
+            local len = 0
+            for j = 1, #a do
+                len = len + #a[j]
+            end
+            out[k + 1], out[k + 2], out[k + 3] = "$", len, "\r\n"
+            out[k + 4], out[k + 5] = a, "\r\n"
+            k = k + 5
+        else
+            a = tostring(a)
+            out[k + 1], out[k + 2], out[k + 3] = "$", #a, "\r\n"
+            out[k + 4], out[k + 5] = a, "\r\n"
+            k = k + 5
+        end
+    end
+    return out
+end
+
+
+-- A line without its CR LF, or nil, err (the connection is closed then).
+function _M.line(self)
+    local line, err = self.sock:receive("*l")
+    if not line then
+        self:close()
+        return nil, err
+    end
+    return line
+end
+
+
+-- Reads and drops n bytes (a bulk over its limit, with its CR LF),
+-- yielding now and then so that no reply holds up the event loop.
+function _M.drop(self, n)
+    local since = 0
+    while n > 0 do
+        local want = n < SLICE and n or SLICE
+        local data, err = self.sock:receive(want)
+        if not data then
+            self:close()
+            return nil, err
+        end
+        n = n - want
+        since = since + want
+        if since >= YIELD_BYTES then
+            since = 0
+            ngx_sleep(0.001)
+        end
+    end
+    return true
+end
+
+
+-- The payload of a bulk whose header said `len`: the string if it is at
+-- most `limit` bytes, TOO_LARGE if it is over (read and dropped), or nil,
+-- err.
+function _M.bulk(self, len, limit)
+    if len > limit then
+        local ok, err = self:drop(len + 2)
+        if not ok then
+            return nil, err
+        end
+        return TOO_LARGE
+    end
+
+    local data, err = self.sock:receive(len + 2)
+    if not data then
+        self:close()
+        return nil, err
+    end
+    return str_sub(data, 1, len)
+end
+
+
+-- One reply, within limits { bulk = bytes, elements = n }. An error reply
+-- inside an array reads as false.
+function _M.read(self, limits, depth)
+    limits = limits or DEFAULTS
+    depth = depth or 0
+
+    local line, err = self:line()
+    if not line then
+        return nil, err
+    end
+
+    local kind = str_byte(line)
+    local rest = str_sub(line, 2)
+
+    if kind == 43 then                 -- "+"
+        return rest
+    end
+
+    if kind == 45 then                 -- "-"
+        return false, rest
+    end
+
+    local n = tonumber(rest)
+    if kind == 58 then                 -- ":"
+        if not n then
+            self:close()
+            return nil, "bad integer reply"
+        end
+        return n
+    end
+
+    if not n or n % 1 ~= 0 then
+        self:close()
+        return nil, "bad reply from Redis: " .. str_sub(line, 1, 32)
+    end
+
+    if kind == 36 then                 -- "$"
+        if n < 0 then
+            return nil, nil, true      -- a null bulk
+        end
+        return self:bulk(n, limits.bulk)
+    end
+
+    if kind ~= 42 then                 -- "*"
+        self:close()
+        return nil, "bad reply from Redis: " .. str_sub(line, 1, 32)
+    end
+
+    if n < 0 then
+        return nil, nil, true          -- a null array
+    end
+
+    if depth >= MAX_DEPTH then
+        self:close()
+        return nil, "reply nested too deep"
+    end
+
+    local t = {}
+    for i = 1, n do
+        local v, e, null = self:read(limits, depth + 1)
+        if v == nil and not null then
+            return nil, e
+        end
+        if i <= limits.elements then
+            t[i] = v
+            if v == nil then
+                t[i] = false
+            end
+        end
+    end
+    if n > limits.elements then
+        t.truncated = n
+    end
+    return t
+end
+
+
+-- Sends one command and reads its reply (see the top of the file).
+function _M.command(self, ...)
+    return self:command_limited(DEFAULTS, ...)
+end
+
+
+function _M.command_limited(self, limits, ...)
+    local args = { ... }
+    local ok, err = self.sock:send(request(args, #args))
+    if not ok then
+        self:close()
+        return nil, err
+    end
+
+    local res, rerr, null = self:read(limits)
+    if res == nil and null then
+        return self.NULL
+    end
+    if res == false or res == nil then
+        return res, rerr
+    end
+    return res
+end
+
+
+-- XREAD COUNT count BLOCK ms STREAMS stream from, one entry at a time:
+-- on_entry(id, fields, nf, problem) gets each entry's id and its fields
+-- (an array of nf strings: name, value, ...), or a problem (the entry is
+-- too large or has too many fields: fields is nil then); on_entry returns
+-- false to stop (the connection is closed: the rest of the reply is never
+-- read). Returns the number of entries (0 when BLOCK ran out), or nil, err.
+-- An entry is at most `entry_bytes` long and has at most `max_fields`.
+function _M.xread_each(self, count, block_ms, stream, from, entry_bytes,
+                       max_fields, on_entry)
+    local ok, err = self.sock:send(request({ "XREAD", "COUNT", count,
+                                             "BLOCK", block_ms, "STREAMS",
+                                             stream, from }, 8))
+    if not ok then
+        self:close()
+        return nil, err
+    end
+
+    local n
+    n, err = self:header("*")
+    if not n or n < 0 then
+        return n and 0, err            -- a null array: BLOCK ran out
+    end
+
+    if n ~= 1 then
+        self:close()
+        return nil, "XREAD answered " .. n .. " streams"
+    end
+
+    -- [ stream name, [ [id, [field, value, ...]], ... ] ]
+    n, err = self:header("*")
+    if n ~= 2 then
+        self:close()
+        return nil, err or "bad XREAD reply"
+    end
+
+    local name
+    name, err = self:read({ bulk = 1024, elements = 0 })
+    if not name then
+        return nil, err
+    end
+
+    local entries
+    entries, err = self:header("*")
+    if not entries or entries < 0 then
+        self:close()
+        return nil, err or "bad XREAD reply"
+    end
+
+    for i = 1, entries do
+        n, err = self:header("*")
+        if n ~= 2 then
+            self:close()
+            return nil, err or "bad XREAD entry"
+        end
+
+        local id
+        id, err = self:read({ bulk = 64, elements = 0 })
+        if type(id) ~= "string" then
+            self:close()
+            return nil, err or "bad XREAD entry id"
+        end
+
+        local nf
+        nf, err = self:header("*")
+        if not nf then
+            return nil, err
+        end
+
+        local fields, problem = {}, nil
+        local budget = entry_bytes
+        for k = 1, nf do
+            local len
+            len, err = self:header("$")
+            if not len then
+                return nil, err
+            end
+
+            if len < 0 then
+                problem = problem or "a null field"
+
+            else
+                -- past a problem, or past max_fields, everything is dropped
+                local keep = (problem == nil and k <= max_fields) and budget
+                             or 0
+                local v
+                v, err = self:bulk(len, keep)
+                if v == nil then
+                    return nil, err
+                end
+
+                if problem == nil then
+                    if k > max_fields then
+                        problem = "more than " .. max_fields .. " fields"
+
+                    elseif v == TOO_LARGE then
+                        problem = "larger than " .. entry_bytes .. " bytes"
+
+                    else
+                        fields[k] = v
+                        budget = budget - #v
+                    end
+                end
+            end
+        end
+
+        if problem then
+            fields, nf = nil, 0
+        end
+
+        if on_entry(id, fields, nf, problem) == false then
+            self:close()
+            return i
+        end
+    end
+
+    return entries
+end
+
+
+-- The number of a "*N" or "$N" line of the expected kind.
+function _M.header(self, kind)
+    local line, err = self:line()
+    if not line then
+        return nil, err
+    end
+
+    local n = tonumber(str_sub(line, 2))
+    if str_sub(line, 1, 1) ~= kind or not n or n % 1 ~= 0 then
+        self:close()
+        if str_sub(line, 1, 1) == "-" then
+            return nil, str_sub(line, 2)
+        end
+        return nil, "bad reply from Redis: " .. str_sub(line, 1, 32)
+    end
+    return n
+end
+
+
+function _M.open(self)
+    return self.sock ~= nil
+end
+
+
+function _M.close(self)
+    if self.sock then
+        self.sock:close()
+        self.sock = nil
+    end
+end
+
+
+-- A connection: authenticated, on the right database, named for CLIENT
+-- LIST. cfg: host, port, user, password, db, timeout_ms; name: the client
+-- name. Returns conn or nil, err.
+function _M.connect(cfg, name)
+    local sock = ngx_socket_tcp()
+    sock:settimeouts(cfg.timeout_ms, cfg.timeout_ms, cfg.timeout_ms)
+
+    local ok, err = sock:connect(cfg.host, cfg.port)
+    if not ok then
+        return nil, "cannot connect: " .. tostring(err)
+    end
+
+    local self = setmetatable({ sock = sock }, mt)
+
+    if cfg.password ~= "" then
+        local res
+        if cfg.user ~= "" then
+            res, err = self:command("AUTH", cfg.user, cfg.password)
+        else
+            res, err = self:command("AUTH", cfg.password)
+        end
+        if not res then
+            self:close()
+            return nil, "authentication failed: " .. tostring(err)
+        end
+    end
+
+    if cfg.db ~= 0 then
+        local res
+        res, err = self:command("SELECT", cfg.db)
+        if not res then
+            self:close()
+            return nil, "SELECT " .. cfg.db .. " failed: " .. tostring(err)
+        end
+    end
+
+    local res
+    res, err = self:command("CLIENT", "SETNAME", name)
+    if not res then
+        self:close()
+        return nil, "CLIENT SETNAME failed: " .. tostring(err)
+    end
+
+    return self
+end
+
+
+-- what a null bulk or array reads as, from command()
+_M.NULL = setmetatable({}, {
+    __tostring = function() return "(nil)" end
+})
+
+
+return _M

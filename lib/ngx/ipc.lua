@@ -45,7 +45,7 @@ local worker_exiting = ngx.worker.exiting
 local worker_pid = ngx.worker.pid
 
 
-local FFI_VERSION = 4      -- the C ABI this file is written for
+local FFI_VERSION = 5      -- the C ABI this file is written for
 local NGX_OK = 0
 local NGX_ERROR = -1
 local IDLE_WAIT = 3600     -- seconds; the light threads are woken by events
@@ -57,6 +57,7 @@ local CALL_TIMEOUT = 5     -- seconds
 local MAX_WAIT = 2147483   -- seconds: ngx.semaphore waits take int milliseconds
 
 local REPLY_NAME = "r"     -- the name a reply carries (it is not used)
+local CLUSTER_RESERVED = "ipc:cluster"  -- names no cluster entry may carry
 
 -- where ngx.sleep may be used, and so ipc.call
 local YIELDABLE = {
@@ -234,7 +235,8 @@ end
 
 -- A handler's error value as text: a string or a number as such, an
 -- object through its __tostring, anything else as Lua's own interpreter
--- says it ("(error object is a table value)").
+-- says it ("(error object is a table value)"). Whatever the object does
+-- (a metatable whose __index or __tostring raises), this never raises.
 local function error_text(err)
     local t = type(err)
     if t == "string" then
@@ -246,7 +248,7 @@ local function error_text(err)
     end
 
     local mt = getmetatable(err)
-    if mt and mt.__tostring then
+    if type(mt) == "table" and rawget(mt, "__tostring") ~= nil then
         local ok, s = pcall(tostring, err)
         if ok and type(s) == "string" then
             return s
@@ -953,6 +955,14 @@ function _M.broadcast(name, data, opts)
         end
 
         timeout = check_wait(opts, 3, "broadcast")
+
+        if scope == "cluster" and str_sub(name, 1, #CLUSTER_RESERVED)
+                                  == CLUSTER_RESERVED
+        then
+            -- every node refuses such an entry: ngx_ipc's own messages
+            error("bad argument #1 to 'broadcast' (names that start with \""
+                  .. CLUSTER_RESERVED .. "\" are kept for ngx_ipc)", 2)
+        end
 
         if timeout and scope == "cluster" then
             -- the outbox drains at Redis's pace, not a local receiver's:

@@ -397,6 +397,15 @@ ERROR_HANDLERS = """
     ipc.receive("bad_tostring", function()
         error(setmetatable({}, { __tostring = function() error("no") end }))
     end)
+    -- a metatable whose own __index raises: reading mt.__tostring raises
+    ipc.receive("hostile_index", function()
+        local mt = setmetatable({}, { __index = function() error("gotcha") end })
+        error(setmetatable({}, mt))
+    end)
+    ipc.receive("tostring_table", function()
+        error(setmetatable({}, { __tostring = function() return {} end }))
+    end)
+    ipc.receive("fine", function(data) return "fine " .. data end)
 """
 
 ERROR_TEXTS = {
@@ -406,19 +415,31 @@ ERROR_TEXTS = {
     "bool": "(error object is a boolean value)",
     "number": "404",          # error() adds the position to a number
     "bad_tostring": "(error object is a table value)",
+    "hostile_index": "(error object is a table value)",
+    "tostring_table": "(error object is a table value)",
 }
 
 
 def test_error_objects_become_text_as_lua_says_them(nginx):
     """A table error gives its __tostring, else Lua's own words, to the caller
-    and to the log."""
+    and to the log. No error object, however hostile (a metatable whose
+    __index raises, a __tostring that raises or returns a table), stops the
+    handlers: the caller hears at once, and the next message is handled."""
     n = nginx(workers=2, init_worker=ERROR_HANDLERS,
               allow_log=[r'\[error\].*ngx_ipc: handler for message "\w+" failed'])
     got = {}
     for name in ERROR_TEXTS:
-        res, err = n.lua(f'return ipc.call({n.pids[1]}, "{name}", "", 1)', worker=0)
+        res, err, took = n.lua(f"""
+            local t0 = ngx.now()
+            local res, err = ipc.call({n.pids[1]}, "{name}", "", 2)
+            ngx.update_time()
+            return res, err, ngx.now() - t0
+        """, worker=0)
         assert res is None
+        assert took < 0.5, f"{name}: the caller waited {took} s"
         got[name] = err
+        assert n.lua(f'return ipc.call({n.pids[1]}, "fine", "{name}", 2)', worker=0) == \
+            [f"fine {name}"]
     want = {k: "handler error: " + v for k, v in ERROR_TEXTS.items()}
     assert got.pop("number").endswith(": 404") and want.pop("number")
     assert got == want

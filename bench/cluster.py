@@ -10,6 +10,8 @@ nodes A, B and C (own prefixes and ports, 2 workers each) from a template:
 
   ngx_ipc       bench/ngx_ipc/cluster.conf: the module (NGX_IPC_MODULE, default
                 build/ngx_ipc_module.so) with `ipc_cluster` on that Redis
+  ngx_ipc_secret  the same with `secret=` (every entry carries an
+                HMAC-SHA256 that every node checks): what authenticity costs
   redis_pubsub  bench/baselines/redis_pubsub/cluster.conf: every worker
                 SUBSCRIBEs on its own with lua-resty-redis; PUBLISH to send
 
@@ -67,6 +69,7 @@ bench_run.MODULE = os.environ.get("NGX_IPC_MODULE", bench_run.MODULE)
 
 SYSTEMS = {
     "ngx_ipc": os.path.join(HERE, "ngx_ipc", "cluster.conf"),
+    "ngx_ipc_secret": os.path.join(HERE, "ngx_ipc", "cluster.conf"),
     "redis_pubsub": os.path.join(HERE, "baselines", "redis_pubsub", "cluster.conf"),
 }
 ALIASES = {"baseline": "redis_pubsub"}   # --only baseline
@@ -173,7 +176,15 @@ class Node:
 
 def start_nodes(system, redis, stream):
     subs = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": redis.port,
-            "REDIS_URL": redis.url(), "STREAM": stream}
+            "REDIS_URL": redis.url(), "STREAM": stream, "EXTRA": ""}
+    if system == "ngx_ipc_secret":
+        # the key every node shares, in redis's private directory (read by
+        # each master at configuration time)
+        key = os.path.join(str(redis.dir), "cluster.key")
+        with open(key, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+        os.chmod(key, 0o600)
+        subs["EXTRA"] = "secret=" + key
     nodes = []
     try:
         for name in NODES:
@@ -375,7 +386,7 @@ def measure_loss(nodes, system, redis, rate, seconds, pid):
     # ngx_ipc must deliver all: wait for it (bounded), through any reconnect
     # backoff; what pub/sub lost never comes, so stop when nothing moves
     counts = settle(nodes, RUN_LOSS, int(v["worker"]), accepted,
-                    expect_all=system == "ngx_ipc")
+                    expect_all=system.startswith("ngx_ipc"))
     ok, lost, dup = verdict(counts, accepted)
     return {"loss accepted": accepted, "loss lost": lost, "loss duplicated": dup,
             "loss complete workers": ok, "loss receiving workers": len(counts),
@@ -390,7 +401,7 @@ def bench_system(system, redis, cfg):
     nodes = start_nodes(system, redis, stream)
     try:
         wait_linked(nodes, redis, system)
-        if system == "ngx_ipc":
+        if system.startswith("ngx_ipc"):
             st = nodes[0].state()
             log("  node A: agent %s, node name %s" % (st.get("agent"), st.get("node")))
         pid, agent = publishers(nodes[0])
@@ -515,8 +526,8 @@ def main():
         redis.start()
         log("redis-server %s on 127.0.0.1:%d, dir %s" % (redis.pid, redis.port, redis.dir))
         for system in systems:
-            if system == "ngx_ipc" and not os.path.exists(bench_run.MODULE):
-                notes.append("ngx_ipc: %s missing: run make" % bench_run.MODULE)
+            if system.startswith("ngx_ipc") and not os.path.exists(bench_run.MODULE):
+                notes.append("%s: %s missing: run make" % (system, bench_run.MODULE))
                 continue
             try:
                 results[system], system_notes = bench_system(system, redis, cfg)

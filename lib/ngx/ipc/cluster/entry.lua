@@ -195,6 +195,12 @@ function _M.decode(fields, nf, limits)
                     .. "messages", "malformed"
     end
 
+    -- a batch is consecutive records of the outbox: its numbers skip only
+    -- where a producer died holding the outbox's lock
+    if last - first + 1 > count + MAX_COUNT then
+        return nil, "sequence numbers spread too far", "malformed"
+    end
+
     if limits.secret then
         local h = f.h
         local head = _M.header(limits.stream, node, epoch, f.c, f.f, f.l)

@@ -27,13 +27,12 @@
 #include "ngx_ipc_bridge.h"
 
 #include <sys/mman.h>
-#include <sys/random.h>
 
 #include <new>
 
 
 #define NGX_IPC_BRIDGE_MAGIC    0x3165676469726269ULL    /* "ibridge1" */
-#define NGX_IPC_BRIDGE_VERSION  1
+#define NGX_IPC_BRIDGE_VERSION  2    /* 2: no nonce, names in a directory */
 #define NGX_IPC_BRIDGE_RING     (16 * 1024)
 
 
@@ -73,7 +72,6 @@ ngx_int_t
 ngx_ipc_bridge_init(ngx_cycle_t *cycle)
 {
     void                *p;
-    uint64_t             nonce;
     ngx_pool_cleanup_t  *cln;
     ngx_ipc::Config      c;
     ngx_ipc::Layout      l;
@@ -110,17 +108,10 @@ ngx_ipc_bridge_init(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    if (getrandom(&nonce, sizeof(nonce), 0) != (ssize_t) sizeof(nonce)) {
-        nonce = ((uint64_t) ngx_time() << 20) ^ (uint64_t) ngx_pid
-                ^ (uint64_t) (uintptr_t) p;
-    }
-
     ngx_ipc_bridge_page = new (p) ngx_ipc_bridge_page_t;
     ngx_ipc_bridge_page->magic = NGX_IPC_BRIDGE_MAGIC;
     ngx_ipc_bridge_page->version = NGX_IPC_BRIDGE_VERSION;
     ngx_ipc_bridge_page->nslots = NGX_IPC_BRIDGE_SLOTS;
-    ngx_ipc_bridge_page->nonce = nonce;
-    ngx_ipc_bridge_page->master_pid = (int32_t) ngx_pid;
 
     ngx_ipc::init_shm(ngx_ipc_bridge_shm(), c);
 

@@ -23,9 +23,6 @@ struct ngx_ipc_bridge_page_t {
     uint64_t                         magic;
     uint32_t                         version;
     uint32_t                         nslots;
-    uint64_t                         nonce;
-    int32_t                          master_pid;
-    uint32_t                         pad0;
 
     /* +1 whenever a claim is made or given back: senders rebuild their
      * list of the other generations' slots when it moved */

@@ -172,7 +172,6 @@ ngx_ipc_bridge_cleanup(void *data)
 void
 ngx_ipc_bridge_attach(ngx_ipc_worker_t *w)
 {
-    ngx_socket_t         fd;
     uint32_t             k;
     uint64_t             mine;
     ngx_event_t         *rev;
@@ -191,14 +190,8 @@ ngx_ipc_bridge_attach(ngx_ipc_worker_t *w)
     b->owner = mine;
 
     /* the name first: from the claim on, it must take datagrams */
-    fd = ngx_ipc_bridge_bind(mine);
-    if (fd == (ngx_socket_t) -1) {
-        return;
-    }
-
-    c = ngx_get_connection(fd, ngx_cycle->log);
+    c = ngx_ipc_bridge_bind(mine);
     if (c == NULL) {
-        (void) close(fd);
         return;
     }
 

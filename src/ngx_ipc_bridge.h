@@ -73,9 +73,10 @@ ngx_int_t ngx_ipc_bridge_dir_make(ngx_cycle_t *cycle);
 void ngx_ipc_bridge_dir_announce(ngx_log_t *log);
 void ngx_ipc_bridge_dir_remove(ngx_log_t *log);
 
-/* In a worker: a datagram socket bound to the name of `owner`, or -1
- * (logged); ngx_ipc_bridge_unbind() closes it and removes the name. */
-ngx_socket_t ngx_ipc_bridge_bind(uint64_t owner);
+/* In a worker: the connection of a datagram socket bound to the name of
+ * `owner`, or NULL (logged); ngx_ipc_bridge_unbind() closes b->conn and
+ * removes the name. */
+ngx_connection_t *ngx_ipc_bridge_bind(uint64_t owner);
 void ngx_ipc_bridge_unbind(ngx_ipc_bridge_t *b);
 
 /* Whether the process that wrote claim `owner` is gone. */

@@ -242,24 +242,25 @@ ngx_ipc_bridge_exit_master(ngx_cycle_t *cycle)
 
 /*
  * In a worker, before it claims a slot: its socket, bound to the name its
- * claim will give (so that a live claim's name always takes datagrams).
- * A file of that name can only be the socket of a process of the same
- * generation with the same PID, dead since: only a name's holder ever
- * removes it, so it goes first.
+ * claim will give (so that a live claim's name always takes datagrams),
+ * in a connection for the event loop. A file of that name can only be the
+ * socket of a process of the same generation with the same PID, dead
+ * since: only a name's holder ever removes it, so it goes first.
  */
-ngx_socket_t
+ngx_connection_t *
 ngx_ipc_bridge_bind(uint64_t owner)
 {
     int                 fd;
     socklen_t           len;
     ngx_err_t           err;
+    ngx_connection_t   *c;
     struct sockaddr_un  sa;
 
     fd = socket(AF_UNIX, SOCK_DGRAM|SOCK_NONBLOCK|SOCK_CLOEXEC, 0);
     if (fd == -1) {
         ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, ngx_errno,
                       "ngx_ipc: socket() for the reload bridge failed");
-        return (ngx_socket_t) -1;
+        return NULL;
     }
 
     ngx_ipc_bridge_name(owner, &sa, &len);
@@ -268,17 +269,29 @@ ngx_ipc_bridge_bind(uint64_t owner)
         err = ngx_errno;
         ngx_ipc_bridge_bind_failed(err, "unlink", sa.sun_path);
         (void) close(fd);
-        return (ngx_socket_t) -1;
+        return NULL;
     }
 
     if (bind(fd, (struct sockaddr *) &sa, len) == -1) {
         err = ngx_errno;
         ngx_ipc_bridge_bind_failed(err, "bind", sa.sun_path);
         (void) close(fd);
-        return (ngx_socket_t) -1;
+        return NULL;
     }
 
-    return fd;
+    c = ngx_get_connection(fd, ngx_cycle->log);
+    if (c == NULL) {
+        (void) close(fd);
+
+        if (unlink(sa.sun_path) == -1) {
+            ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, ngx_errno,
+                          "ngx_ipc: unlink(\"%s\") failed", sa.sun_path);
+        }
+
+        return NULL;
+    }
+
+    return c;
 }
 
 

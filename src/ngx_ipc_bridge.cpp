@@ -13,96 +13,45 @@
  * worker of another generation go through that layout's rings, with the
  * same records, handshakes and limits as within a configuration.
  *
- * A slot's process is woken by a datagram to the abstract unix socket the
- * slot's name binds ("\0ngx_ipc/<master pid>/<nonce>/<slot>"), not by an
- * eventfd: fds made after a process was forked cannot reach it, names can.
- * Binding the name is also what claims the slot: a process binds before it
- * writes its claim, so a live claimant always holds its name, and a name
- * that can be bound, or that refuses a datagram (ECONNREFUSED), belongs to
- * no live process. That is how dead claims are found and taken back
- * without trusting PIDs, which are reused (kill(pid, 0) is asked as well,
- * so that a name squatted by another local process keeps no dead claim).
+ * A claim is the word generation << 32 | pid, which also names the
+ * claimant's socket in the master's private directory: the claimant binds
+ * that name before it writes the claim and clears the claim before it
+ * closes the socket (ngx_ipc_bridge_wake.cpp wakes slots and tells dead
+ * claimants). A worker takes a free slot, or one whose claimant is dead.
  *
  * Owns: the bridge mapping and its claims page, ngx_ipc_bridge_t (this
- * worker's slot, endpoint, socket and the cached list of the other
- * generations' slots).
+ * worker's slot, endpoint and the cached list of the other generations'
+ * slots; the wake-up parts are ngx_ipc_bridge_wake.cpp's).
  */
 
-#include "ngx_ipc_module.h"
+#include "ngx_ipc_bridge.h"
 
 #include <sys/mman.h>
-#include <sys/random.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 
-#include <atomic>
 #include <new>
-#include <vector>
 
 
 #define NGX_IPC_BRIDGE_MAGIC    0x3165676469726269ULL    /* "ibridge1" */
-#define NGX_IPC_BRIDGE_VERSION  1
+#define NGX_IPC_BRIDGE_VERSION  2    /* 2: no nonce, names in a directory */
 #define NGX_IPC_BRIDGE_RING     (16 * 1024)
 
 
-/* The claims page, at the start of the bridge mapping. */
-struct ngx_ipc_bridge_page_t {
-    uint64_t                         magic;
-    uint32_t                         version;
-    uint32_t                         nslots;
-    uint64_t                         nonce;
-    int32_t                          master_pid;
-    uint32_t                         pad0;
-
-    /* +1 whenever a claim is made or given back: senders rebuild their
-     * list of the other generations' slots when it moved */
-    alignas(64) std::atomic<uint64_t> epoch;
-
-    /* (generation << 32) | pid of the slot's claimant, 0: free */
-    alignas(64) std::atomic<uint64_t> owner[NGX_IPC_BRIDGE_SLOTS];
-
-    /* the claimant's ngx_worker, for the lists */
-    std::atomic<uint32_t>            worker[NGX_IPC_BRIDGE_SLOTS];
-};
-
-static_assert(sizeof(ngx_ipc_bridge_page_t) <= 4096, "one page");
-
-
-struct ngx_ipc_bridge_s {
-    ngx_ipc::Endpoint               *endpoint;
-    ngx_connection_t                *conn;        /* the slot's socket */
-    uint32_t                         slot;
-    uint32_t                         generation;
-    uint64_t                         epoch_seen;
-    std::vector<uint32_t>            others;      /* other generations' */
-    std::vector<int32_t>             others_pid;  /* who held them then */
-    ngx_msec_t                       probed[NGX_IPC_BRIDGE_SLOTS];
-    u_char                           retry[NGX_IPC_BRIDGE_SLOTS];
-    ngx_event_t                      retry_ev;    /* wake-ups to send again */
-    unsigned                         dirty:1;     /* inbox may hold records */
-    unsigned                         batch:1;     /* a batch to release */
-};
-
-
+static void ngx_ipc_bridge_cleanup(void *data);
 static uint64_t ngx_ipc_bridge_owner(uint32_t generation, ngx_pid_t pid);
-static void ngx_ipc_bridge_name(uint32_t slot, struct sockaddr_un *sa,
-    socklen_t *len);
-static void ngx_ipc_bridge_wake(void *ctx, uint32_t k);
-static void ngx_ipc_bridge_retry(ngx_event_t *ev);
-static bool ngx_ipc_bridge_alive(void *ctx, uint32_t k, int32_t pid);
-static bool ngx_ipc_bridge_probe(uint32_t k);
-static void ngx_ipc_bridge_forget(uint32_t k, uint64_t owner);
-static void ngx_ipc_bridge_handler(ngx_event_t *rev);
+static uint32_t ngx_ipc_bridge_claim(uint64_t mine);
 static void ngx_ipc_bridge_others(ngx_ipc_bridge_t *b);
 static void ngx_ipc_bridge_log(void *ctx, const char *msg, int err);
 
 
 /* Made by the master before its first workers, kept until it exits. */
-static ngx_ipc_bridge_page_t  *ngx_ipc_bridge_page;
+ngx_ipc_bridge_page_t         *ngx_ipc_bridge_page;
 static size_t                  ngx_ipc_bridge_size;
 
+/* set once the configuration that made the bridge is in place */
+static ngx_uint_t              ngx_ipc_bridge_committed;
+
 /* this process's claim */
-static ngx_ipc_bridge_t        ngx_ipc_bridge;
+ngx_ipc_bridge_t               ngx_ipc_bridge;
 
 
 static ngx_ipc::ShmHeader *
@@ -113,18 +62,19 @@ ngx_ipc_bridge_shm(void)
 
 
 /*
- * In the master, at its first configuration with ngx_ipc: the mapping that
- * every later worker inherits. Address space, not memory (MAP_NORESERVE):
- * pages only for the claims, the ring control blocks the slots' processes
- * touch, and the rings of the pairs that talk across generations.
+ * In the master, at its first configuration with ngx_ipc: the directory of
+ * the names and the mapping that every later worker inherits. Address
+ * space, not memory (MAP_NORESERVE): pages only for the claims, the ring
+ * control blocks the slots' processes touch, and the rings of the pairs
+ * that talk across generations.
  */
 ngx_int_t
 ngx_ipc_bridge_init(ngx_cycle_t *cycle)
 {
-    void             *p;
-    uint64_t          nonce;
-    ngx_ipc::Config   c;
-    ngx_ipc::Layout   l;
+    void                *p;
+    ngx_pool_cleanup_t  *cln;
+    ngx_ipc::Config      c;
+    ngx_ipc::Layout      l;
 
     if (ngx_ipc_bridge_page != NULL) {
         return NGX_OK;
@@ -139,78 +89,115 @@ ngx_ipc_bridge_init(ngx_cycle_t *cycle)
 
     ngx_ipc_bridge_size = 4096 + l.total_size;
 
+    cln = ngx_pool_cleanup_add(cycle->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_ipc_bridge_dir_make(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     p = mmap(NULL, ngx_ipc_bridge_size, PROT_READ|PROT_WRITE,
              MAP_SHARED|MAP_ANONYMOUS|MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
                       "ngx_ipc: mmap(%uz) for the reload bridge failed",
                       ngx_ipc_bridge_size);
+        ngx_ipc_bridge_dir_remove(cycle->log);
         return NGX_ERROR;
-    }
-
-    if (getrandom(&nonce, sizeof(nonce), 0) != (ssize_t) sizeof(nonce)) {
-        nonce = ((uint64_t) ngx_time() << 20) ^ (uint64_t) ngx_pid
-                ^ (uint64_t) (uintptr_t) p;
     }
 
     ngx_ipc_bridge_page = new (p) ngx_ipc_bridge_page_t;
     ngx_ipc_bridge_page->magic = NGX_IPC_BRIDGE_MAGIC;
     ngx_ipc_bridge_page->version = NGX_IPC_BRIDGE_VERSION;
     ngx_ipc_bridge_page->nslots = NGX_IPC_BRIDGE_SLOTS;
-    ngx_ipc_bridge_page->nonce = nonce;
-    ngx_ipc_bridge_page->master_pid = (int32_t) ngx_pid;
 
     ngx_ipc::init_shm(ngx_ipc_bridge_shm(), c);
+
+    cln->handler = ngx_ipc_bridge_cleanup;
+    cln->data = NULL;
 
     return NGX_OK;
 }
 
 
+/* ngx_ipc_module's init_module: the configuration is in place (nothing
+ * after init_module makes nginx give it up), and so is its error_log. */
+void
+ngx_ipc_bridge_init_module(ngx_cycle_t *cycle)
+{
+    if (ngx_ipc_bridge_page == NULL || ngx_ipc_bridge_committed) {
+        return;
+    }
+
+    ngx_ipc_bridge_committed = 1;
+    ngx_ipc_bridge_dir_announce(cycle->log);
+}
+
+
 /*
- * In a worker, after it attached to its configuration: binds a free slot's
- * name, claims the slot, starts an endpoint in it and watches its socket.
- * Without a slot (all 256 held by running processes) the worker still works
- * within its configuration; it says so once.
+ * Runs when the cycle that made the bridge is destroyed: in the master at
+ * the next reload or at exit, in a worker at its exit (the bridge outlives
+ * the cycle: nothing to do), or when that cycle failed before init_module
+ * (another module refused it, a listen address was taken): then no worker
+ * saw the bridge, and it goes, directory first; a later configuration
+ * makes it again.
+ */
+static void
+ngx_ipc_bridge_cleanup(void *data)
+{
+    if (ngx_ipc_bridge_committed || ngx_ipc_bridge_page == NULL) {
+        return;
+    }
+
+    /* ngx_cycle's log: the failed cycle's own files are closed by now */
+    ngx_ipc_bridge_dir_remove(ngx_cycle->log);
+
+    if (munmap(ngx_ipc_bridge_page, ngx_ipc_bridge_size) == -1) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, ngx_errno,
+                      "ngx_ipc: munmap() the reload bridge failed");
+    }
+
+    ngx_ipc_bridge_page = NULL;
+}
+
+
+/*
+ * In a worker, after it attached to its configuration: binds its name,
+ * claims a slot, starts an endpoint in it and watches its socket. Without
+ * a slot (all 256 held by running processes) or a name, the worker still
+ * works within its configuration; it says so once.
  */
 void
 ngx_ipc_bridge_attach(ngx_ipc_worker_t *w)
 {
-    int                  fd;
     uint32_t             k;
-    uint64_t             o, mine;
-    socklen_t            len;
+    uint64_t             mine;
     ngx_event_t         *rev;
     ngx_connection_t    *c;
     ngx_ipc_conf_t      *conf = w->conf;
     ngx_ipc_bridge_t    *b = &ngx_ipc_bridge;
     ngx_ipc::Endpoint   *ep;
-    struct sockaddr_un   sa;
 
     if (ngx_ipc_bridge_page == NULL || ngx_process != NGX_PROCESS_WORKER) {
         return;
     }
 
-    fd = socket(AF_UNIX, SOCK_DGRAM|SOCK_NONBLOCK|SOCK_CLOEXEC, 0);
-    if (fd == -1) {
-        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, ngx_errno,
-                      "ngx_ipc: socket() for the reload bridge failed");
+    b->generation = (uint32_t) ((ngx_ipc::ShmHeader *) conf->shm)->generation;
+    b->epoch_seen = (uint64_t) -1;
+    mine = ngx_ipc_bridge_owner(b->generation, ngx_pid);
+    b->owner = mine;
+
+    /* the name first: from the claim on, it must take datagrams */
+    c = ngx_ipc_bridge_bind(mine);
+    if (c == NULL) {
         return;
     }
 
-    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
-        ngx_ipc_bridge_name(k, &sa, &len);
+    b->conn = c;
 
-        if (bind(fd, (struct sockaddr *) &sa, len) == 0) {
-            break;
-        }
-
-        if (ngx_errno != EADDRINUSE) {
-            ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, ngx_errno,
-                          "ngx_ipc: bind() for the reload bridge failed");
-            close(fd);
-            return;
-        }
-    }
+    k = ngx_ipc_bridge_claim(mine);
 
     if (k == NGX_IPC_BRIDGE_SLOTS) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
@@ -218,13 +205,11 @@ ngx_ipc_bridge_attach(ngx_ipc_worker_t *w)
                       "by running workers: this worker reaches only the "
                       "workers of its own configuration",
                       NGX_IPC_BRIDGE_SLOTS);
-        close(fd);
+        ngx_ipc_bridge_unbind(b);
         return;
     }
 
     b->slot = k;
-    b->generation = (uint32_t) ((ngx_ipc::ShmHeader *) conf->shm)->generation;
-    b->epoch_seen = (uint64_t) -1;
 
     try {
         b->others.reserve(NGX_IPC_BRIDGE_SLOTS);
@@ -234,14 +219,8 @@ ngx_ipc_bridge_attach(ngx_ipc_worker_t *w)
     } catch (...) {
         ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
                       "ngx_ipc: no memory for the reload bridge");
-        close(fd);
-        return;
-    }
-
-    c = ngx_get_connection(fd, ngx_cycle->log);
-    if (c == NULL) {
-        delete ep;
-        close(fd);
+        ngx_ipc_bridge_forget(k, mine);
+        ngx_ipc_bridge_unbind(b);
         return;
     }
 
@@ -251,32 +230,18 @@ ngx_ipc_bridge_attach(ngx_ipc_worker_t *w)
     c->data = w;
 
     if (ngx_add_event(rev, NGX_READ_EVENT, 0) == NGX_ERROR) {
-        ngx_free_connection(c);
-        c->fd = (ngx_socket_t) -1;
-        close(fd);
+        ngx_ipc_bridge_forget(k, mine);
+        ngx_ipc_bridge_unbind(b);
         delete ep;
         return;
     }
 
-    b->conn = c;
     b->endpoint = ep;
 
     b->retry_ev.handler = ngx_ipc_bridge_retry;
     b->retry_ev.data = b;
     b->retry_ev.log = ngx_cycle->log;
     b->retry_ev.cancelable = 1;      /* never keeps an exiting worker */
-
-    /* Holding the name, the slot is ours: a claim still written there is
-     * a dead process's. */
-    mine = ngx_ipc_bridge_owner(b->generation, ngx_pid);
-    ngx_ipc_bridge_page->worker[k].store((uint32_t) ngx_worker,
-                                         std::memory_order_relaxed);
-    o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_relaxed);
-    while (!ngx_ipc_bridge_page->owner[k].compare_exchange_weak(
-                o, mine, std::memory_order_acq_rel))
-    {
-        /* someone took back the dead claim meanwhile: retry */
-    }
 
     /* senders that listed the slot for its dead claimant drop it now
      * (a broadcast in between skips it: see others_pid) */
@@ -303,7 +268,73 @@ ngx_ipc_bridge_attach(ngx_ipc_worker_t *w)
 }
 
 
-/* At exit: the slot is free again, and its name with the socket. */
+/*
+ * A slot for claim `mine`, whose name this process holds now; written with
+ * a CAS, so two claimants never take one slot. In order:
+ *
+ *   - a slot that holds `mine` already: the claim of a process of this
+ *     generation with this PID, dead since (this PID names this process
+ *     now): its slot is ours as it is;
+ *   - a free slot (0);
+ *   - a slot whose claimant is dead (ngx_ipc_bridge_dead: its PID is no
+ *     process, or its name refuses a datagram). The CAS fails if someone
+ *     took it back or over meanwhile: the scan goes on.
+ *
+ * Acq_rel, as each claim and forget: the CAS that wins reads the word the
+ * slot's last claim or forget wrote, so it sees what that process wrote
+ * before (a claimant that exited: its endpoint's stop). What this process
+ * writes after it (worker[k], its endpoint's start) is published by the
+ * epoch bumps of ngx_ipc_bridge_attach.
+ */
+static uint32_t
+ngx_ipc_bridge_claim(uint64_t mine)
+{
+    uint32_t  k;
+    uint64_t  o;
+
+    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
+        if (ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire)
+            == mine)
+        {
+            goto claimed;
+        }
+    }
+
+    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
+        o = 0;
+
+        if (ngx_ipc_bridge_page->owner[k].compare_exchange_strong(
+                o, mine, std::memory_order_acq_rel))
+        {
+            goto claimed;
+        }
+    }
+
+    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
+        o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
+
+        if (o != 0 && ngx_ipc_bridge_dead(o)
+            && ngx_ipc_bridge_page->owner[k].compare_exchange_strong(
+                   o, mine, std::memory_order_acq_rel))
+        {
+            goto claimed;
+        }
+    }
+
+    return NGX_IPC_BRIDGE_SLOTS;
+
+claimed:
+
+    /* Relaxed: read beside the claim for the lists only; the epoch bump
+     * that follows publishes it to those who rebuild them. */
+    ngx_ipc_bridge_page->worker[k].store((uint32_t) ngx_worker,
+                                         std::memory_order_relaxed);
+
+    return k;
+}
+
+
+/* At exit: the slot is free again; the socket closes, its name goes. */
 void
 ngx_ipc_bridge_detach(ngx_ipc_worker_t *w)
 {
@@ -320,19 +351,8 @@ ngx_ipc_bridge_detach(ngx_ipc_worker_t *w)
     }
 
     b->endpoint->stop();
-    ngx_ipc_bridge_forget(b->slot,
-                          ngx_ipc_bridge_owner(b->generation, ngx_pid));
-
-    if (b->conn != NULL) {
-        if (close(b->conn->fd) == -1) {
-            ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, ngx_errno,
-                          "ngx_ipc: close() the reload bridge socket failed");
-        }
-
-        ngx_free_connection(b->conn);
-        b->conn->fd = (ngx_socket_t) -1;
-        b->conn = NULL;
-    }
+    ngx_ipc_bridge_forget(b->slot, b->owner);
+    ngx_ipc_bridge_unbind(b);
 }
 
 
@@ -551,48 +571,6 @@ ngx_ipc_bridge_peers(ngx_ipc_worker_t *w, ngx_ipc_peer_t *out, int max)
 }
 
 
-/* The socket said the bridge's inbox has mail or a ring has room. */
-static void
-ngx_ipc_bridge_handler(ngx_event_t *rev)
-{
-    int                  i;
-    u_char               buf[64];
-    ngx_connection_t    *c = (ngx_connection_t *) rev->data;
-    ngx_ipc_worker_t    *w = (ngx_ipc_worker_t *) c->data;
-    ngx_ipc_bridge_t    *b = w->bridge;
-
-    if (b == NULL) {
-        return;
-    }
-
-    /* each datagram is one wake-up: read them all (bounded; the next
-     * ones raise the event again) */
-    for (i = 0; i < 1024; i++) {
-        if (recv(c->fd, buf, sizeof(buf), 0) == -1) {
-            if (ngx_errno != NGX_EAGAIN && ngx_errno != NGX_EINTR) {
-                ngx_ipc_log_limited(NGX_LOG_ALERT, ngx_errno,
-                                    "recv() from the reload bridge failed");
-            }
-
-            break;
-        }
-    }
-
-    b->endpoint->flush();
-    ngx_ipc_space_freed(w);
-
-    b->dirty = 1;
-
-    if (w->sema != NULL) {
-        w->sema_post(w->sema, 1);
-        return;
-    }
-
-    ngx_ipc_drop_undelivered(w, b->endpoint);
-    b->dirty = 0;
-}
-
-
 static uint64_t
 ngx_ipc_bridge_owner(uint32_t generation, ngx_pid_t pid)
 {
@@ -600,188 +578,9 @@ ngx_ipc_bridge_owner(uint32_t generation, ngx_pid_t pid)
 }
 
 
-static void
-ngx_ipc_bridge_name(uint32_t slot, struct sockaddr_un *sa, socklen_t *len)
-{
-    u_char  *p;
-
-    ngx_memzero(sa, sizeof(struct sockaddr_un));
-    sa->sun_family = AF_UNIX;
-
-    /* sun_path[0] = 0: Linux's abstract namespace, no file */
-    p = ngx_snprintf((u_char *) sa->sun_path + 1, sizeof(sa->sun_path) - 2,
-                     "ngx_ipc/%D/%016uxL/%uD",
-                     (int32_t) ngx_ipc_bridge_page->master_pid,
-                     ngx_ipc_bridge_page->nonce, slot);
-
-    *len = (socklen_t) (offsetof(struct sockaddr_un, sun_path)
-                        + (p - (u_char *) sa->sun_path));
-}
-
-
-/* Sends slot k's socket an empty datagram: NGX_OK; NGX_DECLINED if no
- * process holds the name (ECONNREFUSED: the claimant is gone); NGX_AGAIN
- * if it could not go now (EAGAIN: the reader's queue is full, or ours is,
- * each datagram being charged to us until its reader takes it). */
-static ngx_int_t
-ngx_ipc_bridge_send_wake(uint32_t k)
-{
-    socklen_t           len;
-    struct sockaddr_un  sa;
-
-    if (ngx_ipc_bridge.conn == NULL) {
-        return NGX_OK;
-    }
-
-    ngx_ipc_bridge_name(k, &sa, &len);
-
-    for ( ;; ) {
-        if (sendto(ngx_ipc_bridge.conn->fd, "", 0, 0,
-                   (struct sockaddr *) &sa, len) == 0)
-        {
-            return NGX_OK;
-        }
-
-        if (ngx_errno == NGX_EINTR) {
-            continue;
-        }
-
-        if (ngx_errno == ECONNREFUSED || ngx_errno == ENOENT) {
-            return NGX_DECLINED;
-        }
-
-        if (ngx_errno == NGX_EAGAIN) {
-            return NGX_AGAIN;
-        }
-
-        ngx_ipc_log_limited(NGX_LOG_ALERT, ngx_errno,
-                            "sendto() to the reload bridge failed");
-
-        return NGX_AGAIN;
-    }
-}
-
-
-/* The bridge endpoint's waker (Wakeup::set_waker). */
-static void
-ngx_ipc_bridge_wake(void *ctx, uint32_t k)
-{
-    uint64_t  o;
-
-    o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
-    if (o == 0) {
-        return;                  /* nobody holds it: nobody to wake */
-    }
-
-    switch (ngx_ipc_bridge_send_wake(k)) {
-
-    case NGX_DECLINED:
-        ngx_ipc_bridge_forget(k, o);
-        break;
-
-    case NGX_AGAIN:
-        /*
-         * We cleared its flag, so this wake-up is ours to deliver: no other
-         * sender will send one. Send it again in 1 ms, and until it goes.
-         */
-        ngx_ipc_bridge.retry[k] = 1;
-
-        if (!ngx_ipc_bridge.retry_ev.timer_set) {
-            ngx_add_timer(&ngx_ipc_bridge.retry_ev, 1);
-        }
-
-        break;
-
-    default:
-        break;
-    }
-}
-
-
-static void
-ngx_ipc_bridge_retry(ngx_event_t *ev)
-{
-    uint32_t           k;
-    uint64_t           o;
-    ngx_uint_t         left;
-    ngx_ipc_bridge_t  *b = (ngx_ipc_bridge_t *) ev->data;
-
-    left = 0;
-
-    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
-        if (!b->retry[k]) {
-            continue;
-        }
-
-        o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
-
-        switch (o == 0 ? NGX_OK : ngx_ipc_bridge_send_wake(k)) {
-
-        case NGX_DECLINED:
-            ngx_ipc_bridge_forget(k, o);
-            b->retry[k] = 0;
-            break;
-
-        case NGX_AGAIN:
-            left++;
-            break;
-
-        default:
-            b->retry[k] = 0;
-            break;
-        }
-    }
-
-    if (left > 0) {
-        ngx_add_timer(ev, 1);
-    }
-}
-
-
-/* Whether slot k's claimant still runs: its name still takes datagrams
- * and its PID is a process (a name squatted by another local process must
- * not keep a dead claim alive). */
-static bool
-ngx_ipc_bridge_probe(uint32_t k)
-{
-    uint64_t  o;
-    int32_t   pid;
-
-    o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
-    if (o == 0) {
-        return false;
-    }
-
-    pid = (int32_t) (o & 0xffffffffU);
-
-    if (ngx_ipc_bridge_send_wake(k) != NGX_DECLINED
-        && !(kill(pid, 0) == -1 && ngx_errno == ESRCH))
-    {
-        return true;
-    }
-
-    ngx_ipc_bridge_forget(k, o);
-
-    return false;
-}
-
-
-/* The core's alive check for slot k, whose backlog is full: pid must
- * still hold its claim, and run. */
-static bool
-ngx_ipc_bridge_alive(void *ctx, uint32_t k, int32_t pid)
-{
-    uint64_t  o;
-
-    o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
-
-    return (int32_t) (o & 0xffffffffU) == pid && ngx_ipc_bridge_probe(k);
-}
-
-
 /* Clears slot k's claim if it is still `owner` (a process that is gone,
  * or this one at exit): a new claimant's is never clobbered. */
-static void
+void
 ngx_ipc_bridge_forget(uint32_t k, uint64_t owner)
 {
     uint64_t  o = owner;

@@ -84,7 +84,7 @@ ngx_module_t  ngx_ipc_module = {
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     ngx_ipc_exit_process,                  /* exit process */
-    NULL,                                  /* exit master */
+    ngx_ipc_bridge_exit_master,            /* exit master */
     NGX_MODULE_V1_PADDING
 };
 
@@ -271,6 +271,8 @@ ngx_ipc_init_module(ngx_cycle_t *cycle)
     ngx_ipc_conf_t  *conf;
 
     conf = (ngx_ipc_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_ipc_module);
+
+    ngx_ipc_bridge_init_module(cycle);
 
     if (conf->shm != NULL) {
         ngx_log_error(NGX_LOG_INFO, cycle->log, 0,

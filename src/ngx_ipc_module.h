@@ -7,8 +7,11 @@
  *                          wake handler, the shutdown watch, the yield
  * ngx_ipc_exit.cpp         a worker's graceful exit, with the Lua threads
  * ngx_ipc_busy_poll.cpp    busy polling (ipc_busy_poll), behind three calls
- * ngx_ipc_bridge.cpp       the reload bridge: workers of different
- *                          configurations that run at once
+ * ngx_ipc_bridge*.cpp      the reload bridge: workers of different
+ *                          configurations that run at once: the mapping,
+ *                          claims and messages; wake-ups, names and their
+ *                          directory in ngx_ipc_bridge_wake.cpp
+ *                          (ngx_ipc_bridge.h)
  * ngx_ipc_log.cpp          log lines at a bounded rate
  * ngx_ipc_http_module.cpp  http module: registers the embedded Lua library
  * ngx_ipc_ffi.cpp          the C ABI (ngx_ipc_ffi.h) for messages
@@ -109,12 +112,16 @@ void ngx_ipc_busy_poll_on_empty(ngx_ipc_worker_t *w);
 /* true while a poll watches the inbox: a receive leaves the slot disarmed */
 bool ngx_ipc_busy_poll_watching(const ngx_ipc_worker_t *w);
 
-/* ngx_ipc_bridge.cpp: the reload bridge, between the workers of
+/* ngx_ipc_bridge*.cpp: the reload bridge, between the workers of
  * different configurations that run at once (docs/ARCHITECTURE.md §12).
- * The master makes it once (init); a worker claims a slot at attach and
- * gives it back at exit. A worker without it (master_process off, or all
- * slots held) has w->bridge NULL and reaches its own configuration only. */
+ * The master makes it once (init, in init_conf; init_module says where
+ * its directory is) and removes its directory at exit (exit_master); a
+ * worker claims a slot at attach and gives it back at exit. A worker
+ * without it (master_process off, all slots held, no name) has w->bridge
+ * NULL and reaches its own configuration only. */
 ngx_int_t ngx_ipc_bridge_init(ngx_cycle_t *cycle);
+void ngx_ipc_bridge_init_module(ngx_cycle_t *cycle);
+void ngx_ipc_bridge_exit_master(ngx_cycle_t *cycle);
 void ngx_ipc_bridge_attach(ngx_ipc_worker_t *w);
 void ngx_ipc_bridge_detach(ngx_ipc_worker_t *w);
 /* a broadcast: check() before the configuration's own part (all or

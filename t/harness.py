@@ -32,6 +32,13 @@ persist in that worker across calls.  Mind Lua's rule that only the last
 call in a `return` list keeps all its values: `return ipc.send(...), x`
 returns one value of send, not two.
 
+The reload bridge's directory
+-----------------------------
+The master makes a private directory for the reload bridge's sockets and
+says where in its error log; it removes it when it exits.  `stop()` reports
+a master that exited by itself and left it; `cleanup()` removes what a
+killed master left (the path its own log names, nothing else).
+
 Collecting what arrived
 -----------------------
 Handlers record what they receive with `T.push(key, value)`: the value (a
@@ -78,6 +85,9 @@ EXTRA_LUA_PATH = _env("NGX_IPC_LUA_PACKAGE_PATH", default="")
 
 WAIT_TIMEOUT = 10.0  # seconds, default bound of every wait
 LOG_SIZE_LIMIT = 200 * 1024 * 1024  # an error log past this is a runaway
+
+# The master's notice naming the reload bridge's directory.
+BRIDGE_DIR_LINE = re.compile(r'ngx_ipc: the reload bridge\'s sockets are in "([^"]+)"')
 
 # Log lines that fail a test unless it opts out with allow_log().
 BAD_LOG_LINE = re.compile(
@@ -373,6 +383,10 @@ class Nginx:
         if self.log_overflow:
             problem = (f"error log passed {LOG_SIZE_LIMIT >> 20} MiB: "
                        f"nginx was killed")
+        left = self.bridge_dir()
+        if problem is None and self.proc is not None and self.proc.returncode == 0 \
+                and left is not None and left.exists():
+            problem = f"the master exited and left its reload bridge directory {left}"
         return problem
 
     def kill(self):
@@ -400,7 +414,17 @@ class Nginx:
 
     def cleanup(self):
         if self.prefix is not None:
+            self._remove_bridge_dir()
             shutil.rmtree(self.prefix, ignore_errors=True)
+
+    def _remove_bridge_dir(self):
+        """What a killed master left of its bridge directory: only once it is
+        gone, and only the directory its log names, under its own PID."""
+        left = self.bridge_dir()
+        if left is None or self.proc is None or self.proc.poll() is None:
+            return
+        if re.fullmatch(rf"/tmp/ngx_ipc\.{self.proc.pid}\.\w{{6}}", str(left)):
+            shutil.rmtree(left, ignore_errors=True)
 
     def _watch_log(self):
         while not self._stopping.wait(0.2):
@@ -518,6 +542,13 @@ class Nginx:
         if not self.master_process:
             return [self.proc.pid] if self.proc.poll() is None else []
         return child_pids(self.proc.pid)
+
+    def bridge_dir(self):
+        """The reload bridge's directory the master made (its notice in the
+        error log), or None: no bridge (master_process off), or a build
+        without one."""
+        found = BRIDGE_DIR_LINE.findall(self.error_log())
+        return Path(found[-1]) if found else None
 
     @property
     def error_log_path(self):

@@ -15,6 +15,7 @@ sender's numbers rise (no duplicate, no reordering) and the test checks that
 every broadcast sent after a worker started reached it.
 """
 
+import glob
 import json
 import os
 import socket
@@ -25,7 +26,7 @@ import time
 
 import pytest
 
-from harness import NginxError, pattern, wait_for
+from harness import Nginx, NginxError, pattern, wait_for
 from redis_server import redis_server  # noqa: F401 (the fixture)
 from test_cluster import cluster_main, wait_linked
 from test_reload import fd_count, master_footprint, same_footprint, shared_maps
@@ -131,13 +132,16 @@ def reload(n, gen, workers=None, main=None):
     os.kill(n.master_pid, signal.SIGHUP)
 
     def started():
-        (pids,) = n.lua(f"""
-            local out = {{}}
-            for i = 0, {n.workers} - 1 do
-                out[#out + 1] = T.get("gen:{gen}:" .. i) or false
-            end
-            return out
-        """)
+        try:
+            (pids,) = n.lua(f"""
+                local out = {{}}
+                for i = 0, {n.workers} - 1 do
+                    out[#out + 1] = T.get("gen:{gen}:" .. i) or false
+                end
+                return out
+            """)
+        except ConnectionResetError:
+            return None   # a reuseport socket the reload closed (Broadcaster)
         return pids if all(pids) and set(pids) <= set(n.worker_pids()) else None
 
     n.pids = wait_for(started, timeout=20, what=f"the workers of generation {gen}")
@@ -405,6 +409,16 @@ def live(pid):
     return os.path.exists(f"/proc/{pid}")
 
 
+def bridge_sockets(n):
+    """{pid: generation} of the names in the reload bridge's directory
+    ("<generation>.<pid>"; the test runs as root, or as the workers' user)."""
+    out = {}
+    for name in os.listdir(n.bridge_dir()):
+        gen, pid = name.split(".")
+        out[int(pid)] = int(gen)
+    return out
+
+
 def check_delivery(n, killed=()):
     """Every broadcast sent after a (surviving) worker started reached it,
     once, in each sender's order; returns (workers, generations, checked)."""
@@ -531,6 +545,14 @@ def test_twenty_reloads_overlapping_generations_hear_every_broadcast(nginx):
               f"after: {worker_footprint()}")
     wait_for(lambda: n.lua("return ipc.pids({ all = true })")[0] == n.pids,
              what="the old PIDs to leave ipc.pids({ all = true })")
+    # the bridge's directory holds the running workers' names, no more: each
+    # worker that exited removed its own
+    want = {pid: gen for pid in n.pids}
+    try:
+        wait_for(lambda: bridge_sockets(n) == want,
+                 what="the bridge directory to hold the running workers' names")
+    finally:
+        print(f"bridge directory: {sorted(os.listdir(n.bridge_dir()))}")
     n.lua(f'ngx.shared.results:set("release", {gen})')
 
 
@@ -575,11 +597,19 @@ def test_kill_an_old_and_a_new_worker_mid_broadcast(nginx):
     # nothing wedged: one more broadcast reaches everyone who runs
     n.lua("BCAST()")
     check_delivery(n, killed={victim_old, victim_new})
+    # a killed worker's name stays (only its holder removes a name) until
+    # the master exits; each survivor holds its own
+    assert set(bridge_sockets(n)) == set(survivors) | {victim_old, victim_new}
     n.lua('ngx.shared.results:set("release", 2)')
     n.pids = [p for p in everyone[:2]]
     wait_for(lambda: n.worker_pids() == sorted(n.pids), timeout=30,
              what="the old generations to exit")
     n.lua('ngx.shared.results:set("release", 3)')
+    # the master removes what is left, and the directory, when it exits
+    directory = n.bridge_dir()
+    assert directory.is_dir()
+    assert n.stop() is None
+    assert not directory.exists(), sorted(os.listdir(directory))
 
 
 def test_without_a_master_process_nothing_changes(nginx):
@@ -645,58 +675,98 @@ def test_old_workers_hear_other_nodes_once(redis_server, nginx, queue):
              what="the old generation to exit")
 
 
-def bridge_names(master):
-    """The reload bridge's names bound now: {slot: name} (/proc/net/unix)."""
-    out = {}
-    prefix = f"@ngx_ipc/{master}/"
-    for line in open("/proc/net/unix").read().splitlines()[1:]:
-        fields = line.split()
-        if len(fields) >= 8 and fields[7].startswith(prefix):
-            out[int(fields[7].rsplit("/", 1)[1])] = fields[7]
-    return out
+# Holds a worker until the test lets its generation go, waking 5 times a
+# second only (two generations of 128 workers share two vCPUs).
+LINGER = """
+    local dict = ngx.shared.results
+    assert(ngx.timer.at(0, function()
+        local deadline = ngx.now() + 100
+        while (dict:get("release") or 0) < IPC_GEN and ngx.now() < deadline do
+            ngx.sleep(0.2)
+        end
+    end))
+"""
 
 
 def test_past_the_bridges_slots_a_worker_says_so_and_keeps_its_own(nginx):
-    """The bridge links 256 running workers at most. With every free name
-    taken (here by the test itself binding them), a new worker logs a
-    warning and reaches its own configuration only; once names are free
-    again, the next generation is linked as before."""
-    n = nginx(workers=2, main=SHUTDOWN, init=gen_init(1), init_worker=PURGE,
-              locations=HOLD_LOCATION)
+    """The bridge links 256 running workers at most. With two generations
+    of 128 workers running, a third generation's workers log a warning and
+    reach their own configuration only; once the first generation exits,
+    the next one is linked to the second as before."""
+    main = SHUTDOWN + "ipc_ring_size 32k;"
+    n = nginx(workers=128, main=main, init=gen_init(1),
+              init_worker=PURGE + LINGER, start_timeout=60)
     n.allow_log(r"the reload bridge's 256 slots are all held")
-    names = wait_for(lambda: len(bridge_names(n.master_pid)) == 2
-                     and bridge_names(n.master_pid), what="the bridge's names")
-    base = next(iter(names.values()))[1:].rsplit("/", 1)[0]
-    squat = []
+    first = list(n.pids)
+    reload(n, 2)
+    second = list(n.pids)
+    (everyone,) = n.lua("return ipc.pids({ all = true })")
+    assert sorted(everyone) == sorted(first + second)
+    assert len(bridge_sockets(n)) == 256
+
+    reload(n, 3, workers=2)
+    log = n.error_log()
+    for pid in n.pids:
+        assert f"{pid}#{pid}: ngx_ipc: the reload bridge's 256 slots are all held" in log
+    # the new workers reach each other, not the older ones
+    assert n.lua("return ipc.pids({ all = true })") == [n.pids]
+    assert n.lua(f'return ipc.send({second[0]}, "purge", "x")') == [None, "no such worker"]
+    assert n.lua('return ipc.broadcast("probe", "own")', worker=0) == [True]
+    for pid in n.pids:
+        assert n.wait_results(f"probe:{pid}", 1) == [b"%d own" % n.pids[0]]
+
+    # the first generation exits: its slots are free, generation 4 is
+    # linked to the second again
+    n.lua('ngx.shared.results:set("release", 1)')
+    wait_for(lambda: not any(live(p) for p in first), timeout=30,
+             what="the first generation to exit")
+    reload(n, 4, workers=2)
+    (everyone,) = n.lua("return ipc.pids({ all = true })")
+    assert everyone[:2] == n.pids and sorted(everyone[2:]) == sorted(second), everyone
+    assert n.lua('return ipc.broadcast("purge", "again")', worker=0) == [True]
+    wait_for(lambda: n.lua(f'return ngx.shared.results:get("purge:{second[5]}")')[0]
+             == f"again from {n.pids[0]}", what="the purge in the second generation")
+    n.lua('ngx.shared.results:set("release", 4)')
+
+
+def test_a_start_that_fails_leaves_no_directory(nginx):
+    """A first configuration that nginx gives up after ngx_ipc made the
+    bridge (here: an access_log it cannot open) leaves no directory."""
+    n = Nginx(workers=1, locations="""
+        location = /x { access_log /nonexistent/ngx_ipc/access.log; }
+    """)
     try:
-        for k in range(256):
-            if k in names:
-                continue
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            s.bind(f"\0{base}/{k}")
-            squat.append(s)
-        held = HeldRequest(n.port, "/hold")
-        old_pid = int(held.line())
-        reload(n, 2)
-        log = n.error_log()
-        for pid in n.pids:
-            assert f"{pid}#{pid}: ngx_ipc: the reload bridge's 256 slots are all held" in log
-        # the new workers reach each other, not the old one
-        assert n.lua("return ipc.pids({ all = true })") == [n.pids]
-        assert n.lua(f'return ipc.send({old_pid}, "purge", "x")') == [None, "no such worker"]
-        assert n.lua('return ipc.broadcast("probe", "own")', worker=0) == [True]
-        for pid in n.pids:
-            assert n.wait_results(f"probe:{pid}", 1) == [b"%d own" % n.pids[0]]
-        # free the names: generation 3 is linked to generation 1 again
-        for s in squat:
-            s.close()
-        squat = []
-        reload(n, 3)
-        (everyone,) = n.lua("return ipc.pids({ all = true })")
-        assert everyone[:2] == n.pids and old_pid in everyone[2:], everyone
-        assert n.lua('return ipc.broadcast("purge", "again")', worker=0) == [True]
-        assert held.line() == b"again from %d" % n.pids[0]
-        held.close()
+        with pytest.raises(NginxError, match="exited with status 1 while starting"):
+            n.start()
+        assert "/nonexistent/ngx_ipc/access.log" in n.error_log()
+        assert glob.glob(f"/tmp/ngx_ipc.{n.master_pid}.*") == []
     finally:
-        for s in squat:
-            s.close()
+        n.stop()
+        n.cleanup()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: workers of two users")
+def test_a_reload_that_changes_user_runs_without_the_bridge(nginx):
+    """The bridge's directory belongs to the workers' user of the master's
+    first configuration. A reload that changes "user" makes workers that
+    cannot bind a name there: each says so in one line and reaches its own
+    configuration only. A reload back to the first user links again."""
+    n = nginx(workers=2, main=SHUTDOWN, init=gen_init(1),
+              init_worker=PURGE + LINGER)
+    n.allow_log(r"the reload bridge's directory belongs to the user")
+    first = list(n.pids)
+    reload(n, 2, main=SHUTDOWN + "user daemon daemon;")
+    log = n.error_log()
+    for pid in n.pids:
+        line = [l for l in log.splitlines()
+                if f"{pid}#{pid}: ngx_ipc: " in l and "failed" in l]
+        assert len(line) == 1 and "[error]" in line[0] and "restarted" in line[0], line
+    assert n.lua("return ipc.pids({ all = true })") == [n.pids]
+    assert n.lua('return ipc.broadcast("probe", "own")', worker=0) == [True]
+    for pid in n.pids:
+        assert n.wait_results(f"probe:{pid}", 1) == [b"%d own" % n.pids[0]]
+
+    reload(n, 3, main=SHUTDOWN)
+    (everyone,) = n.lua("return ipc.pids({ all = true })")
+    assert everyone[:2] == n.pids and sorted(everyone[2:]) == sorted(first), everyone
+    n.lua('ngx.shared.results:set("release", 3)')

@@ -2,11 +2,13 @@
  * ngx_ipc reload bridge: what its two files share (docs/ARCHITECTURE.md
  * §12).
  *
- * ngx_ipc_bridge.cpp       the mapping, the claims page, the lists of the
- *                          other generations' slots, messages through it
- * ngx_ipc_bridge_wake.cpp  the private directory, the sockets' names and
- *                          binding, wake-up datagrams and their retries,
- *                          liveness probes
+ * ngx_ipc_bridge.cpp       the mapping and its claims page: a worker's
+ *                          claim at attach, given back at exit
+ * ngx_ipc_bridge_send.cpp  messages through it: the lists of the other
+ *                          generations' slots, broadcast, send, take
+ * ngx_ipc_bridge_wake.cpp  the sockets' names and binding, wake-up
+ *                          datagrams and their retries, liveness probes
+ * ngx_ipc_bridge_dir.cpp   the private directory the names live in
  */
 
 #ifndef _NGX_IPC_BRIDGE_H_INCLUDED_
@@ -65,13 +67,19 @@ extern ngx_ipc_bridge_t        ngx_ipc_bridge;
 void ngx_ipc_bridge_forget(uint32_t k, uint64_t owner);
 
 
-/* ngx_ipc_bridge_wake.cpp */
+/* ngx_ipc_bridge_dir.cpp: in the master, makes the private directory the
+ * names live in, owned by the workers' user; removes it (a start that
+ * failed, the master's exit). Its path, inherited by the workers. */
+#define NGX_IPC_BRIDGE_DIR_LEN  (sizeof("/tmp/ngx_ipc..XXXXXX") + NGX_INT64_LEN)
 
-/* In the master: makes the private directory the names live in, owned by
- * the workers' user; removes it (a start that failed, the master's exit). */
+extern u_char  ngx_ipc_bridge_dir[NGX_IPC_BRIDGE_DIR_LEN];
+
 ngx_int_t ngx_ipc_bridge_dir_make(ngx_cycle_t *cycle);
 void ngx_ipc_bridge_dir_announce(ngx_log_t *log);
 void ngx_ipc_bridge_dir_remove(ngx_log_t *log);
+
+
+/* ngx_ipc_bridge_wake.cpp */
 
 /* In a worker: the connection of a datagram socket bound to the name of
  * `owner`, or NULL (logged); ngx_ipc_bridge_unbind() closes b->conn and

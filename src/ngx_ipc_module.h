@@ -8,9 +8,9 @@
  * ngx_ipc_exit.cpp         a worker's graceful exit, with the Lua threads
  * ngx_ipc_busy_poll.cpp    busy polling (ipc_busy_poll), behind three calls
  * ngx_ipc_bridge*.cpp      the reload bridge: workers of different
- *                          configurations that run at once: the mapping,
- *                          claims and messages; wake-ups, names and their
- *                          directory in ngx_ipc_bridge_wake.cpp
+ *                          configurations that run at once: the mapping
+ *                          and claims, messages (_send), wake-ups and
+ *                          names (_wake), their directory (_dir)
  *                          (ngx_ipc_bridge.h)
  * ngx_ipc_log.cpp          log lines at a bounded rate
  * ngx_ipc_http_module.cpp  http module: registers the embedded Lua library

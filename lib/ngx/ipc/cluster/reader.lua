@@ -24,7 +24,6 @@ local seqs = require "ngx.ipc.cluster.seqs"
 local C = ffi.C
 local math_min = math.min
 local setmetatable = setmetatable
-local tonumber = tonumber
 local tostring = tostring
 local type = type
 local ngx = ngx
@@ -86,15 +85,12 @@ end
 
 -- The Redis server's clock, against ours.
 function _M.sync_clock(self)
-    local res, err = self.conn:command("TIME")
-    if type(res) ~= "table" or not tonumber(res[1]) or not tonumber(res[2])
-    then
-        return nil, "TIME failed: " .. tostring(err)
+    local theirs, ours = self.conn:time_ms()
+    if not theirs then
+        return nil, ours
     end
 
-    update_time()
-    self.clock = tonumber(res[1]) * 1000 + tonumber(res[2]) / 1000
-                 - ngx_now() * 1000
+    self.clock = theirs - ours
     return true
 end
 

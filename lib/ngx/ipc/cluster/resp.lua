@@ -15,8 +15,10 @@
 -- (the connection stays usable); nil, err when the connection failed (it
 -- is closed then).
 
+local ngx_now = ngx.now
 local ngx_socket_tcp = ngx.socket.tcp
 local ngx_sleep = ngx.sleep
+local update_time = ngx.update_time
 local setmetatable = setmetatable
 local str_byte = string.byte
 local str_sub = string.sub
@@ -354,6 +356,21 @@ function _M.header(self, kind)
         return nil, "bad reply from Redis: " .. str_sub(line, 1, 32)
     end
     return n
+end
+
+
+-- The Redis server's clock (TIME) in milliseconds, and ours when it came;
+-- or nil, err.
+function _M.time_ms(self)
+    local res, err = self:command("TIME")
+    if type(res) ~= "table" or not tonumber(res[1]) or not tonumber(res[2])
+    then
+        return nil, "TIME failed: " .. tostring(err)
+    end
+
+    update_time()
+    return tonumber(res[1]) * 1000 + tonumber(res[2]) / 1000,
+           ngx_now() * 1000
 end
 
 

@@ -21,14 +21,11 @@ local C = ffi.C
 local ffi_new = ffi.new
 local math_floor = math.floor
 local math_min = math.min
-local tonumber = tonumber
 local tostring = tostring
-local type = type
 local unpack = unpack
 local ngx = ngx
 local ngx_WARN = ngx.WARN
 local ngx_now = ngx.now
-local update_time = ngx.update_time
 
 
 local BATCH = 1024               -- messages per stream entry, at most (and
@@ -68,20 +65,6 @@ local batch = ffi_new("ngx_ipc_cluster_entry_t[?]", BATCH)
 local peek_end = ffi_new("uint64_t[1]")
 
 
--- The Redis server's clock in ms, as of now, or nil.
-local function redis_now(conn)
-    local res = conn:command("TIME")
-    if type(res) ~= "table" or not tonumber(res[1]) or not tonumber(res[2])
-    then
-        return nil
-    end
-
-    update_time()
-    return tonumber(res[1]) * 1000 + math_floor(tonumber(res[2]) / 1000),
-           ngx_now() * 1000
-end
-
-
 -- An XADD refused because the stream's last id cannot grow.
 local function no_more_ids(err)
     err = tostring(err)
@@ -94,7 +77,8 @@ end
 -- should go again at once.
 local function quarantine(link, conn, why)
     local cfg = link.cfg
-    local now = redis_now(conn) or math_floor(ngx_now() * 1000)
+    local now = conn:time_ms() or ngx_now() * 1000
+    now = math_floor(now)
     local name = cfg.stream .. ":quarantine:" .. tostring(now)
     local res, err = conn:command("EVAL", QUARANTINE, 2, cfg.stream, name,
                                   FUTURE_MS, QUARANTINE_MS)
@@ -131,7 +115,7 @@ function _M.run(link)
         elseif not conn then
             conn, err = resp.connect(cfg, cfg.client_name .. "writer")
             if conn then
-                local theirs, ours = redis_now(conn)
+                local theirs, ours = conn:time_ms()
                 clock = theirs and theirs - ours or 0
             else
                 link:fail("writer", err)

@@ -378,13 +378,13 @@ def test_busy_poll_spares_wakeups(nginx):
     are the dispatcher's own visits to the event loop (one per 128 handlers)."""
     n = nginx(workers=2, main="ipc_busy_poll 10ms;", init_worker=PINGPONG)
     seen = []
-    for _ in range(3):  # polling gives way while other processes want the
-        costs = pingpong_costs(n)   # CPUs: one run of 3 with none, asked
-        if all(sum(c) < ROUNDS // 10 for c in costs):
+    for _ in range(6):  # polling gives way while other processes want the
+        costs = pingpong_costs(n)   # CPUs (the VM's host too): one run of
+        if all(sum(c) < ROUNDS // 10 for c in costs):   # 6 with none, asked
             return
         seen.append(costs)
     raise AssertionError("voluntary switches, eventfd reads, writes while "
-                         f"polling, in each of 3 runs: {seen}")
+                         f"polling, in each of 6 runs: {seen}")
 
 
 def test_busy_poll_off_wakes_per_message(nginx):

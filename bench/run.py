@@ -573,11 +573,13 @@ def write_doc(res, systems, baselines, cfg, took, has_chart):
         doc += ["## Cluster: node to node through Redis", "",
                 "`bench/cluster.py`, run by `make bench` once per Redis durability "
                 "setting: three nginx nodes (A, B, C, 2 workers each) and one "
-                "redis-server on 127.0.0.1; ngx_ipc's `ipc_cluster` beside "
-                "`redis_pubsub`, what users build today (every worker SUBSCRIBEs "
-                "with lua-resty-redis, bench/baselines/redis_pubsub). Goals (the "
-                "issue): p50 under 300 us, p99 under 2 ms, at least 100,000 "
-                "messages/s from one node to two others.", ""]
+                "redis-server on 127.0.0.1; ngx_ipc's `ipc_cluster`, the same "
+                "with `secret=` (every entry signed and checked: "
+                "`ngx_ipc_secret`), beside `redis_pubsub`, what users build "
+                "today (every worker SUBSCRIBEs with lua-resty-redis, "
+                "bench/baselines/redis_pubsub). Goals (issue 12): p50 under "
+                "300 us, p99 under 2 ms, at least 100,000 messages/s from one "
+                "node to two others.", ""]
         for run in res.cluster:
             doc += ["### appendfsync %s" % run["appendfsync"], "",
                     "`%s`" % run["command"], "", run["output"].strip(), ""]

@@ -27,11 +27,11 @@ static void ngx_ipc_cluster_unlock(ClusterShared *cs);
 
 /* A cluster broadcast: delivered to this node's workers through the local
  * path and queued in the outbox for the agent, both or neither. *kick_pid:
- * the agent to wake (it sleeps), or 0. */
+ * the agent to wake (it sleeps), or 0. NGX_OK, or an NGX_IPC_FFI_E_ code
+ * (ngx_ipc_ffi.h). */
 int
 ngx_ipc_ffi_cluster_broadcast(const u_char *name, size_t name_len,
-    const u_char *data, size_t data_len, int include_self, int *kick_pid,
-    char **err)
+    const u_char *data, size_t data_len, int include_self, int *kick_pid)
 {
     ngx_ipc_cluster_conf_t  *ccf;
     ClusterShared           *cs;
@@ -44,14 +44,12 @@ ngx_ipc_ffi_cluster_broadcast(const u_char *name, size_t name_len,
     ccf = ngx_ipc_cluster_conf();
     cs = ngx_ipc_cluster_shared();
     if (ccf == NULL || cs == NULL) {
-        *err = (char *) "no ipc_cluster in this configuration";
-        return NGX_DECLINED;
+        return NGX_IPC_FFI_E_NO_CLUSTER;
     }
 
     if (data_len > ccf->max_message) {
         cs->counters[kRefused].fetch_add(1, std::memory_order_relaxed);
-        *err = (char *) "message too large";
-        return NGX_DECLINED;
+        return NGX_IPC_FFI_E_TOO_LARGE;
     }
 
     cap = cs->capacity;
@@ -59,8 +57,7 @@ ngx_ipc_ffi_cluster_broadcast(const u_char *name, size_t name_len,
 
     if (!ngx_ipc_cluster_lock(cs)) {
         cs->counters[kRefused].fetch_add(1, std::memory_order_relaxed);
-        *err = (char *) "queue full";
-        return NGX_DECLINED;
+        return NGX_IPC_FFI_E_QUEUE_FULL;
     }
 
     head = cs->head.load(std::memory_order_relaxed);
@@ -73,13 +70,11 @@ ngx_ipc_ffi_cluster_broadcast(const u_char *name, size_t name_len,
     if (head + skip + need - tail > cap) {
         ngx_ipc_cluster_unlock(cs);
         cs->counters[kRefused].fetch_add(1, std::memory_order_relaxed);
-        *err = (char *) "queue full";
-        return NGX_DECLINED;
+        return NGX_IPC_FFI_E_QUEUE_FULL;
     }
 
     /* the local part first: if it is refused, nothing is queued */
-    rc = ngx_ipc_ffi_broadcast(name, name_len, data, data_len, include_self,
-                               err);
+    rc = ngx_ipc_ffi_broadcast(name, name_len, data, data_len, include_self);
     if (rc != NGX_OK) {
         ngx_ipc_cluster_unlock(cs);
         return rc;

@@ -34,6 +34,7 @@ NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, calls);
 NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, call_timeouts);
 NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, queued_bytes);
 NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, resets);
+NGX_IPC_SAME(ngx_ipc_stats_t, ngx_ipc::Stats, unhandled);
 
 static_assert(sizeof(ngx_ipc_lua_counters_t) == sizeof(ngx_ipc::LuaStats),
               "lua counters");
@@ -42,6 +43,7 @@ NGX_IPC_SAME(ngx_ipc_lua_counters_t, ngx_ipc::LuaStats, refused);
 NGX_IPC_SAME(ngx_ipc_lua_counters_t, ngx_ipc::LuaStats, handler_errors);
 NGX_IPC_SAME(ngx_ipc_lua_counters_t, ngx_ipc::LuaStats, calls);
 NGX_IPC_SAME(ngx_ipc_lua_counters_t, ngx_ipc::LuaStats, call_timeouts);
+NGX_IPC_SAME(ngx_ipc_lua_counters_t, ngx_ipc::LuaStats, unhandled);
 
 static_assert(sizeof(ngx_ipc_worker_status_t)
               == sizeof(ngx_ipc::WorkerStatus), "worker status");
@@ -68,8 +70,17 @@ static_assert(NGX_IPC_FFI_RUNNING == (int) ngx_ipc::WorkerState::kRunning
               && NGX_IPC_FFI_DEAD == (int) ngx_ipc::WorkerState::kDead,
               "worker states");
 
+/* a Status crosses the ABI as its value: NGX_OK or an E_ code */
+#define NGX_IPC_SAME_STATUS(e, s)                                             \
+    static_assert((int) ngx_ipc::Status::s == e, #e)
 
-static int ngx_ipc_status_rc(ngx_ipc::Status s, char **err);
+NGX_IPC_SAME_STATUS(NGX_OK, kOk);
+NGX_IPC_SAME_STATUS(NGX_IPC_FFI_E_NO_SUCH_WORKER, kNoSuchWorker);
+NGX_IPC_SAME_STATUS(NGX_IPC_FFI_E_NAME_TOO_LONG, kNameTooLong);
+NGX_IPC_SAME_STATUS(NGX_IPC_FFI_E_TOO_LARGE, kTooLarge);
+NGX_IPC_SAME_STATUS(NGX_IPC_FFI_E_QUEUE_FULL, kQueueFull);
+NGX_IPC_SAME_STATUS(NGX_IPC_FFI_E_NO_MEMORY, kNoMemory);
+NGX_IPC_SAME_STATUS(NGX_IPC_FFI_E_EMPTY_NAME, kEmptyName);
 
 
 static const char  ngx_ipc_not_available[] =
@@ -125,8 +136,7 @@ ngx_ipc_ffi_start(void *sema, char **err)
 
 int
 ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
-    const u_char *data, size_t data_len, int flags, uint32_t call_id,
-    char **err)
+    const u_char *data, size_t data_len, int flags, uint32_t call_id)
 {
     int                slot;
     ngx_ipc_worker_t  *w;
@@ -134,7 +144,6 @@ ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
 
     w = ngx_ipc_worker_get();
     if (w == NULL) {
-        *err = (char *) ngx_ipc_not_available;
         return NGX_ERROR;
     }
 
@@ -169,20 +178,19 @@ ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
         ngx_ipc_busy_poll_after_send(w);
     }
 
-    return ngx_ipc_status_rc(s, err);
+    return (int) s;
 }
 
 
 int
 ngx_ipc_ffi_broadcast(const u_char *name, size_t name_len,
-    const u_char *data, size_t data_len, int include_self, char **err)
+    const u_char *data, size_t data_len, int include_self)
 {
     ngx_ipc_worker_t  *w;
     ngx_ipc::Status    s;
 
     w = ngx_ipc_worker_get();
     if (w == NULL) {
-        *err = (char *) ngx_ipc_not_available;
         return NGX_ERROR;
     }
 
@@ -217,19 +225,7 @@ ngx_ipc_ffi_broadcast(const u_char *name, size_t name_len,
         ngx_ipc_busy_poll_after_send(w);
     }
 
-    return ngx_ipc_status_rc(s, err);
-}
-
-
-static int
-ngx_ipc_status_rc(ngx_ipc::Status s, char **err)
-{
-    if (s != ngx_ipc::Status::kOk) {
-        *err = (char *) ngx_ipc::status_message(s);
-        return NGX_DECLINED;
-    }
-
-    return NGX_OK;
+    return (int) s;
 }
 
 
@@ -338,10 +334,12 @@ static const ngx_ipc_layout_t  ngx_ipc_layout[] = {
     NGX_IPC_FIELD(ngx_ipc_stats_t, calls),
     NGX_IPC_FIELD(ngx_ipc_stats_t, call_timeouts),
     NGX_IPC_FIELD(ngx_ipc_stats_t, resets),
+    NGX_IPC_FIELD(ngx_ipc_stats_t, unhandled),
     NGX_IPC_SIZE(ngx_ipc_lua_counters_t),
     NGX_IPC_FIELD(ngx_ipc_lua_counters_t, dropped),
     NGX_IPC_FIELD(ngx_ipc_lua_counters_t, refused),
     NGX_IPC_FIELD(ngx_ipc_lua_counters_t, call_timeouts),
+    NGX_IPC_FIELD(ngx_ipc_lua_counters_t, unhandled),
     NGX_IPC_SIZE(ngx_ipc_worker_status_t),
     NGX_IPC_FIELD(ngx_ipc_worker_status_t, state),
     NGX_IPC_FIELD(ngx_ipc_worker_status_t, stats),

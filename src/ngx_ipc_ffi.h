@@ -8,10 +8,11 @@
  * parser takes: typedefs, enums, prototypes; constants are enum members,
  * which Lua reads as ffi.C.NAME.
  *
- * Functions take plain C types and return NGX_OK (0), NGX_DECLINED (-5: a
- * runtime failure, with a constant message in *err) or NGX_ERROR (-1:
- * ngx_ipc is not usable in this process), unless said otherwise. No C++
- * exception crosses this boundary.
+ * Functions take plain C types and return NGX_OK (0), NGX_ERROR (-1:
+ * ngx_ipc is not usable in this process) or, for a send refused at run
+ * time, one of the NGX_IPC_FFI_E_* codes below (positive), which the Lua
+ * side turns into the API's text in one table (lib/ngx/ipc/errors.lua);
+ * unless said otherwise. No C++ exception crosses this boundary.
  *
  * Implemented in ngx_ipc_ffi.cpp (messages), ngx_ipc_ffi_worker.cpp (the
  * worker's light threads, counters and status) and ngx_ipc_cluster_*.cpp
@@ -33,7 +34,16 @@ extern "C" {
 enum {
     /* Bumped whenever a declaration below changes; lib/ngx/ipc.lua refuses
      * to run against a module that reports another version. */
-    NGX_IPC_FFI_VERSION = 5,
+    NGX_IPC_FFI_VERSION = 6,
+
+    /* a send's run-time failures (ngx_ipc::Status, ngx_ipc_cluster_*) */
+    NGX_IPC_FFI_E_NO_SUCH_WORKER = 1,    /* "no such worker" */
+    NGX_IPC_FFI_E_NAME_TOO_LONG = 2,     /* "name too long" */
+    NGX_IPC_FFI_E_TOO_LARGE = 3,         /* "message too large" */
+    NGX_IPC_FFI_E_QUEUE_FULL = 4,        /* "queue full" */
+    NGX_IPC_FFI_E_NO_MEMORY = 5,         /* "no memory" */
+    NGX_IPC_FFI_E_EMPTY_NAME = 6,        /* the Lua API raises before */
+    NGX_IPC_FFI_E_NO_CLUSTER = 7,        /* no ipc_cluster here */
 
     /* messages taken from the inbox per ngx_ipc_ffi_take() call */
     NGX_IPC_FFI_BATCH = 64,
@@ -113,6 +123,7 @@ typedef struct {
     uint64_t  call_timeouts;
     uint64_t  queued_bytes;
     uint64_t  resets;
+    uint64_t  unhandled;
 } ngx_ipc_stats_t;
 
 /* The counters lib/ngx/ipc.lua owns, in its worker's slot
@@ -120,13 +131,13 @@ typedef struct {
  * a process takes the slot. ipc.stats() and the status page show them
  * added to the core's (ngx_ipc_stats_t). */
 typedef struct {
-    uint64_t  dropped;         /* answers no call waits for, messages no
-                                  handler takes */
+    uint64_t  dropped;         /* answers no call waits for */
     int64_t   refused;         /* sends Lua refused, less the core's "queue
                                   full" of sends that then waited */
     uint64_t  handler_errors;
     uint64_t  calls;
     uint64_t  call_timeouts;
+    uint64_t  unhandled;       /* messages no handler took */
 } ngx_ipc_lua_counters_t;
 
 /* One worker slot (ngx_ipc::WorkerStatus). */
@@ -199,11 +210,9 @@ typedef struct {
 int ngx_ipc_ffi_version(void);
 int ngx_ipc_ffi_start(void *sema, char **err);
 int ngx_ipc_ffi_send(int pid, const unsigned char *name, size_t name_len,
-    const unsigned char *data, size_t data_len, int flags, uint32_t call_id,
-    char **err);
+    const unsigned char *data, size_t data_len, int flags, uint32_t call_id);
 int ngx_ipc_ffi_broadcast(const unsigned char *name, size_t name_len,
-    const unsigned char *data, size_t data_len, int include_self,
-    char **err);
+    const unsigned char *data, size_t data_len, int include_self);
 /* takes up to max messages; 0: the inbox is empty and the slot armed */
 int ngx_ipc_ffi_take(ngx_ipc_msg_t *out, int max);
 void ngx_ipc_ffi_take_done(void);
@@ -228,7 +237,7 @@ int ngx_ipc_ffi_yield(void *sema);
 int ngx_ipc_ffi_cluster_info(ngx_ipc_cluster_info_t *out);
 int ngx_ipc_ffi_cluster_broadcast(const unsigned char *name, size_t name_len,
     const unsigned char *data, size_t data_len, int include_self,
-    int *kick_pid, char **err);
+    int *kick_pid);
 int ngx_ipc_ffi_cluster_lease(int *agent_pid);
 int ngx_ipc_ffi_cluster_agent(void);
 void ngx_ipc_ffi_cluster_release(void);

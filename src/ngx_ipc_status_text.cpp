@@ -22,8 +22,9 @@ static const ngx_http_ipc_status_field_t  ngx_http_ipc_status_fields[] = {
     NGX_IPC_FIELD(received, 1, "Messages taken from the inbox."),
     NGX_IPC_FIELD(sent_bytes, 1, "Data bytes of the messages sent."),
     NGX_IPC_FIELD(received_bytes, 1, "Data bytes of the messages received."),
-    NGX_IPC_FIELD(dropped, 1, "Messages delivered to no handler or "
-                              "addressed to a process that is gone."),
+    NGX_IPC_FIELD(dropped, 1, "Messages addressed to a process that is "
+                              "gone, or too large for it, and answers "
+                              "that came too late."),
     NGX_IPC_FIELD(refused, 1, "Sends that returned an error."),
     NGX_IPC_FIELD(handler_errors, 1, "Handlers that raised an error."),
     NGX_IPC_FIELD(calls, 1, "ipc.call requests sent."),
@@ -31,6 +32,8 @@ static const ngx_http_ipc_status_field_t  ngx_http_ipc_status_fields[] = {
     NGX_IPC_FIELD(queued_bytes, 0, "Payload bytes held now in the "
                                    "worker's send backlog."),
     NGX_IPC_FIELD(resets, 1, "Inbox rings reset after a corrupt record."),
+    NGX_IPC_FIELD(unhandled, 1, "Messages no handler took (no handler for "
+                                "their name, no default_handler)."),
 };
 
 #define NGX_IPC_NFIELDS                                                       \

@@ -231,14 +231,19 @@ ngx_ipc_drop_undelivered(ngx_ipc_worker_t *w, ngx_ipc::Endpoint *ep)
     ngx_ipc::Delivery   batch[NGX_IPC_FFI_BATCH];
 
     while ((n = ep->receive(batch, NGX_IPC_FFI_BATCH)) > 0) {
-        w->endpoint->stats().dropped += n;
+        /* no Lua runs here that could count it (stats().unhandled) */
+        w->endpoint->counters().lua.unhandled += n;
 
         if (!w->no_dispatcher_logged) {
             w->no_dispatcher_logged = 1;
             ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                           "ngx_ipc: messages arrived in a worker that has "
-                          "not called ngx.ipc; they are dropped and counted "
-                          "(register handlers in init_worker_by_lua*)");
+                          "not called ngx.ipc (the first: \"%*s\"); no "
+                          "handler takes them: they are dropped and counted "
+                          "in \"unhandled\" (register handlers in "
+                          "init_worker_by_lua*)",
+                          (size_t) ngx_min(batch[0].name_len, 256),
+                          batch[0].name);
         }
     }
 }

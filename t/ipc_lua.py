@@ -49,7 +49,8 @@ def stats(n, worker):
 
 
 STAT_KEYS = ["sent", "received", "sent_bytes", "received_bytes", "dropped",
-             "refused", "handler_errors", "calls", "call_timeouts", "queued_bytes"]
+             "refused", "handler_errors", "calls", "call_timeouts", "queued_bytes",
+             "unhandled"]
 
 
 # "q" is a slow receiver: each message waits (up to 10 s) until the test sets

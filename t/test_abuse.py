@@ -1,4 +1,4 @@
-"""Bad input from Lua and misbehaving handlers (SPEC.md: Lua API, rule 5).
+"""Bad input from Lua and misbehaving handlers (README: API, delivery rule 5).
 
 Every argument of every function gets wrong types and bad values; each
 gets the documented error or behaviour, and the worker keeps serving

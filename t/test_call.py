@@ -1,4 +1,4 @@
-"""ipc.call: request/reply between workers (SPEC.md, `call`).
+"""ipc.call: request/reply between workers (README: API, `call`).
 
 Responses, the runtime errors ("timeout", "no such worker", "no handler",
 "handler error: ...", "would deadlock"), where call may run, argument errors,

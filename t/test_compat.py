@@ -292,11 +292,11 @@ def test_handlers_table(nginx):
                  worker=1) == [None]
     # a whole new table is what dispatches from then on
     n.lua('ipc.handlers = { c = function(d) T.push("c", d) end }', worker=1)
-    before = stats(n, 1)["dropped"]
+    before = stats(n, 1)["unhandled"]
     n.lua(f'assert(ipc.send({n.pids[1]}, "a", "x")) assert(ipc.send({n.pids[1]}, "c", "3"))', worker=0)
     assert n.wait_results("c", 1) == [b"3"]
     assert received(n, "a", 1) == [(me, b"1")]
-    assert stats(n, 1)["dropped"] == before + 1
+    assert stats(n, 1)["unhandled"] == before + 1
     # receive() registers into the table now in place
     assert n.lua('ipc.receive("d", print) return ipc.handlers.d == print and ipc.handlers.c ~= nil',
                  worker=1) == [True]

@@ -1,4 +1,5 @@
-"""Delivery rule 9 of SPEC.md: a worker killed with SIGKILL at any moment.
+"""A worker killed with SIGKILL at any moment (README: "Reloads, crashes and
+bad input", and delivery rules 3 and 4).
 
 The master logs "worker process N exited on signal 9" as an alert when a
 worker is killed: these tests allow exactly that line.

@@ -1,4 +1,4 @@
-"""Delivery rule 8 of SPEC.md: reload (SIGHUP) under a steady stream of messages.
+"""Delivery rule 8 of the README: reload (SIGHUP) under a steady stream of messages.
 
 Every worker runs TRAFFIC: a light thread that every few ms broadcasts a
 counter and sends another counter to the next worker (by id), and handlers

@@ -29,7 +29,7 @@ STATUS = """
 # the counters of ipc.stats(), as the JSON names them
 COUNTERS = ["sent", "received", "sent_bytes", "received_bytes", "dropped",
             "refused", "handler_errors", "calls", "call_timeouts",
-            "queued_bytes", "resets"]
+            "queued_bytes", "resets", "unhandled"]
 
 PROM_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -42,6 +42,7 @@ void read_stats(const SlotCounters& c, Stats* out) {
   out->call_timeouts = load_counter(&lua.call_timeouts);
   out->queued_bytes = load_counter(&core.queued_bytes);
   out->resets = load_counter(&core.resets);
+  out->unhandled = load_counter(&lua.unhandled);
 }
 
 void read_worker(const ShmHeader* h, std::uint32_t slot, WorkerStatus* out, StatusAliveFn alive) {

@@ -116,9 +116,10 @@ struct LuaStats {
   std::uint64_t handler_errors;  // handlers that raised
   std::uint64_t calls;           // ipc.call requests
   std::uint64_t call_timeouts;   // of them, timed out
+  std::uint64_t unhandled;       // messages no handler took (not in dropped)
 };
 static_assert(std::is_standard_layout_v<LuaStats>);
-static_assert(sizeof(LuaStats) == 5 * sizeof(std::uint64_t));
+static_assert(sizeof(LuaStats) == 6 * sizeof(std::uint64_t));
 
 // A worker's counters as ipc.stats() and the status page show them
 // (ngx_ipc_stats_t): CoreStats and LuaStats added up by read_worker().
@@ -134,9 +135,10 @@ struct Stats {
   std::uint64_t call_timeouts;
   std::uint64_t queued_bytes;
   std::uint64_t resets;
+  std::uint64_t unhandled;
 };
 static_assert(std::is_standard_layout_v<Stats>);
-static_assert(sizeof(Stats) == 11 * sizeof(std::uint64_t));
+static_assert(sizeof(Stats) == 12 * sizeof(std::uint64_t));
 
 // What a slot's process counts, on cache lines of its own: the owner
 // writes them at every send and receive, and nobody else touches these
@@ -147,7 +149,7 @@ struct alignas(kCacheLine) SlotCounters {
   CoreStats core;
   std::uint64_t busy_poll_ns;  // time spent busy polling (ipc_busy_poll)
   LuaStats lua;
-  std::uint64_t reserved[2];  // room for more without a layout change
+  std::uint64_t reserved[1];  // room for more without a layout change
 };
 static_assert(std::is_standard_layout_v<SlotCounters>);
 static_assert(sizeof(SlotCounters) == 2 * kCacheLine);

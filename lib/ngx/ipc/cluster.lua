@@ -52,7 +52,8 @@ local link          -- this worker's (cluster/link.lua), once init() ran
 
 
 -- Called by ngx.ipc at its start in a worker. api: broadcast_local(name,
--- data) -> ok, err; new_sema() -> an ngx.semaphore. Returns the node's
+-- data) -> true, or nil and an errors code; new_sema() -> an
+-- ngx.semaphore. Returns the node's
 -- settings, or nil without ipc_cluster.
 function _M.init(api)
     link = linkmod.new(api)
@@ -72,11 +73,11 @@ function _M.init(api)
 end
 
 
--- A cluster broadcast (ngx.ipc checked the arguments).
-function _M.broadcast(name, data, include_self, kick, errmsg)
+-- A cluster broadcast (ngx.ipc checked the arguments): an errors code;
+-- kick[0]: the agent to wake, or 0.
+function _M.broadcast(name, data, include_self, kick)
     return C.ngx_ipc_ffi_cluster_broadcast(name, #name, data, #data,
-                                           include_self and 1 or 0, kick,
-                                           errmsg)
+                                           include_self and 1 or 0, kick)
 end
 
 

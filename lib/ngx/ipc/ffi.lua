@@ -3,9 +3,9 @@
 -- ngx_ipc_module.so embeds src/ngx_ipc_ffi.h and its loader calls this
 -- chunk with that text: what lies between the header's two markers goes to
 -- ffi.cdef, less its preprocessor lines. The structs, constants (enum
--- members, read as ffi.C.NAME) and prototypes that lib/ngx/ipc.lua and
--- lib/ngx/ipc/cluster.lua use are therefore the very ones the module was
--- compiled with; t/test_ffi.py compares the offsets too.
+-- members, read as ffi.C.NAME) and prototypes that the files of
+-- lib/ngx/ipc/ use are therefore the very ones the module was compiled
+-- with; t/test_ffi.py compares the offsets too.
 
 local ffi = require "ffi"
 

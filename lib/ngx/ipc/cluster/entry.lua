@@ -18,6 +18,7 @@
 -- fields' table.
 
 local ffi = require "ffi"
+local base = require "resty.core.base"
 
 local C = ffi.C
 local ffi_new = ffi.new
@@ -30,6 +31,7 @@ local str_match = string.match
 local str_sub = string.sub
 local tonumber = tonumber
 local type = type
+local FFI_OK = base.FFI_OK
 
 
 local MAX_COUNT = 1024             -- messages per entry (the writer's batch)
@@ -264,7 +266,7 @@ function _M.encode(stream, node, epoch, batch, n, secret)
 
     if secret then
         local head = _M.header(stream, node, epoch, n, first, last)
-        if C.ngx_ipc_ffi_cluster_mac(head, #head, m, #m, mac_buf) ~= 0 then
+        if C.ngx_ipc_ffi_cluster_mac(head, #head, m, #m, mac_buf) ~= FFI_OK then
             return nil, "cannot make the MAC"
         end
         fields[13], fields[14] = "h", ffi_string(mac_buf, MAC_HEX)

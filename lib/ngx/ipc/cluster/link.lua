@@ -5,6 +5,8 @@
 -- workers, gap reports).
 
 local ffi = require "ffi"
+local errors = require "ngx.ipc.errors"
+local limiter = require "ngx.ipc.limiter"
 
 local C = ffi.C
 local concat = table.concat
@@ -21,7 +23,6 @@ local ngx = ngx
 local ngx_log = ngx.log
 local ngx_ERR = ngx.ERR
 local ngx_WARN = ngx.WARN
-local ngx_now = ngx.now
 local ngx_sleep = ngx.sleep
 local worker_exiting = ngx.worker.exiting
 
@@ -42,10 +43,11 @@ local text_buf = ffi_new("char[?]", C.NGX_IPC_FFI_CLUSTER_TEXT_MAX)
 
 
 -- The link of this worker, or nil without ipc_cluster. api: what ngx.ipc
--- lends (broadcast_local(name, data) -> ok, err; new_sema()).
+-- lends (broadcast_local(name, data) -> true, or nil and an errors code;
+-- new_sema()).
 function _M.new(api)
     local info = ffi_new("ngx_ipc_cluster_info_t")
-    if C.ngx_ipc_ffi_cluster_info(info) ~= 0 then
+    if C.ngx_ipc_ffi_cluster_info(info) ~= errors.OK then
         return nil
     end
 
@@ -76,8 +78,7 @@ function _M.new(api)
         api = api,
         counters = C.ngx_ipc_ffi_cluster_counters(),
         agent = false,           -- this worker runs the agent's threads
-        log_last = {},           -- kind -> when it was last logged
-        log_skipped = {},        -- kind -> lines not logged since
+        lines = limiter.new(LOG_PERIOD, 1),  -- a line per kind per period
     }, mt)
 end
 
@@ -115,17 +116,13 @@ end
 
 
 -- A line logged at most once per LOG_PERIOD per kind (a small, fixed set
--- of kinds), with a count of the ones not logged.
+-- of kinds: limiter.lua), with a count of the ones not logged.
 function _M.log(self, level, kind, ...)
-    local now = ngx_now()
-    local last = self.log_last[kind]
-    if last and now - last < LOG_PERIOD then
-        self.log_skipped[kind] = (self.log_skipped[kind] or 0) + 1
+    local ok, skipped = self.lines:allow(kind)
+    if not ok then
         return
     end
 
-    local skipped = self.log_skipped[kind] or 0
-    self.log_last[kind], self.log_skipped[kind] = now, 0
     local text = concat({ ... })
     if skipped > 0 then
         ngx_log(level, "ngx_ipc cluster: ", text, " (", skipped,
@@ -167,16 +164,17 @@ end
 
 
 -- Delivers a message to every worker of this node through the local path,
--- waiting while a worker's queue is full (nothing may be lost here).
+-- waiting while a worker's queue is full (nothing may be lost here): true,
+-- or nil and the error's text.
 function _M.deliver(self, name, data)
     while true do
-        local ok, err = self.api.broadcast_local(name, data)
+        local ok, code = self.api.broadcast_local(name, data)
         if ok then
             return true
         end
 
-        if err ~= "queue full" or not self:active() then
-            return nil, err
+        if code ~= errors.QUEUE_FULL or not self:active() then
+            return nil, errors.text(code)
         end
 
         ngx_sleep(0.001)

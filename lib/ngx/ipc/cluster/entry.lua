@@ -14,7 +14,7 @@
 -- counts that agree with what is carried, sequence numbers that rise,
 -- names within limits and none of the names ngx_ipc keeps for itself
 -- ("ipc:cluster..."). It does work in proportion to the entry's size,
--- which the reader bounds (resp.xread_each), and allocates only the
+-- which the reader bounds (xread.lua), and allocates only the
 -- fields' table.
 
 local ffi = require "ffi"

@@ -6,8 +6,8 @@
 -- dropped in slices, never held (it reads as resp.TOO_LARGE), an array keeps
 -- at most its limit of elements (the rest are read and dropped), and nesting
 -- is bounded. XREAD replies are read one stream entry at a time
--- (conn:xread_each), so the link holds at most one entry however many the
--- reply carries. The protocol's own lines (types, lengths, simple strings,
+-- (xread.lua), so the link holds at most one entry however many the reply
+-- carries. The protocol's own lines (types, lengths, simple strings,
 -- errors) come from the Redis server, which the link trusts (README,
 -- "Security"); what a stream writer controls only ever arrives in bulks.
 --
@@ -42,7 +42,7 @@ local mt = { __index = _M }
 
 -- The request: RESP2's array of bulk strings. An argument may be a table of
 -- strings sent as one bulk (no copy: the cosocket writes the pieces).
-local function request(args, n)
+function _M.request(args, n)
     local out, k = { "*", n, "\r\n" }, 3
     for i = 1, n do
         local a = args[i]
@@ -204,7 +204,7 @@ end
 
 function _M.command_limited(self, limits, ...)
     local args = { ... }
-    local ok, err = self.sock:send(request(args, #args))
+    local ok, err = self.sock:send(_M.request(args, #args))
     if not ok then
         self:close()
         return nil, err
@@ -218,125 +218,6 @@ function _M.command_limited(self, limits, ...)
         return res, rerr
     end
     return res
-end
-
-
--- XREAD COUNT count BLOCK ms STREAMS stream from, one entry at a time:
--- on_entry(id, fields, nf, problem) gets each entry's id and its fields
--- (an array of nf strings: name, value, ...), or a problem (the entry is
--- too large or has too many fields: fields is nil then); on_entry returns
--- false to stop (the connection is closed: the rest of the reply is never
--- read). Returns the number of entries (0 when BLOCK ran out), or nil, err.
--- An entry is at most `entry_bytes` long and has at most `max_fields`.
-function _M.xread_each(self, count, block_ms, stream, from, entry_bytes,
-                       max_fields, on_entry)
-    local ok, err = self.sock:send(request({ "XREAD", "COUNT", count,
-                                             "BLOCK", block_ms, "STREAMS",
-                                             stream, from }, 8))
-    if not ok then
-        self:close()
-        return nil, err
-    end
-
-    local n
-    n, err = self:header("*")
-    if not n or n < 0 then
-        return n and 0, err            -- a null array: BLOCK ran out
-    end
-
-    if n ~= 1 then
-        self:close()
-        return nil, "XREAD answered " .. n .. " streams"
-    end
-
-    -- [ stream name, [ [id, [field, value, ...]], ... ] ]
-    n, err = self:header("*")
-    if n ~= 2 then
-        self:close()
-        return nil, err or "bad XREAD reply"
-    end
-
-    local name
-    name, err = self:read({ bulk = 1024, elements = 0 })
-    if not name then
-        return nil, err
-    end
-
-    local entries
-    entries, err = self:header("*")
-    if not entries or entries < 0 then
-        self:close()
-        return nil, err or "bad XREAD reply"
-    end
-
-    for i = 1, entries do
-        n, err = self:header("*")
-        if n ~= 2 then
-            self:close()
-            return nil, err or "bad XREAD entry"
-        end
-
-        local id
-        id, err = self:read({ bulk = 64, elements = 0 })
-        if type(id) ~= "string" then
-            self:close()
-            return nil, err or "bad XREAD entry id"
-        end
-
-        local nf
-        nf, err = self:header("*")
-        if not nf then
-            return nil, err
-        end
-
-        local fields, problem = {}, nil
-        local budget = entry_bytes
-        for k = 1, nf do
-            local len
-            len, err = self:header("$")
-            if not len then
-                return nil, err
-            end
-
-            if len < 0 then
-                problem = problem or "a null field"
-
-            else
-                -- past a problem, or past max_fields, everything is dropped
-                local keep = (problem == nil and k <= max_fields) and budget
-                             or 0
-                local v
-                v, err = self:bulk(len, keep)
-                if v == nil then
-                    return nil, err
-                end
-
-                if problem == nil then
-                    if k > max_fields then
-                        problem = "more than " .. max_fields .. " fields"
-
-                    elseif v == TOO_LARGE then
-                        problem = "larger than " .. entry_bytes .. " bytes"
-
-                    else
-                        fields[k] = v
-                        budget = budget - #v
-                    end
-                end
-            end
-        end
-
-        if problem then
-            fields, nf = nil, 0
-        end
-
-        if on_entry(id, fields, nf, problem) == false then
-            self:close()
-            return i
-        end
-    end
-
-    return entries
 end
 
 

@@ -31,7 +31,8 @@ const char* status_message(Status s) {
   return "unknown error";
 }
 
-Endpoint::Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds, CoreStats* stats)
+Endpoint::Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds, CoreStats* stats,
+                   std::uint64_t* queued_msgs)
     : shm_(shm),
       self_(self),
       nslots_(shm->nslots),
@@ -39,10 +40,12 @@ Endpoint::Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds, Core
       queue_limit_(shm->queue_limit),
       stats_(stats != nullptr ? stats : &slot_at(shm, self)->counters.core),
       wakeup_(shm, self, wake_fds, &log_),
-      outbox_(shm, self, stats_, &wakeup_, &log_),
+      outbox_(shm, self, stats_,
+              queued_msgs != nullptr ? queued_msgs : &slot_at(shm, self)->counters.queued_msgs,
+              &wakeup_, &log_),
       inbox_(shm, self, stats_, &wakeup_, &log_),
-      queued_before_(shm->nslots),
-      picked_(shm->nslots) {
+      picked_(shm->nslots),
+      pid_hint_(kPidHints, 0) {
   targets_.reserve(shm->nslots);
   incarnations_.reserve(shm->nslots);
 }
@@ -56,22 +59,25 @@ void Endpoint::start(std::int32_t pid, bool skip_unread) {
   incarnation_ = identity_incarnation(me->identity.load(std::memory_order_relaxed)) + 1;
   if (incarnation_ == 0) incarnation_ = 1;  // 0 means "any" in a record
   pid_ = pid;
-  outbox_.attach();
+  outbox_.attach(incarnation_);
   inbox_.attach(incarnation_, skip_unread, max_message_);
   // Counters since this process started: the owner's plain stores (a
   // status reader may see a mix of old and zero meanwhile). A new process
   // has no backlog either.
   std::memset(static_cast<void*>(&me->counters), 0, sizeof me->counters);
-  for (std::uint32_t k = 0; k < nslots_; ++k) {
-    RingCtl* ctl = ring_ctl(shm_, self_, k);
-    ctl->backlog_bytes.store(0, std::memory_order_relaxed);
-    ctl->backlog_msgs.store(0, std::memory_order_relaxed);
-  }
   me->sleeping.store(0, std::memory_order_relaxed);
+  // Only a real PID's start time is known (tests give made-up PIDs).
+  me->start_time.store(pid == ::getpid() ? process_start_time(pid) : 0,
+                       std::memory_order_relaxed);
   // Release: publishes the slot's new identity after the state above.
   me->identity.store(make_identity(incarnation_, pid), std::memory_order_release);
   started_ = true;
-  for (std::uint32_t k = 0; k < nslots_; ++k) wakeup_.wake(k);
+  // A predecessor in this slot may have died in the middle of a wake-up
+  // handshake; the first process of a slot has none (and with 1024
+  // workers starting at once, n * n wake-ups cost seconds).
+  if (incarnation_ > 1) {
+    for (std::uint32_t k = 0; k < nslots_; ++k) wakeup_.wake(k);
+  }
 }
 
 void Endpoint::stop() {
@@ -99,6 +105,19 @@ Status Endpoint::send(std::int32_t pid, const unsigned char* name, std::size_t n
 
 int Endpoint::slot_of(std::int32_t pid) const {
   if (pid <= 0) return -1;
+  // One load when the hint holds (a worker sends to the same few PIDs);
+  // a scan of every slot's identity otherwise.
+  std::uint16_t& hint = pid_hint_[static_cast<std::uint32_t>(pid) % kPidHints];
+  if (hint != 0 && hint <= nslots_ &&
+      identity_pid(slot_at(shm_, hint - 1u)->identity.load(std::memory_order_acquire)) == pid) {
+    return hint - 1;
+  }
+  int k = find_slot(pid);
+  if (k >= 0) hint = static_cast<std::uint16_t>(k + 1);
+  return k;
+}
+
+int Endpoint::find_slot(std::int32_t pid) const {
   for (std::uint32_t k = 0; k < nslots_; ++k) {
     // Acquire: pairs with start()'s release store of the identity.
     if (identity_pid(slot_at(shm_, k)->identity.load(std::memory_order_acquire)) == pid) {
@@ -128,10 +147,11 @@ Status Endpoint::send_slot(std::uint32_t k, std::int32_t pid, const unsigned cha
   meta.target_incarnation = identity_incarnation(id);
   meta.name_len = static_cast<std::uint32_t>(name_len);
   meta.call_id = call_id;
+  meta.sender_slot = self_;
+  meta.sender_incarnation = incarnation_;
   meta.total_len = name_len + data_len;
-  Status s = outbox_.enqueue(k, meta, name, data, data_len);
+  Status s = outbox_.send(k, meta, name, data, data_len);
   if (s != Status::kOk) return refuse(s);
-  outbox_.publish(k);
   return Status::kOk;
 }
 
@@ -168,6 +188,8 @@ Status Endpoint::broadcast(const unsigned char* name, std::size_t name_len,
   meta.sender_pid = pid_;
   meta.target_incarnation = 0;
   meta.name_len = static_cast<std::uint32_t>(name_len);
+  meta.sender_slot = self_;
+  meta.sender_incarnation = incarnation_;
   meta.total_len = name_len + data_len;
   return deliver_all(meta, nullptr, name, data, data_len);
 }
@@ -219,31 +241,43 @@ Status Endpoint::multicast(const std::uint32_t* slots, const std::int32_t* pids,
   meta.flags = kBroadcast;
   meta.sender_pid = pid_;
   meta.name_len = static_cast<std::uint32_t>(name_len);
+  meta.sender_slot = self_;
+  meta.sender_incarnation = incarnation_;
   meta.total_len = name_len + data_len;
   return deliver_all(meta, incarnations_.data(), name, data, data_len);
 }
 
-// Queues meta's message for every slot in targets_ (with incarnations[i]
-// for targets_[i], or meta's own), then publishes: all or none.
+// Sends meta's message to every slot in targets_ (with incarnations[i] for
+// targets_[i], or meta's own). All or none: room for a copy of the payload
+// is made before anything is written, so once the first destination has
+// the message nothing can fail; the copy is made only if a destination
+// keeps a rest in its backlog, and every such backlog shares it. The room
+// is kept for the next broadcast while no backlog holds it (no allocation
+// per broadcast), unless it is over 1 MiB.
 Status Endpoint::deliver_all(const MessageMeta& meta, const std::uint32_t* incarnations,
                              const unsigned char* name, const unsigned char* data,
                              std::size_t data_len) {
+  if (!bcast_room_ || bcast_room_.use_count() > 1 || bcast_cap_ < meta.total_len) {
+    std::uint64_t cap = meta.total_len < 4096 ? 4096 : meta.total_len;
+    bcast_room_.reset(new (std::nothrow) unsigned char[cap]);
+    bcast_cap_ = bcast_room_ ? cap : 0;
+    if (!bcast_room_) {
+      log_("no memory for a broadcast", ENOMEM);
+      return refuse(Status::kNoMemory);
+    }
+  }
+  SharedPayload shared{bcast_room_, false};
   MessageMeta m = meta;
   for (std::size_t i = 0; i < targets_.size(); ++i) {
-    std::uint32_t k = targets_[i];
-    std::size_t queued = outbox_.backlog_size(k);
     if (incarnations != nullptr) m.target_incarnation = incarnations[i];
-    Status s = outbox_.enqueue(k, m, name, data, data_len);
-    if (s != Status::kOk) {
-      // Undo the destinations done so far: nothing was published yet.
-      for (std::size_t j = 0; j < i; ++j) {
-        outbox_.unqueue(targets_[j], queued_before_[j], data_len);
-      }
-      return refuse(s);
-    }
-    queued_before_[i] = queued;
+    // (kNoMemory here: a backlog's entry could not be made; that slot
+    // misses it, and the log says so)
+    (void) outbox_.send(targets_[i], m, name, data, data_len, &shared);
   }
-  for (std::uint32_t k : targets_) outbox_.publish(k);
+  if (bcast_cap_ > (1u << 20)) {
+    bcast_room_.reset();
+    bcast_cap_ = 0;
+  }
   return Status::kOk;
 }
 
@@ -265,7 +299,8 @@ bool Endpoint::process_alive(std::int32_t pid) {
   return ::kill(pid, 0) == 0 || errno != ESRCH;  // EPERM: alive, not ours
 }
 
-bool Endpoint::flush() {
+bool Endpoint::flush(bool probe) {
+  if (outbox_.idle()) return true;  // no O(n) walk at every wake-up
   bool all = true;
   for (std::uint32_t k = 0; k < nslots_; ++k) {
     if (outbox_.backlog_empty(k)) continue;
@@ -273,7 +308,7 @@ bool Endpoint::flush() {
       outbox_.drop_backlog(k);  // its process exited cleanly: nobody will read it
       continue;
     }
-    all = outbox_.flush(k) && all;
+    all = outbox_.flush(k, probe) && all;
   }
   return all;
 }

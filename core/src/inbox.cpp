@@ -16,7 +16,9 @@ void Reassembler::drop_partial(CoreStats* stats) {
     // its remaining fragments, if any come, are not counted again
     state_ = State::kSkippingCounted;
   } else if (state_ == State::kDiscarding) {
-    state_ = State::kIdle;
+    // counted at its first record: its remaining fragments are not
+    // counted again
+    state_ = State::kSkippingCounted;
   }
   buf_.reset();
 }
@@ -64,7 +66,7 @@ bool Reassembler::take(const RecordView& v, std::uint32_t incarnation, std::uint
     }
   } else {
     if (!in_message() || h.offset != filled_ || h.total_len != first_.total_len ||
-        h.sender_pid != first_.sender_pid) {
+        h.sender_pid != first_.sender_pid || h.sender_incarnation != first_.sender_incarnation) {
       // Its first fragment was read by a predecessor of this process, or the
       // sender restarted: the message cannot be completed.
       drop_partial(stats);
@@ -103,8 +105,7 @@ Inbox::Inbox(ShmHeader* shm, std::uint32_t self, CoreStats* stats, Wakeup* wakeu
       stats_(stats),
       wakeup_(wakeup),
       log_(log),
-      in_(shm->nslots) {
-  released_.reserve(shm->nslots);
+      reassemblers_(shm->nslots) {
   // receive() may then collect a batch without allocating (no bad_alloc
   // halfway through a batch): it returns kMaxBatch messages at most
   batch_bufs_.reserve(kMaxBatch);
@@ -113,17 +114,14 @@ Inbox::Inbox(ShmHeader* shm, std::uint32_t self, CoreStats* stats, Wakeup* wakeu
 void Inbox::attach(std::uint32_t incarnation, bool skip_unread, std::uint64_t max_data) {
   incarnation_ = incarnation;
   max_data_ = max_data;
-  for (std::uint32_t k = 0; k < nslots_; ++k) {
-    InRing& r = in_[k];
-    r.consumer.attach(ring_ctl(shm_, k, self_), ring_data(shm_, k, self_), shm_->ring_size,
-                      shm_->max_message);
-    r.reassembler = Reassembler();
-    if (skip_unread) {
-      r.consumer.reset();  // what a predecessor left unread was not ours
-      r.read = true;
-    }
+  consumer_.attach(inbox_ctl(shm_, self_), inbox_data(shm_, self_), shm_->ring_size,
+                   shm_->max_message, nslots_);
+  for (Reassembler& r : reassemblers_) r = Reassembler();
+  if (skip_unread) {
+    consumer_.reset();  // what a predecessor left unread was not ours
+    read_ = true;
+    release();
   }
-  if (skip_unread) release();
 }
 
 int Inbox::receive(Delivery* out, int max, bool arm) {
@@ -137,7 +135,10 @@ int Inbox::receive(Delivery* out, int max, bool arm) {
     if (n != 0) wakeup_->arm_cancel();
   }
   // Records that were read but not delivered (dropped) free their space now.
-  if (n == 0) release();
+  if (n == 0) {
+    release();
+    consumer_.sync_msgs();  // the status page's message counts, after a crash
+  }
   return n;
 }
 
@@ -151,49 +152,36 @@ bool Inbox::rearm() {
 int Inbox::scan(Delivery* out, int max) {
   int n = 0;
   std::uint64_t bytes = 0;
+  RecordView v;
   // A batch ends at kBatchBytes once it holds a message: never before, or
   // a message bigger than that would never complete.
-  auto room = [&] { return n < max && (n == 0 || bytes < kBatchBytes); };
-  for (std::uint32_t i = 0; i < nslots_ && room(); ++i) {
-    std::uint32_t k = (rr_ + i) % nslots_;
-    InRing& r = in_[k];
-    RecordView v;
-    while (room()) {
-      Consumer::Next st = r.consumer.next(&v);
-      if (st == Consumer::Next::kEmpty) break;
-      r.read = true;
-      if (st == Consumer::Next::kCorrupt) {
-        (*log_)("corrupt record in an inbox ring, ring reset", 0);
-        ++stats_->resets;
-        r.reassembler.drop_partial(stats_);
-        r.consumer.reset();
-        break;
-      }
-      bytes += v.payload_len;
-      if (r.reassembler.take(v, incarnation_, max_data_, &out[n], &batch_bufs_, stats_, *log_)) ++n;
+  while (n < max && (n == 0 || bytes < kBatchBytes)) {
+    Consumer::Next st = consumer_.next(&v);
+    if (st == Consumer::Next::kEmpty) break;
+    read_ = true;
+    if (st == Consumer::Next::kCorrupt) {
+      // Every sender's message in flight goes with it: the inbox is one
+      // ring now. (Only a process that can write the mapping can do this.)
+      (*log_)("corrupt record in an inbox, inbox reset", 0);
+      ++stats_->resets;
+      for (Reassembler& r : reassemblers_) r.drop_partial(stats_);
+      stats_->dropped += consumer_.reset();  // what it skips is lost too
+      break;
     }
+    bytes += v.payload_len;
+    Reassembler& r = reassemblers_[v.header.sender_slot];
+    if (r.take(v, incarnation_, max_data_, &out[n], &batch_bufs_, stats_, *log_)) ++n;
   }
-  rr_ = (rr_ + 1) % nslots_;
   return n;
 }
 
 void Inbox::release() {
   batch_bufs_.clear();
-  released_.clear();
-  for (std::uint32_t k = 0; k < nslots_; ++k) {
-    InRing& r = in_[k];
-    if (!r.read) continue;
-    r.read = false;
-    if (r.consumer.release()) released_.push_back(k);
-  }
-  wakeup_->after_release(released_);
+  if (!read_) return;
+  read_ = false;
+  if (consumer_.release()) wakeup_->after_release();
 }
 
-bool Inbox::pending() {
-  for (InRing& r : in_) {
-    if (r.consumer.pending()) return true;
-  }
-  return false;
-}
+bool Inbox::pending() { return consumer_.pending(); }
 
 }  // namespace ngx_ipc

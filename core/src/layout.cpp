@@ -11,8 +11,7 @@ std::uint64_t floor_pow2(std::uint64_t n) {
 }
 
 std::uint64_t default_ring_size(std::uint32_t nslots) {
-  std::uint64_t pairs = static_cast<std::uint64_t>(nslots) * nslots;
-  std::uint64_t size = floor_pow2(kRingBudget / (pairs == 0 ? 1 : pairs));
+  std::uint64_t size = floor_pow2(kRingBudget / (nslots == 0 ? 1 : nslots));
   if (size < kDefaultRingMin) size = kDefaultRingMin;
   if (size > kDefaultRingMax) size = kDefaultRingMax;
   return size;
@@ -31,12 +30,15 @@ Layout compute_layout(const Config& config) {
   Layout l{};
   l.nslots = config.nslots;
   l.ring_size = effective_ring_size(config.nslots, config.ring_size);
-  std::uint64_t pairs = static_cast<std::uint64_t>(l.nslots) * l.nslots;
+  // a bit per sender, in whole cache lines, for each kind of wait
+  l.waiter_words = static_cast<std::uint32_t>(round_up((l.nslots + 63) / 64, 8));
   l.slots_offset = sizeof(ShmHeader);
   l.ctl_offset = l.slots_offset + l.nslots * sizeof(Slot);
-  // Ring data starts on a page so each ring's pages are its own.
-  l.data_offset = round_up(l.ctl_offset + pairs * sizeof(RingCtl), 4096);
-  l.total_size = l.data_offset + pairs * l.ring_size;
+  l.waiters_offset = l.ctl_offset + l.nslots * sizeof(InboxCtl);
+  // Inbox data starts on a page so each inbox's pages are its own.
+  l.data_offset =
+      round_up(l.waiters_offset + std::uint64_t{l.nslots} * 2 * l.waiter_words * 8, 4096);
+  l.total_size = l.data_offset + std::uint64_t{l.nslots} * l.ring_size;
   return l;
 }
 
@@ -51,6 +53,8 @@ ShmHeader* init_shm(void* base, const Config& config) {
   h->queue_limit = config.queue_limit;
   h->slots_offset = l.slots_offset;
   h->ctl_offset = l.ctl_offset;
+  h->waiters_offset = l.waiters_offset;
+  h->waiter_words = l.waiter_words;
   h->data_offset = l.data_offset;
   h->total_size = l.total_size;
   h->generation = config.generation;
@@ -69,6 +73,7 @@ const ShmHeader* check_shm(const void* base, std::uint64_t mapped_size) {
   Layout l = compute_layout(c);
   if (l.ring_size != h->ring_size || l.total_size != h->total_size ||
       l.slots_offset != h->slots_offset || l.ctl_offset != h->ctl_offset ||
+      l.waiters_offset != h->waiters_offset || l.waiter_words != h->waiter_words ||
       l.data_offset != h->data_offset || h->total_size > mapped_size) {
     return nullptr;
   }

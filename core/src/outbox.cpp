@@ -9,115 +9,176 @@
 
 namespace ngx_ipc {
 
-Outbox::Outbox(ShmHeader* shm, std::uint32_t self, CoreStats* stats, Wakeup* wakeup,
-               const CoreLog* log)
-    : shm_(shm), self_(self), stats_(stats), wakeup_(wakeup), log_(log), out_(shm->nslots) {}
+Outbox::Outbox(ShmHeader* shm, std::uint32_t self, CoreStats* stats, std::uint64_t* queued_msgs,
+               Wakeup* wakeup, const CoreLog* log)
+    : shm_(shm),
+      self_(self),
+      stats_(stats),
+      queued_msgs_(queued_msgs),
+      wakeup_(wakeup),
+      log_(log),
+      out_(shm->nslots) {}
 
-void Outbox::attach() {
+void Outbox::attach(std::uint32_t incarnation) {
+  me_ = make_writer(self_, incarnation);
   for (std::uint32_t k = 0; k < shm_->nslots; ++k) {
-    out_[k].producer.attach(ring_ctl(shm_, self_, k), ring_data(shm_, self_, k), shm_->ring_size);
+    out_[k].writer.attach(inbox_ctl(shm_, k), inbox_data(shm_, k), shm_->ring_size);
   }
 }
 
-Status Outbox::enqueue(std::uint32_t k, const MessageMeta& meta, const unsigned char* name,
-                       const unsigned char* data, std::size_t data_len) {
-  OutRing& o = out_[k];
+bool Outbox::lock(std::uint32_t k, bool probe) {
+  OutInbox& o = out_[k];
+  std::uint64_t holder = 0;
+  // Probe a holder only if one was in the way at our last try too: a live
+  // holder keeps the lock for one copy into the ring.
+  bool took_over = false;
+  if (InboxLock::try_lock(shm_, k, me_, probe && o.holder != 0, alive_, alive_ctx_, &holder,
+                          &took_over)) {
+    o.holder = 0;
+    if (o.lock_wait) {  // before our unlock, so that it does not wake us
+      InboxLock::wait_end(shm_, k, self_, WaitFor::kLock);
+      o.lock_wait = false;
+    }
+    o.writer.begin(took_over);
+    return true;
+  }
+  o.holder = holder;
+  return false;
+}
+
+void Outbox::unlock(std::uint32_t k, bool published) {
+  InboxLock::unlock(shm_, k);
+  wakeup_->after_write(k, published);
+}
+
+void Outbox::queued(std::uint32_t k, std::int64_t bytes, std::int64_t msgs) {
+  out_[k].backlog_bytes += static_cast<std::uint64_t>(bytes);
+  stats_->queued_bytes += static_cast<std::uint64_t>(bytes);
+  *queued_msgs_ += static_cast<std::uint64_t>(msgs);
+}
+
+Status Outbox::send(std::uint32_t k, const MessageMeta& meta, const unsigned char* name,
+                    const unsigned char* data, std::size_t data_len, SharedPayload* shared) {
+  OutInbox& o = out_[k];
   Payload p{name, meta.name_len, data, data_len};
   std::uint64_t written = 0;
-  if (o.backlog.empty()) written = o.producer.write(meta, p, 0);
-  if (written < meta.total_len) {
-    std::uint64_t rest = meta.total_len - written;
-    Pending pending{meta, written, rest, 0, nullptr};
-    pending.buf.reset(new (std::nothrow) unsigned char[rest]);
-    bool queued = false;
-    if (pending.buf) {
-      p.copy_out(pending.buf.get(), written, rest);
-      try {
-        o.backlog.push_back(std::move(pending));
-        queued = true;
-      } catch (const std::bad_alloc&) {
-      }
-    }
-    if (!queued) {
-      // Nothing of this message may become visible: callers publish once
-      // per call, so what is unpublished now is this message only.
-      o.producer.rollback();
-      (*log_)("no memory for the send backlog", ENOMEM);
-      return Status::kNoMemory;
-    }
-    o.backlog_bytes += rest;
-    stats_->queued_bytes += rest;
-    publish_backlog(k);
+  if (o.backlog.empty() && lock(k, false)) {
+    written = o.writer.write(meta, p, 0);
+    // Unlocked before the rest is kept: the lock is held for a copy into
+    // the ring, never across an allocation. Our rest stays first in line
+    // for us (the backlog is not empty now), and other senders' records
+    // may come between our fragments (the receiver reassembles per sender).
+    unlock(k, o.writer.publish());
   }
+  if (written == meta.total_len) {
+    ++stats_->sent;
+    stats_->sent_bytes += data_len;
+    return Status::kOk;
+  }
+
+  std::uint64_t rest = meta.total_len - written;
+  Pending pending{meta, written, rest, 0, nullptr, 0};
+  if (shared != nullptr) {
+    // A broadcast's: copied once, when the first destination needs it, into
+    // room made before anything was sent; every backlog shares it.
+    if (!shared->filled) {
+      p.copy_out(shared->buf.get(), 0, meta.total_len);
+      shared->filled = true;
+    }
+    pending.buf = shared->buf;
+    pending.base = written;
+  } else {
+    pending.buf.reset(new (std::nothrow) unsigned char[rest]);
+    if (pending.buf) p.copy_out(pending.buf.get(), written, rest);
+  }
+  bool kept = false;
+  if (pending.buf) {
+    try {
+      o.backlog.push_back(std::move(pending));
+      kept = true;
+      if (o.backlog.size() == 1) ++backlogs_;
+    } catch (const std::bad_alloc&) {
+    }
+  }
+  if (!kept) {
+    // What was written stays (its first fragments are never delivered);
+    // nothing else of this message goes.
+    (*log_)("no memory for the send backlog", ENOMEM);
+    return Status::kNoMemory;
+  }
+  queued(k, static_cast<std::int64_t>(rest), 1);
+  flush(k);  // the lock (it was taken, or the backlog was not empty) or room
   ++stats_->sent;
   stats_->sent_bytes += data_len;
   return Status::kOk;
 }
 
-void Outbox::unqueue(std::uint32_t k, std::size_t backlog_before, std::size_t data_len) {
-  OutRing& o = out_[k];
-  o.producer.rollback();
-  while (o.backlog.size() > backlog_before) {
-    std::uint64_t rest = o.backlog.back().len;
-    o.backlog_bytes -= rest;
-    stats_->queued_bytes -= rest;
-    o.backlog.pop_back();
-  }
-  publish_backlog(k);
-  --stats_->sent;
-  stats_->sent_bytes -= data_len;
-}
-
-bool Outbox::flush_ring(std::uint32_t k) {
-  OutRing& o = out_[k];
+// With the lock held: the backlog's messages, in order, as far as the
+// inbox takes them. Returns the bytes written.
+std::uint64_t Outbox::write_backlog(std::uint32_t k) {
+  OutInbox& o = out_[k];
+  std::uint64_t total = 0;
   while (!o.backlog.empty()) {
     Pending& p = o.backlog.front();
-    Payload rest{p.buf.get() + p.done, p.len - p.done, nullptr, 0};
-    std::uint64_t n = o.producer.write(p.meta, rest, p.start + p.done);
+    Payload rest{p.buf.get() + p.base + p.done, p.len - p.done, nullptr, 0};
+    std::uint64_t n = o.writer.write(p.meta, rest, p.start + p.done);
     p.done += n;
-    o.backlog_bytes -= n;
-    stats_->queued_bytes -= n;
+    total += n;
+    queued(k, -static_cast<std::int64_t>(n), 0);
     if (p.done < p.len) break;
     o.backlog.pop_front();
+    queued(k, 0, -1);
+    if (o.backlog.empty()) --backlogs_;
   }
-  publish_backlog(k);
-  if (o.producer.publish()) wakeup_->notify(k);
+  return total;
+}
+
+// With the lock held and the ring full: marks us waiting for room (fence
+// pair B), then looks at the ring's space once more.
+void Outbox::wait_for_room(std::uint32_t k) {
+  OutInbox& o = out_[k];
+  InboxLock::wait_begin(shm_, k, self_, WaitFor::kRoom);
+  o.room_wait = true;
+  write_backlog(k);
+}
+
+// After an unlock: no mark left behind once the backlog is empty.
+void Outbox::settle(std::uint32_t k) {
+  OutInbox& o = out_[k];
+  if (o.backlog.empty() && o.room_wait) {
+    InboxLock::wait_end(shm_, k, self_, WaitFor::kRoom);
+    o.room_wait = false;
+  }
+}
+
+bool Outbox::flush(std::uint32_t k, bool probe) {
+  OutInbox& o = out_[k];
+  if (o.backlog.empty()) return true;
+  if (!lock(k, probe)) {
+    // Fence pair C: marked waiting for the lock, try once more; either
+    // that try succeeds or the holder sees the mark when it unlocks. (A
+    // holder that died never unlocks: the glue's timer flushes with probe.)
+    InboxLock::wait_begin(shm_, k, self_, WaitFor::kLock);
+    o.lock_wait = true;
+    if (!lock(k, probe)) return false;
+  }
+  write_backlog(k);
+  if (!o.backlog.empty()) wait_for_room(k);
+  unlock(k, o.writer.publish());
+  settle(k);
   return o.backlog.empty();
 }
 
-bool Outbox::flush(std::uint32_t k) {
-  if (flush_ring(k)) {
-    Wakeup::await_space_end(out_[k].producer.ctl());
-    return true;
-  }
-  await_space(k);
-  return out_[k].backlog.empty();
-}
-
-// The fence pair B of wakeup.h: either this process sees the space the
-// reader freed (flush_ring() re-reads tail), or the reader sees the flag.
-void Outbox::await_space(std::uint32_t k) {
-  RingCtl* ctl = out_[k].producer.ctl();
-  Wakeup::await_space_begin(ctl);
-  if (flush_ring(k)) Wakeup::await_space_end(ctl);
-}
-
-// For the status page: the backlog's figures on the ring's head line,
-// which this process stores to anyway. Only called where the backlog
-// changed, never on a send that the ring took whole.
-void Outbox::publish_backlog(std::uint32_t k) {
-  RingCtl* ctl = ring_ctl(shm_, self_, k);
-  ctl->backlog_bytes.store(out_[k].backlog_bytes, std::memory_order_relaxed);
-  ctl->backlog_msgs.store(out_[k].backlog.size(), std::memory_order_relaxed);
-}
-
 void Outbox::drop_backlog(std::uint32_t k) {
-  OutRing& o = out_[k];
+  OutInbox& o = out_[k];
   stats_->dropped += o.backlog.size();
-  stats_->queued_bytes -= o.backlog_bytes;
-  o.backlog_bytes = 0;
+  queued(k, -static_cast<std::int64_t>(o.backlog_bytes),
+         -static_cast<std::int64_t>(o.backlog.size()));
+  if (!o.backlog.empty()) --backlogs_;
   o.backlog.clear();
-  publish_backlog(k);
+  if (o.lock_wait) InboxLock::wait_end(shm_, k, self_, WaitFor::kLock);
+  if (o.room_wait) InboxLock::wait_end(shm_, k, self_, WaitFor::kRoom);
+  o.lock_wait = o.room_wait = false;
 }
 
 }  // namespace ngx_ipc

@@ -63,24 +63,23 @@ void read_worker(const ShmHeader* h, std::uint32_t slot, WorkerStatus* out, Stat
   }
   read_stats(s->counters, &out->stats);
   out->busy_poll_ns = load_counter(&s->counters.busy_poll_ns);
+  out->queued_msgs = load_counter(&s->counters.queued_msgs);
 }
 
-bool read_pair(const ShmHeader* h, std::uint32_t sender, std::uint32_t receiver, PairStatus* out) {
-  const RingCtl* c = ring_ctl(const_cast<ShmHeader*>(h), sender, receiver);
-  // Tail before head: the consumer never passes the head, so used >= 0 even
+bool read_inbox(const ShmHeader* h, std::uint32_t receiver, InboxStatus* out) {
+  const InboxCtl* c = inbox_ctl(const_cast<ShmHeader*>(h), receiver);
+  // Tail before head: the reader never passes the head, so used >= 0 even
   // if both move between the loads. Relaxed: nothing is read through them.
   std::uint64_t tail_msgs = c->tail_msgs.load(std::memory_order_relaxed);
   std::uint64_t tail = c->tail.load(std::memory_order_relaxed);
   std::uint64_t head = c->head.load(std::memory_order_acquire);
   std::uint64_t head_msgs = c->head_msgs.load(std::memory_order_relaxed);
-  out->ring_capacity = h->ring_size;
-  out->ring_used = head >= tail ? head - tail : 0;
-  if (out->ring_used > h->ring_size) out->ring_used = h->ring_size;
-  out->backlog_bytes = c->backlog_bytes.load(std::memory_order_relaxed);
-  out->waiting = (head_msgs >= tail_msgs ? head_msgs - tail_msgs : 0) +
-                 c->backlog_msgs.load(std::memory_order_relaxed);
+  out->capacity = h->ring_size;
+  out->used = head >= tail ? head - tail : 0;
+  if (out->used > h->ring_size) out->used = h->ring_size;
+  out->waiting = head_msgs >= tail_msgs ? head_msgs - tail_msgs : 0;
   out->bytes_total = head;
-  return head != 0 || out->backlog_bytes != 0;
+  return head != 0;
 }
 
 }  // namespace ngx_ipc

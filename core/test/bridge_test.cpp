@@ -1,8 +1,9 @@
 // ngx_ipc core tests: what the reload bridge (src/ngx_ipc_bridge.cpp) asks
-// of the core. A waker instead of wake-up fds, counters kept elsewhere than
-// in the slot, limits other than the mapping's, a start that leaves the
-// inbox unread, multicast to the incarnations that hold the listed slots,
-// check_room, forget, and mappings of up to kMaxMappingSlots slots.
+// of one endpoint. A waker instead of wake-up fds, counters kept elsewhere
+// than in the slot, a start that leaves the inbox unread, and limits other
+// than the mapping's (the sender's, and the receiver's own). Multicast,
+// send_slot, check_room and forget are in bridge_multicast_test.cpp;
+// mappings of up to kMaxMappingSlots slots in bridge_mapping_test.cpp.
 
 #include <gtest/gtest.h>
 
@@ -11,70 +12,35 @@
 #include <string>
 #include <vector>
 
+#include "bridge_util.h"
 #include "ngx_ipc/endpoint.h"
 #include "test_util.h"
 
 namespace ngx_ipc {
 namespace {
 
+using test::always_alive;
+using test::is_message;
+using test::multicast_str;
+using test::pump_all;
 using test::Received;
+using test::record_wake;
+using test::Slots;
 using test::World;
 
 constexpr std::uint64_t KiB = 1024;
 constexpr std::uint64_t MiB = 1024 * KiB;
-
-using Slots = std::vector<std::uint32_t>;
-
-// A waker that writes down the slots it was asked to wake.
-void record_wake(void* ctx, std::uint32_t k) { static_cast<Slots*>(ctx)->push_back(k); }
-
-bool always_alive(std::int32_t) { return true; }
-bool never_alive(std::int32_t) { return false; }
-
-const unsigned char* bytes(const std::string& s) {
-  return reinterpret_cast<const unsigned char*>(s.data());
-}
-
-Status multicast_str(Endpoint& ep, const Slots& slots, const std::string& name,
-                     const std::string& data) {
-  return ep.multicast(slots.data(), nullptr, slots.size(), bytes(name), name.size(), bytes(data),
-                      data.size());
-}
-
-Status multicast_bytes(Endpoint& ep, const Slots& slots, const std::string& name,
-                       const std::vector<unsigned char>& data) {
-  return ep.multicast(slots.data(), nullptr, slots.size(), bytes(name), name.size(), data.data(),
-                      data.size());
-}
-
-Status check_room(Endpoint& ep, const Slots& slots) {
-  return ep.check_room(slots.data(), slots.size());
-}
 
 bool is_zero(const CoreStats& s) {
   CoreStats zero{};
   return std::memcmp(&s, &zero, sizeof s) == 0;
 }
 
-// The header of the record at byte `at` of the ring from `sender` to `receiver`.
-RecordHeader record_at(test::Shm& shm, std::uint32_t sender, std::uint32_t receiver,
-                       std::uint64_t at = 0) {
-  RecordHeader h;
-  std::memcpy(&h, shm.data(sender, receiver) + at, sizeof h);
-  return h;
-}
-
-// True if got is exactly one message of `want`'s bytes (make_message).
-::testing::AssertionResult is_message(const Received& got, std::uint32_t tag, std::uint64_t seq,
-                                      std::size_t len) {
-  std::vector<unsigned char> want = test::make_message(tag, seq, len);
-  if (got.data.size() != want.size()) {
-    return ::testing::AssertionFailure() << got.data.size() << " bytes, not " << want.size();
-  }
-  if (std::memcmp(got.data.data(), want.data(), want.size()) != 0) {
-    return ::testing::AssertionFailure() << "the bytes differ";
-  }
-  return ::testing::AssertionSuccess();
+// True if sender's bit is set in receiver's waiters of kind w (and the
+// inbox's flag for that kind with it).
+bool marked_waiting(test::Shm& shm, std::uint32_t receiver, std::uint32_t sender, WaitFor w) {
+  std::uint64_t bits = waiter_bits(shm.header(), receiver, w)[sender / 64].load();
+  return (bits >> (sender % 64) & 1) != 0 && waiting_flag(shm.ctl(receiver), w).load() != 0;
 }
 
 std::vector<std::string> sorted_data(const std::vector<Received>& got) {
@@ -82,25 +48,6 @@ std::vector<std::string> sorted_data(const std::vector<Received>& got) {
   for (const Received& r : got) v.push_back(r.data);
   std::sort(v.begin(), v.end());
   return v;
-}
-
-// Flushes the sender and drains the receivers until the sender's backlog is
-// empty and nothing more arrives, at most `rounds` times; got[i] collects
-// what receivers[i] took. False if the backlog did not empty.
-bool pump_all(Endpoint& sender, const std::vector<Endpoint*>& receivers,
-              std::vector<std::vector<Received>>* got, int rounds = 10000) {
-  got->assign(receivers.size(), {});
-  for (int i = 0; i < rounds; ++i) {
-    bool flushed = sender.flush();
-    bool more = false;
-    for (std::size_t j = 0; j < receivers.size(); ++j) {
-      std::vector<Received> m = test::drain(*receivers[j]);
-      more = more || !m.empty();
-      (*got)[j].insert((*got)[j].end(), m.begin(), m.end());
-    }
-    if (flushed && !more) return true;
-  }
-  return false;
 }
 
 // ---------------------------------------------------------------------------
@@ -116,12 +63,14 @@ TEST(Bridge, WakerIsCalledInsteadOfAnFdWrite) {
   a.set_waker(&record_wake, &woken_by_a);
   b.set_waker(&record_wake, &woken_by_b);
 
-  // start() wakes every slot once, itself included, through the waker.
+  // The first process of a slot wakes nobody at start(); a successor
+  // wakes every slot once, itself included, through the waker.
   a.start(100);
-  EXPECT_EQ(woken_by_a, (Slots{0, 1, 2}));
+  EXPECT_TRUE(woken_by_a.empty());
+  Endpoint(shm.header(), 1, nullptr).start(51);  // slot 1's first process, gone
   b.start(101);
+  ASSERT_EQ(b.incarnation(), 2u);
   EXPECT_EQ(woken_by_b, (Slots{0, 1, 2}));
-  woken_by_a.clear();
   woken_by_b.clear();
 
   // b sleeps: a's send wakes slot 1, once however many messages follow.
@@ -175,7 +124,10 @@ TEST(Bridge, WakerWakesASenderWaitingForSpace) {
   std::vector<unsigned char> big = test::make_message(7, 1, 16 * KiB);
   ASSERT_EQ(test::send_bytes(a, 101, "big", big), Status::kOk);
   ASSERT_GT(a.backlog_bytes(1), 0u);
-  EXPECT_EQ(shm.ctl(0, 1)->producer_waiting.load(), 1u);
+  // a held b's inbox and found it full: it waits for room (not for the lock).
+  EXPECT_TRUE(marked_waiting(shm, 1, 0, WaitFor::kRoom));
+  EXPECT_FALSE(marked_waiting(shm, 1, 0, WaitFor::kLock));
+  EXPECT_EQ(shm.ctl(1)->lock.load(), 0u) << "a never keeps the lock while it waits";
 
   // Each side acts only when the other woke it.
   std::vector<Received> got;
@@ -272,178 +224,12 @@ TEST(Bridge, StatsOverrideCountsThereAndNotInTheSlot) {
 }
 
 // ---------------------------------------------------------------------------
-// Multicast
-
-TEST(Bridge, MulticastReachesExactlyTheListedLiveSlots) {
-  // 0 sends; 1 and 5 run; 2 runs but is not listed; 3 never started; 4
-  // stopped cleanly; 9 is out of range; 0 is the sender itself.
-  World w(6, 4096, 1 * MiB, 64 * KiB, /*start_all=*/false);
-  for (std::uint32_t i : {0u, 1u, 2u, 4u, 5u}) w.start(i, static_cast<std::int32_t>(10000 + i));
-  w.ep(4).stop();
-  std::vector<unsigned char> data = test::make_message(0, 42, 300);
-  data[20] = 0;
-  data[21] = 0xff;
-  const std::string name("cache:purge\0x", 13);
-  ASSERT_EQ(multicast_bytes(w.ep(0), {0, 1, 3, 4, 5, 9}, name, data), Status::kOk);
-  EXPECT_EQ(w.ep(0).stats().sent, 2u);
-  EXPECT_EQ(w.ep(0).stats().sent_bytes, 600u);
-  EXPECT_EQ(w.ep(0).stats().refused, 0u);
-
-  // One record for each, a broadcast addressed to the incarnation there.
-  for (std::uint32_t k : {1u, 5u}) {
-    RecordHeader h = record_at(w.shm(), 0, k);
-    EXPECT_EQ(h.flags, kBroadcast | kFirst | kLast) << "slot " << k;
-    EXPECT_EQ(h.target_incarnation, 1u) << "slot " << k;
-    EXPECT_EQ(h.sender_pid, 10000);
-    EXPECT_EQ(h.total_len, name.size() + data.size());
-    EXPECT_EQ(w.shm().ctl(0, k)->head_msgs.load(), 1u);
-  }
-  for (std::uint32_t k : {0u, 2u, 3u, 4u}) {
-    EXPECT_EQ(w.shm().ctl(0, k)->head.load(), 0u) << "slot " << k << " was not to get it";
-  }
-
-  for (std::uint32_t k : {1u, 5u}) {
-    std::vector<Received> got = test::drain(w.ep(k));
-    ASSERT_EQ(got.size(), 1u) << "slot " << k;
-    EXPECT_EQ(got[0].name, name);
-    ASSERT_EQ(got[0].data.size(), data.size());
-    EXPECT_EQ(std::memcmp(got[0].data.data(), data.data(), data.size()), 0);
-    EXPECT_EQ(got[0].sender_pid, 10000);
-    EXPECT_EQ(got[0].flags, static_cast<std::uint32_t>(kBroadcast));
-    EXPECT_EQ(got[0].call_id, 0u);
-    EXPECT_EQ(w.ep(k).stats().received, 1u);
-    EXPECT_EQ(w.ep(k).stats().received_bytes, 300u);
-  }
-  for (std::uint32_t k : {0u, 2u}) EXPECT_TRUE(test::drain(w.ep(k)).empty()) << "slot " << k;
-  // Unlike a broadcast, a multicast is not kept for a slot that starts
-  // later, nor for the next process of a slot that stopped.
-  w.start(3, 10003);
-  w.respawn(4, 20004);
-  for (std::uint32_t k : {3u, 4u}) {
-    EXPECT_TRUE(test::drain(w.ep(k)).empty()) << "slot " << k;
-    EXPECT_EQ(w.ep(k).stats().dropped, 0u) << "slot " << k;
-  }
-
-  // A later incarnation is addressed as such.
-  w.respawn(5, 20005);
-  w.respawn(5, 30005);
-  ASSERT_EQ(w.ep(5).incarnation(), 3u);
-  const std::uint64_t at = w.shm().ctl(0, 5)->head.load();
-  ASSERT_EQ(multicast_str(w.ep(0), {5}, "again", "3"), Status::kOk);
-  EXPECT_EQ(record_at(w.shm(), 0, 5, at).target_incarnation, 3u);
-  std::vector<Received> got = test::drain(w.ep(5));
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].data, "3");
-  EXPECT_EQ(w.ep(5).stats().dropped, 0u);
-
-  // Nothing to send to: ok, nothing counted.
-  ASSERT_EQ(multicast_str(w.ep(0), {}, "n", "d"), Status::kOk);
-  ASSERT_EQ(multicast_str(w.ep(0), {0, 200}, "n", "d"), Status::kOk);
-  EXPECT_EQ(w.ep(0).stats().sent, 3u);
-  EXPECT_EQ(w.ep(0).stats().refused, 0u);
-}
-
-TEST(Bridge, MulticastBiggerThanTheRingArrivesWholeAtEach) {
-  World w(4, 4096, 1 * MiB, 64 * KiB);
-  std::vector<unsigned char> data = test::make_message(0, 9, 40 * KiB);
-  ASSERT_EQ(multicast_bytes(w.ep(0), {1, 3}, "f", data), Status::kOk);
-  EXPECT_GT(w.ep(0).backlog_bytes(1), 0u);
-  EXPECT_GT(w.ep(0).backlog_bytes(3), 0u);
-  EXPECT_EQ(w.ep(0).backlog_bytes(2), 0u);
-  std::vector<std::vector<Received>> got;
-  ASSERT_TRUE(pump_all(w.ep(0), {&w.ep(1), &w.ep(2), &w.ep(3)}, &got));
-  for (std::size_t j : {0u, 2u}) {
-    ASSERT_EQ(got[j].size(), 1u) << "receiver " << j;
-    EXPECT_TRUE(is_message(got[j][0], 0, 9, 40 * KiB));
-    EXPECT_EQ(got[j][0].flags, static_cast<std::uint32_t>(kBroadcast));
-    EXPECT_EQ(got[j][0].sender_pid, w.pid(0));
-  }
-  EXPECT_TRUE(got[1].empty());
-  EXPECT_EQ(w.ep(0).stats().queued_bytes, 0u);
-  EXPECT_EQ(w.shm().ctl(0, 2)->head.load(), 0u);
-}
-
-TEST(Bridge, MulticastToAPreviousIncarnationIsDroppedBroadcastIsNot) {
-  World w(3, 4096);
-  ASSERT_EQ(multicast_str(w.ep(0), {1, 2}, "m", "for incarnation 1"), Status::kOk);
-  ASSERT_EQ(test::broadcast_str(w.ep(0), "b", "for the slot", false), Status::kOk);
-
-  // Slot 1's process was killed before it read them; the next one comes.
-  Endpoint& fresh = w.respawn(1, 20001);
-  ASSERT_EQ(fresh.incarnation(), 2u);
-  std::vector<Received> got = test::drain(fresh);
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].name, "b");
-  EXPECT_EQ(got[0].data, "for the slot");
-  EXPECT_EQ(got[0].flags, static_cast<std::uint32_t>(kBroadcast));
-  EXPECT_EQ(fresh.stats().dropped, 1u);
-  EXPECT_EQ(fresh.stats().received, 1u);
-  EXPECT_EQ(fresh.stats().resets, 0u);
-
-  // Slot 2's process, the one addressed, gets both, in order.
-  got = test::drain(w.ep(2));
-  ASSERT_EQ(got.size(), 2u);
-  EXPECT_EQ(got[0].data, "for incarnation 1");
-  EXPECT_EQ(got[1].data, "for the slot");
-  EXPECT_EQ(w.ep(2).stats().dropped, 0u);
-
-  // A multicast sent now is for the new process.
-  ASSERT_EQ(multicast_str(w.ep(0), {1}, "m", "for incarnation 2"), Status::kOk);
-  got = test::drain(fresh);
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].data, "for incarnation 2");
-  EXPECT_EQ(fresh.stats().dropped, 1u);
-}
-
-TEST(Bridge, FragmentedMulticastToAPreviousIncarnationIsDroppedOnce) {
-  World w(2, 4096, 2 * MiB, 4 * MiB);
-  std::vector<unsigned char> big = test::make_message(0, 0, 1 * MiB);
-  ASSERT_EQ(multicast_bytes(w.ep(0), {1}, "big", big), Status::kOk);
-  ASSERT_GT(w.ep(0).backlog_bytes(1), 0u);  // the ring took only the start
-  ASSERT_EQ(test::broadcast_str(w.ep(0), "b", "after", false), Status::kOk);
-
-  Endpoint& fresh = w.respawn(1, 20001);
-  bool ok;
-  std::vector<Received> got = test::pump(w.ep(0), fresh, &ok);
-  ASSERT_TRUE(ok);
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].data, "after");
-  EXPECT_EQ(fresh.stats().dropped, 1u);
-  EXPECT_EQ(fresh.stats().received, 1u);
-  EXPECT_EQ(w.ep(0).stats().queued_bytes, 0u);
-}
-
-TEST(Bridge, MulticastErrors) {
-  World w(3, 4096, 1 * MiB, 64 * KiB);
-  Endpoint& e = w.ep(0);
-  e.set_limits(1000, 64 * KiB);
-  const std::string long_name(kMaxNameLen + 1, 'x');
-  EXPECT_EQ(multicast_str(e, {1, 2}, "", "d"), Status::kEmptyName);
-  EXPECT_EQ(multicast_str(e, {1, 2}, long_name, "d"), Status::kNameTooLong);
-  EXPECT_EQ(multicast_str(e, {1, 2}, "n", std::string(1001, 'd')), Status::kTooLarge);
-  EXPECT_EQ(e.stats().refused, 3u);
-  EXPECT_EQ(e.stats().sent, 0u);
-  for (std::uint32_t k = 0; k < 3; ++k) EXPECT_EQ(w.shm().ctl(0, k)->head.load(), 0u);
-  // The limits themselves are accepted.
-  ASSERT_EQ(multicast_str(e, {1, 2}, std::string(kMaxNameLen, 'n'), std::string(1000, 'd')),
-            Status::kOk);
-  EXPECT_EQ(e.stats().sent, 2u);
-  std::vector<std::vector<Received>> got;
-  ASSERT_TRUE(pump_all(e, {&w.ep(1), &w.ep(2)}, &got));
-  for (std::size_t j = 0; j < 2; ++j) {
-    ASSERT_EQ(got[j].size(), 1u);
-    EXPECT_EQ(got[j][0].name, std::string(kMaxNameLen, 'n'));
-    EXPECT_EQ(got[j][0].data, std::string(1000, 'd'));
-  }
-}
-
-// ---------------------------------------------------------------------------
 // start() with skip_unread
 
 TEST(Bridge, SkipUnreadLeavesWhatWaitsUnreadAndUncounted) {
   World w(3, 16 * KiB);
   const std::int32_t old = w.pid(1);
-  // Everything slot 1's inbox rings can hold: unicasts, a broadcast and a
+  // Everything slot 1's inbox can hold: unicasts, a broadcast and a
   // multicast from the others, and what its process sent itself.
   ASSERT_EQ(test::send_str(w.ep(0), old, "u", "a0"), Status::kOk);
   ASSERT_EQ(test::broadcast_str(w.ep(0), "b", "b0", false), Status::kOk);
@@ -456,19 +242,19 @@ TEST(Bridge, SkipUnreadLeavesWhatWaitsUnreadAndUncounted) {
   fresh.set_alive_check(&always_alive);
   fresh.start(20001, /*skip_unread=*/true);
   EXPECT_EQ(fresh.incarnation(), 2u);
-  // The rings' space goes back to their senders at once.
-  for (std::uint32_t s = 0; s < 3; ++s) {
-    EXPECT_GT(w.shm().ctl(s, 1)->head.load(), 0u) << "from " << s;
-    EXPECT_EQ(w.shm().ctl(s, 1)->tail.load(), w.shm().ctl(s, 1)->head.load()) << "from " << s;
-    EXPECT_EQ(w.shm().ctl(s, 1)->tail_msgs.load(), w.shm().ctl(s, 1)->head_msgs.load());
-  }
+  // The inbox's space goes back to every sender at once.
+  InboxCtl* in = w.shm().ctl(1);
+  EXPECT_EQ(in->head_msgs.load(), 5u);
+  EXPECT_GT(in->head.load(), 0u);
+  EXPECT_EQ(in->tail.load(), in->head.load());
+  EXPECT_EQ(in->tail_msgs.load(), in->head_msgs.load());
   EXPECT_FALSE(fresh.inbox_pending());
   EXPECT_TRUE(test::drain(fresh).empty());
   EXPECT_EQ(fresh.stats().received, 0u);
   EXPECT_EQ(fresh.stats().dropped, 0u);
   EXPECT_EQ(fresh.stats().resets, 0u);
 
-  // What comes next is delivered, through every ring.
+  // What comes next is delivered, from every sender.
   ASSERT_EQ(test::send_str(w.ep(0), 20001, "u", "a0 again"), Status::kOk);
   ASSERT_EQ(test::broadcast_str(w.ep(2), "b", "b2 again", false), Status::kOk);
   ASSERT_EQ(multicast_str(w.ep(2), {1}, "m", "m2 again"), Status::kOk);
@@ -510,7 +296,7 @@ TEST(Bridge, SkipUnreadWakesASenderWaitingForSpace) {
   std::vector<unsigned char> big = test::make_message(0, 0, 32 * KiB);
   ASSERT_EQ(test::send_bytes(a, 101, "big", big), Status::kOk);
   ASSERT_GT(a.backlog_bytes(1), 0u);
-  ASSERT_EQ(shm.ctl(0, 1)->producer_waiting.load(), 1u);
+  ASSERT_TRUE(marked_waiting(shm, 1, 0, WaitFor::kRoom));
 
   // b is killed; its successor skips what the ring holds, which frees the
   // whole ring: the waiting sender is woken for it, then once more with
@@ -519,8 +305,9 @@ TEST(Bridge, SkipUnreadWakesASenderWaitingForSpace) {
   next.set_waker(&record_wake, &woken_by_next);
   next.start(201, /*skip_unread=*/true);
   EXPECT_EQ(woken_by_next, (Slots{0, 0, 1}));
-  EXPECT_EQ(shm.ctl(0, 1)->producer_waiting.load(), 0u);
-  EXPECT_EQ(shm.ctl(0, 1)->tail.load(), shm.ctl(0, 1)->head.load());
+  EXPECT_EQ(shm.ctl(1)->room_waiting.load(), 0u);
+  EXPECT_EQ(waiter_bits(shm.header(), 1, WaitFor::kRoom)[0].load(), 0u) << "a's mark cleared";
+  EXPECT_EQ(shm.ctl(1)->tail.load(), shm.ctl(1)->head.load());
 
   // a goes on with the rest of the message it was writing for the dead
   // process: the new one drops it, counted once at its end (it came after
@@ -538,7 +325,7 @@ TEST(Bridge, SkipUnreadWakesASenderWaitingForSpace) {
 }
 
 // ---------------------------------------------------------------------------
-// Limits, check_room, forget
+// Limits other than the mapping's
 
 TEST(Bridge, SetLimitsOverridesTheMappingsLimits) {
   // The mapping says 1 MiB and 4 KiB; endpoint 0 says 8 KiB and 1 MiB.
@@ -570,251 +357,6 @@ TEST(Bridge, SetLimitsOverridesTheMappingsLimits) {
     ++from0;
   }
   EXPECT_EQ(from0, sent);
-}
-
-TEST(Bridge, CheckRoomAndMulticastRefuseForAFullLiveSlot) {
-  World w(4, 4096, 1 * MiB, 1 * MiB);
-  Endpoint& e = w.ep(0);
-  e.set_limits(1 * MiB, 4 * KiB);
-  e.set_alive_check(&always_alive);
-  // Slot 1 does not read: 10 KiB fill its ring and more than 4 KiB of backlog.
-  std::vector<unsigned char> m = test::make_message(0, 0, 10 * KiB);
-  ASSERT_EQ(test::send_bytes(e, w.pid(1), "fill", m), Status::kOk);
-  ASSERT_GE(e.backlog_bytes(1), 4 * KiB);
-  EXPECT_EQ(test::send_str(e, w.pid(1), "n", "x"), Status::kQueueFull);
-  EXPECT_EQ(e.stats().refused, 1u);
-
-  EXPECT_EQ(check_room(e, {1, 2, 3}), Status::kQueueFull);
-  EXPECT_EQ(check_room(e, {3, 2, 1}), Status::kQueueFull);
-  EXPECT_EQ(e.stats().refused, 3u);
-  EXPECT_EQ(check_room(e, {2, 3}), Status::kOk);
-  EXPECT_EQ(check_room(e, {0, 2, 7}), Status::kOk);
-  EXPECT_EQ(check_room(e, {}), Status::kOk);
-  EXPECT_EQ(e.stats().refused, 3u);
-
-  // All or none: nothing for 2 and 3 either.
-  const CoreStats before = e.stats();
-  const std::uint64_t backlog1 = e.backlog_bytes(1);
-  EXPECT_EQ(multicast_str(e, {2, 1, 3}, "mc", "1"), Status::kQueueFull);
-  EXPECT_EQ(e.stats().refused, before.refused + 1);
-  EXPECT_EQ(e.stats().sent, before.sent);
-  EXPECT_EQ(e.stats().queued_bytes, before.queued_bytes);
-  EXPECT_EQ(e.stats().dropped, 0u);
-  EXPECT_EQ(e.backlog_bytes(1), backlog1);
-  EXPECT_EQ(w.shm().ctl(0, 2)->head.load(), 0u);
-  EXPECT_EQ(w.shm().ctl(0, 3)->head.load(), 0u);
-  EXPECT_TRUE(test::drain(w.ep(2)).empty());
-  EXPECT_TRUE(test::drain(w.ep(3)).empty());
-
-  // Without the full slot it goes.
-  ASSERT_EQ(multicast_str(e, {2, 3}, "mc", "2"), Status::kOk);
-  for (std::uint32_t k : {2u, 3u}) {
-    std::vector<Received> got = test::drain(w.ep(k));
-    ASSERT_EQ(got.size(), 1u);
-    EXPECT_EQ(got[0].data, "2");
-  }
-  // Once slot 1 drains below the limit, there is room again.
-  std::vector<Received> got1;
-  for (int i = 0; i < 1000 && e.backlog_bytes(1) >= 4 * KiB; ++i) {
-    std::vector<Received> more = test::drain(w.ep(1));
-    got1.insert(got1.end(), more.begin(), more.end());
-    e.flush();
-  }
-  ASSERT_LT(e.backlog_bytes(1), 4 * KiB);
-  EXPECT_EQ(check_room(e, {1, 2, 3}), Status::kOk);
-  ASSERT_EQ(multicast_str(e, {1, 2, 3}, "mc", "3"), Status::kOk);
-  std::vector<std::vector<Received>> got;
-  ASSERT_TRUE(pump_all(e, {&w.ep(1), &w.ep(2), &w.ep(3)}, &got));
-  got1.insert(got1.end(), got[0].begin(), got[0].end());
-  ASSERT_EQ(got1.size(), 2u);
-  EXPECT_TRUE(is_message(got1[0], 0, 0, 10 * KiB));
-  EXPECT_EQ(got1[1].data, "3");
-  for (std::size_t j : {1u, 2u}) {
-    ASSERT_EQ(got[j].size(), 1u);
-    EXPECT_EQ(got[j][0].data, "3");
-  }
-  EXPECT_EQ(e.stats().dropped, 0u);
-}
-
-TEST(Bridge, CheckRoomAndMulticastSkipAFullDeadSlot) {
-  World w(4, 4096, 1 * MiB, 1 * MiB);
-  Endpoint& e = w.ep(0);
-  e.set_limits(1 * MiB, 4 * KiB);
-  std::vector<unsigned char> m = test::make_message(0, 0, 10 * KiB);
-  ASSERT_EQ(test::send_bytes(e, w.pid(1), "fill", m), Status::kOk);
-  ASSERT_GE(e.backlog_bytes(1), 4 * KiB);
-  const std::uint64_t head01 = w.shm().ctl(0, 1)->head.load();
-
-  // Slot 1's process is gone: check_room drops the backlog and says ok.
-  e.set_alive_check(&never_alive);
-  EXPECT_EQ(check_room(e, {1, 2}), Status::kOk);
-  EXPECT_EQ(e.backlog_bytes(1), 0u);
-  EXPECT_EQ(e.stats().dropped, 1u);
-  EXPECT_EQ(e.stats().queued_bytes, 0u);
-  EXPECT_EQ(e.stats().refused, 0u);
-  EXPECT_EQ(w.shm().ctl(0, 1)->backlog_bytes.load(), 0u);
-  EXPECT_EQ(w.shm().ctl(0, 1)->backlog_msgs.load(), 0u);
-
-  // Full again (the ring still is, so all goes to the backlog); multicast
-  // itself drops it, skips slot 1 and reaches slot 2.
-  ASSERT_EQ(test::send_bytes(e, w.pid(1), "fill", m), Status::kOk);
-  ASSERT_EQ(e.backlog_bytes(1), 10 * KiB + 4);
-  ASSERT_EQ(multicast_str(e, {1, 2}, "mc", "to the living"), Status::kOk);
-  EXPECT_EQ(e.backlog_bytes(1), 0u);
-  EXPECT_EQ(w.shm().ctl(0, 1)->head.load(), head01) << "nothing more for slot 1";
-  EXPECT_EQ(e.stats().dropped, 2u);
-  EXPECT_EQ(e.stats().queued_bytes, 0u);
-  EXPECT_EQ(e.stats().refused, 0u);
-  EXPECT_EQ(e.stats().sent, 3u);  // two fills, one multicast to slot 2
-  std::vector<Received> got = test::drain(w.ep(2));
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].data, "to the living");
-  EXPECT_EQ(got[0].flags, static_cast<std::uint32_t>(kBroadcast));
-  // Slot 1 (were anyone to read it) holds only the start of the first fill.
-  EXPECT_TRUE(test::drain(w.ep(1)).empty());
-}
-
-TEST(Bridge, ForgetDropsTheBacklogAndCountsIt) {
-  World w(3, 4096, 1 * MiB, 1 * MiB);
-  Endpoint& e = w.ep(0);
-  std::vector<unsigned char> big1 = test::make_message(1, 0, 10 * KiB);
-  std::vector<unsigned char> big2 = test::make_message(2, 0, 10 * KiB);
-  ASSERT_EQ(test::send_bytes(e, w.pid(1), "big", big1), Status::kOk);
-  ASSERT_EQ(test::send_str(e, w.pid(1), "s", "small 1"), Status::kOk);
-  ASSERT_EQ(test::send_str(e, w.pid(1), "s", "small 2"), Status::kOk);
-  ASSERT_EQ(test::send_bytes(e, w.pid(2), "big", big2), Status::kOk);
-  const std::uint64_t backlog2 = e.backlog_bytes(2);
-  ASSERT_GT(backlog2, 0u);
-  ASSERT_GT(e.backlog_bytes(1), 16u);
-  EXPECT_EQ(w.shm().ctl(0, 1)->backlog_msgs.load(), 3u);
-  EXPECT_EQ(e.stats().queued_bytes, e.backlog_bytes(1) + backlog2);
-
-  e.forget(1);
-  EXPECT_EQ(e.backlog_bytes(1), 0u);
-  EXPECT_EQ(e.stats().dropped, 3u);
-  EXPECT_EQ(e.stats().queued_bytes, backlog2);
-  EXPECT_EQ(e.stats().sent, 4u);
-  EXPECT_EQ(e.stats().refused, 0u);
-  EXPECT_EQ(w.shm().ctl(0, 1)->backlog_bytes.load(), 0u);
-  EXPECT_EQ(w.shm().ctl(0, 1)->backlog_msgs.load(), 0u);
-  EXPECT_EQ(e.backlog_bytes(2), backlog2) << "another slot's backlog is kept";
-  // Nothing left to forget, or nothing there: no change.
-  e.forget(1);
-  e.forget(0);
-  e.forget(3);
-  e.forget(1000);
-  EXPECT_EQ(e.stats().dropped, 3u);
-  EXPECT_EQ(e.backlog_bytes(1000), 0u);
-
-  // Slot 1 holds the start of the first message only: its reader drops it
-  // (counted there) when the next message comes, and gets that whole.
-  EXPECT_TRUE(test::drain(w.ep(1)).empty());
-  ASSERT_EQ(test::send_str(e, w.pid(1), "next", "after forget"), Status::kOk);
-  std::vector<std::vector<Received>> got;
-  ASSERT_TRUE(pump_all(e, {&w.ep(1), &w.ep(2)}, &got));
-  ASSERT_EQ(got[0].size(), 1u);
-  EXPECT_EQ(got[0][0].name, "next");
-  EXPECT_EQ(got[0][0].data, "after forget");
-  EXPECT_EQ(w.ep(1).stats().dropped, 1u);
-  ASSERT_EQ(got[1].size(), 1u);
-  EXPECT_TRUE(is_message(got[1][0], 2, 0, 10 * KiB));
-  EXPECT_EQ(e.stats().queued_bytes, 0u);
-  EXPECT_EQ(e.stats().dropped, 3u);
-}
-
-// ---------------------------------------------------------------------------
-// Mappings of up to kMaxMappingSlots slots
-
-TEST(Bridge, MappingOfKMaxMappingSlotsPassesCheckShm) {
-  static_assert(kMaxMappingSlots == 256);
-  for (std::uint32_t n : {kMaxSlots + 1, kMaxMappingSlots}) {
-    Config c = test::make_config(n, 4096, 1 * MiB, 64 * KiB);
-    test::Shm shm(c);  // compute_layout(c).total_size bytes, init_shm()
-    ASSERT_EQ(shm.size(), compute_layout(c).total_size);
-    EXPECT_EQ(shm.header()->nslots, n);
-    EXPECT_EQ(check_shm(shm.header(), shm.size()), shm.header()) << n;
-    EXPECT_EQ(check_shm(shm.header(), shm.size() - 1), nullptr) << n;
-  }
-}
-
-TEST(Bridge, MappingOfMoreThanKMaxMappingSlotsFailsCheckShm) {
-  Config c = test::make_config(kMaxMappingSlots + 1, 4096, 1 * MiB, 64 * KiB);
-  test::Shm shm(c);
-  ASSERT_EQ(shm.size(), compute_layout(c).total_size);
-  // A consistent header: only the slot count is wrong.
-  EXPECT_EQ(shm.header()->nslots, kMaxMappingSlots + 1);
-  EXPECT_EQ(shm.header()->total_size, shm.size());
-  EXPECT_EQ(check_shm(shm.header(), shm.size()), nullptr);
-  EXPECT_EQ(check_shm(shm.header(), shm.size() + 4096), nullptr);
-}
-
-TEST(Bridge, FirstAndLastOf256SlotsTalk) {
-  test::Shm shm(test::make_config(kMaxMappingSlots, 4096, 1 * MiB, 64 * KiB));
-  ASSERT_NE(check_shm(shm.header(), shm.size()), nullptr);
-  const std::uint32_t last = kMaxMappingSlots - 1;
-  Slots woken_by_a, woken_by_z;
-  Endpoint a(shm.header(), 0, nullptr);
-  Endpoint z(shm.header(), last, nullptr);
-  a.set_waker(&record_wake, &woken_by_a);
-  z.set_waker(&record_wake, &woken_by_z);
-  a.start(100);
-  z.start(355);
-  ASSERT_EQ(woken_by_z.size(), kMaxMappingSlots);
-  for (std::uint32_t k = 0; k < kMaxMappingSlots; ++k) ASSERT_EQ(woken_by_z[k], k);
-  woken_by_a.clear();
-  woken_by_z.clear();
-
-  Delivery out[4];
-  ASSERT_EQ(z.receive(out, 4), 0);
-  std::vector<unsigned char> data = test::make_message(0, 1, 3000);
-  ASSERT_EQ(test::send_bytes(a, 355, "far", data), Status::kOk);
-  EXPECT_EQ(woken_by_a, (Slots{last}));
-  std::vector<Received> got = test::drain(z);
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_TRUE(is_message(got[0], 0, 1, 3000));
-  EXPECT_EQ(got[0].sender_pid, 100);
-
-  ASSERT_EQ(multicast_str(z, {0, 17, last}, "mc", "back"), Status::kOk);
-  EXPECT_EQ(z.stats().sent, 1u);
-  got = test::drain(a);
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].data, "back");
-  EXPECT_EQ(got[0].sender_pid, 355);
-  EXPECT_EQ(got[0].flags, static_cast<std::uint32_t>(kBroadcast));
-}
-
-}  // namespace
-}  // namespace ngx_ipc
-
-namespace ngx_ipc {
-namespace {
-
-TEST(Bridge, MulticastWithPidsSkipsASlotAnotherProcessHoldsNow) {
-  World w(3, 4096, 1 * MiB, 64 * KiB);
-  const Slots slots = {1, 2};
-  const std::int32_t listed[] = {w.ep(1).pid(), 777};  // slot 2 is not 777's
-  ASSERT_EQ(w.ep(0).multicast(slots.data(), listed, slots.size(), bytes("n"), 1, bytes("d"), 1),
-            Status::kOk);
-  std::vector<Received> one = test::drain(w.ep(1));
-  ASSERT_EQ(one.size(), 1u);
-  EXPECT_EQ(one[0].data, "d");
-  EXPECT_TRUE(test::drain(w.ep(2)).empty());
-  EXPECT_EQ(w.ep(2).stats().dropped, 0u);
-  EXPECT_EQ(w.ep(0).stats().sent, 1u);
-}
-
-TEST(Bridge, SendSlotGoesToThatSlotOnlyWhileThatPidHoldsIt) {
-  World w(3, 4096, 1 * MiB, 64 * KiB);
-  const std::int32_t pid2 = w.ep(2).pid();
-  EXPECT_EQ(w.ep(0).send_slot(2, pid2, bytes("n"), 1, bytes("x"), 1), Status::kOk);
-  // the PID of slot 2 named with slot 1: refused, nothing written
-  EXPECT_EQ(w.ep(0).send_slot(1, pid2, bytes("n"), 1, bytes("y"), 1), Status::kNoSuchWorker);
-  EXPECT_EQ(w.ep(0).send_slot(7, pid2, bytes("n"), 1, bytes("y"), 1), Status::kNoSuchWorker);
-  EXPECT_EQ(w.ep(0).stats().refused, 2u);
-  std::vector<Received> got = test::drain(w.ep(2));
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].data, "x");
-  EXPECT_TRUE(test::drain(w.ep(1)).empty());
 }
 
 TEST(Bridge, AMessageOverTheReceiversOwnLimitIsDroppedAndCountedNotReset) {

@@ -1,9 +1,11 @@
 // ngx_ipc core tests: busy polling (ipc_busy_poll). While a process watches
 // its own inbox with inbox_pending(), disarm() tells senders not to write its
 // wake-up fd; rearm() marks it asleep again with the receive() handshake and
-// says whether records came in meanwhile. No message may be lost across the
-// switch between polling and sleeping (stress tests with endpoints in
-// threads, which ThreadSanitizer checks).
+// says whether records came in meanwhile. A polling process's own sends
+// still wait as usual: it is woken for the lock and for room whatever its
+// `sleeping` flag. No message may be lost across the switch between polling
+// and sleeping (stress tests with endpoints in threads, one or several
+// senders into the polling inbox, which ThreadSanitizer checks).
 
 #include <gtest/gtest.h>
 
@@ -12,6 +14,7 @@
 #include <cstdio>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "ngx_ipc/endpoint.h"
@@ -67,8 +70,8 @@ TEST(BusyPoll, RearmWithAnEmptyInboxArms) {
 }
 
 TEST(BusyPoll, RearmWithPendingRecordsLeavesTheSlotDisarmed) {
-  // Three slots: the record waits in the inbox ring from slot 2, so
-  // inbox_pending() must look past the empty ring from slot 1.
+  // Three slots: two senders write the one inbox, and each sender's
+  // messages arrive in its order.
   World w(3, 4096);
   Delivery out[4];
   ASSERT_EQ(w.ep(0).receive(out, 4), 0);
@@ -108,8 +111,9 @@ TEST(BusyPoll, DisarmConcernsOnlyItsOwnSlot) {
 }
 
 TEST(BusyPoll, DisarmedSenderIsStillWokenWhenSpaceFrees) {
-  // A polling worker with a backlog waits for ring space through
-  // producer_waiting, not `sleeping`: disarm() must not silence that wake-up.
+  // A polling worker with a backlog for a full ring waits as a room waiter
+  // (its bit in the receiver's room waiters), not through `sleeping`:
+  // disarm() must not silence that wake-up.
   World w(2, 4096, 1 << 20, 1 << 20);
   Delivery out[4];
   ASSERT_EQ(w.ep(1).receive(out, 4), 0);
@@ -117,6 +121,7 @@ TEST(BusyPoll, DisarmedSenderIsStillWokenWhenSpaceFrees) {
   ASSERT_EQ(test::send_bytes(w.ep(0), w.pid(1), "big", big), Status::kOk);
   ASSERT_NE(w.ep(0).stats().queued_bytes, 0u) << "the message must leave a backlog";
   EXPECT_EQ(w.fds().take(1), 1u);
+  EXPECT_TRUE(w.shm().waits(1, 0, WaitFor::kRoom));
   w.ep(0).disarm();
 
   int wakes = 0;
@@ -133,6 +138,25 @@ TEST(BusyPoll, DisarmedSenderIsStillWokenWhenSpaceFrees) {
   test::MsgId id;
   EXPECT_TRUE(test::parse_message(reinterpret_cast<const unsigned char*>(got[0].data.data()),
                                   got[0].data.size(), &id));
+}
+
+TEST(BusyPoll, DisarmedSenderIsStillWokenWhenTheLockFrees) {
+  // The same for a backlog kept because another process held the lock.
+  World w(3, 4096);
+  ShmHeader* h = w.shm().header();
+  Delivery out[4];
+  ASSERT_EQ(w.ep(0).receive(out, 4), 0);
+  w.ep(0).disarm();
+  ASSERT_TRUE(test::hold_lock(h, 1, test::live_writer(h, 2)));
+  ASSERT_EQ(test::send_str(w.ep(0), w.pid(1), "n", "later"), Status::kOk);
+  EXPECT_TRUE(w.shm().waits(1, 0, WaitFor::kLock));
+  EXPECT_FALSE(w.ep(0).armed());
+  test::unlock_as_holder(h, 1, w.fds().fds());
+  EXPECT_EQ(w.fds().take(0), 1u) << "lock freed, disarmed sender not woken";
+  EXPECT_TRUE(w.ep(0).flush());
+  std::vector<test::Received> got = test::drain(w.ep(1));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].data, "later");
 }
 
 // The stress tests: consumers that wait as the nginx glue does. After
@@ -227,27 +251,32 @@ std::string produce(Endpoint& ep, int fd, std::int32_t to, std::uint32_t tag, st
   return "";
 }
 
-// Receives n messages from `from` (tag `tag`), byte-exact and in order,
-// waiting through `poller`. Returns "" or what went wrong.
-std::string consume(Poller& poller, std::int32_t from, std::uint32_t tag, std::uint64_t n,
-                    const test::Deadline& deadline) {
+// Receives n messages from each sender (pid, tag), byte-exact and in each
+// sender's order, waiting through `poller`. Returns "" or what went wrong.
+std::string consume(Poller& poller, const std::vector<std::pair<std::int32_t, std::uint32_t>>& from,
+                    std::uint64_t n, const test::Deadline& deadline) {
   Delivery out[32];
-  std::uint64_t next = 0;
-  while (next < n) {
+  std::vector<std::uint64_t> next(from.size(), 0);
+  std::uint64_t got = 0;
+  while (got < n * from.size()) {
     int k = poller.receive(out, 32);
     for (int i = 0; i < k; ++i) {
+      std::size_t s = 0;
+      while (s < from.size() && from[s].first != out[i].sender_pid) ++s;
       test::MsgId id;
-      bool ok = out[i].sender_pid == from &&
-                test::parse_message(out[i].data, out[i].data_len, &id) && id.tag == tag;
-      if (!ok) return "corrupt message after seq " + std::to_string(next);
-      if (id.seq != next) {
-        return "seq " + std::to_string(id.seq) + ", expected " + std::to_string(next);
+      bool ok = s < from.size() && test::parse_message(out[i].data, out[i].data_len, &id) &&
+                id.tag == from[s].second;
+      if (!ok) return "corrupt message after " + std::to_string(got);
+      if (id.seq != next[s]) {
+        return "tag " + std::to_string(id.tag) + ": seq " + std::to_string(id.seq) + ", expected " +
+               std::to_string(next[s]);
       }
-      ++next;
+      ++next[s];
+      ++got;
     }
     if (k == 0 && !poller.wait(deadline)) {
       return (deadline.expired() ? "deadline passed" : "consumer wake-up lost") +
-             std::string(" with ") + std::to_string(next) + " of " + std::to_string(n);
+             std::string(" with ") + std::to_string(got) + " of " + std::to_string(n * from.size());
     }
   }
   if (poller.ep.receive(out, 32) != 0) return "more messages than sent";
@@ -262,7 +291,7 @@ TEST(BusyPollStress, PollingConsumerLosesNothing) {
   std::thread producer(
       [&] { producer_error = produce(w.ep(1), w.fds()[1], w.pid(0), 1, n, seed, deadline); });
   Poller poller{w.ep(0), w.fds()[0], test::Rng(seed + 1), 400};
-  std::string consumer_error = consume(poller, w.pid(1), 1, n, deadline);
+  std::string consumer_error = consume(poller, {{w.pid(1), 1}}, n, deadline);
   producer.join();
   EXPECT_EQ(producer_error, "");
   EXPECT_EQ(consumer_error, "");
@@ -271,6 +300,29 @@ TEST(BusyPollStress, PollingConsumerLosesNothing) {
   EXPECT_EQ(w.ep(1).stats().queued_bytes, 0u);
   std::printf("consumer: %s\n", poller.describe().c_str());
   // Both ways of waiting were taken, or the test proved little.
+  EXPECT_GT(poller.polls, 0u);
+  EXPECT_GT(poller.sleeps, 0u);
+}
+
+TEST(BusyPollStress, PollingConsumerWithThreeProducers) {
+  // Three senders share the polling inbox (and its lock), through a small
+  // ring: they also wait for the lock and for room.
+  World w(4, 8 * KiB, 64 * KiB, 8 * KiB);
+  const std::uint64_t n = 8000, seed = test::test_seed();
+  test::Deadline deadline(std::chrono::seconds(60));
+  std::string errors[4];
+  std::vector<std::thread> producers;
+  for (std::uint32_t i = 1; i <= 3; ++i) {
+    producers.emplace_back(
+        [&, i] { errors[i] = produce(w.ep(i), w.fds()[i], w.pid(0), i, n, seed + i, deadline); });
+  }
+  Poller poller{w.ep(0), w.fds()[0], test::Rng(seed + 7), 400};
+  errors[0] = consume(poller, {{w.pid(1), 1}, {w.pid(2), 2}, {w.pid(3), 3}}, n, deadline);
+  for (std::thread& t : producers) t.join();
+  for (const std::string& e : errors) EXPECT_EQ(e, "");
+  EXPECT_EQ(w.ep(0).stats().received, 3 * n);
+  EXPECT_EQ(w.ep(0).stats().resets, 0u);
+  std::printf("consumer: %s\n", poller.describe().c_str());
   EXPECT_GT(poller.polls, 0u);
   EXPECT_GT(poller.sleeps, 0u);
 }

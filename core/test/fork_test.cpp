@@ -1,16 +1,20 @@
 // ngx_ipc core tests: endpoints in fork()ed processes, as nginx runs them.
 // The mapping and the eventfds are made before the fork, like the master's
-// zone and fds; each process starts its slot with its real PID.
+// zone and fds; each process starts its slot with its real PID. Every
+// sender writes a receiver's one inbox, under its lock, so the waits and
+// wake-ups of several writers (for the lock, for room) cross processes.
 //
 // A child never returns into GoogleTest: it runs a function whose value is
 // its exit status (see test::Child), and reports failures on stderr.
 
 #include <gtest/gtest.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <string>
 #include <vector>
 
+#include "fork_util.h"
 #include "ngx_ipc/endpoint.h"
 #include "stress.h"
 #include "test_util.h"
@@ -24,12 +28,7 @@ using test::World;
 constexpr std::uint64_t KiB = 1024;
 constexpr std::uint64_t MiB = 1024 * KiB;
 
-void expect_exit0(Child& c, int timeout_ms = 60000) {
-  int status = 0;
-  ASSERT_TRUE(c.wait(timeout_ms, &status)) << "child " << c.pid() << " did not end";
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-      << "child " << c.pid() << " " << test::describe_status(status);
-}
+using test::expect_exit0;
 
 // Receives until one message arrives; returns it, or sets *err.
 test::Received wait_one(Endpoint& ep, int fd, const test::Deadline& d, std::string* err) {
@@ -91,6 +90,9 @@ TEST(Fork, ProducerProcessConsumerProcess) {
   EXPECT_EQ(w.ep(0).stats().dropped, 0u);
 }
 
+// Three processes write one inbox, taking turns at its lock: a sender that
+// finds it taken keeps the message in its backlog until the holder's
+// unlock wakes it.
 TEST(Fork, ThreeProducerProcesses) {
   World w(4, 8192, 256 * KiB, 32 * KiB, /*start_all=*/false);
   w.start(0, getpid());
@@ -109,6 +111,102 @@ TEST(Fork, ThreeProducerProcesses) {
   }
   EXPECT_EQ(test::run_receiver(w.ep(0), w.fds()[0], expect, deadline), "");
   for (auto& p : producers) expect_exit0(*p);
+}
+
+// Each of nprocs processes (slot i, tag i) broadcasts n messages to every
+// other while it receives theirs: every inbox has nprocs - 1 writers, each
+// of which also reads its own. Checks each message byte for byte, and each
+// sender's order. Returns "" or what went wrong.
+std::string run_mesh(Endpoint& ep, int wake_fd, std::uint32_t nprocs, std::uint64_t n,
+                     std::uint64_t seed, const test::SizeMix& mix, const test::Deadline& deadline) {
+  const std::uint32_t self = ep.slot();
+  std::vector<std::uint64_t> next(nprocs, 0);
+  const std::uint64_t want = n * (nprocs - 1);
+  std::uint64_t sent = 0, got = 0;
+  std::vector<unsigned char> m;
+  Delivery out[32];
+  while (sent < n || got < want) {
+    if (deadline.expired()) {
+      return "deadline passed: sent " + std::to_string(sent) + ", got " + std::to_string(got);
+    }
+    bool progress = false;
+    if (sent < n) {
+      if (m.empty()) m = test::make_message(self, sent, mix.size(seed, self, sent));
+      Status st = ep.broadcast(reinterpret_cast<const unsigned char*>("m"), 1, m.data(), m.size(),
+                               /*include_self=*/false);
+      if (st == Status::kOk) {
+        ++sent;
+        m.clear();
+        progress = true;
+      } else if (st != Status::kQueueFull) {
+        return "broadcast: " + std::string(status_message(st));
+      }
+    }
+    int k = ep.receive(out, 32);
+    for (int i = 0; i < k; ++i) {
+      test::MsgId id;
+      if (!test::parse_message(out[i].data, out[i].data_len, &id) || id.tag >= nprocs ||
+          id.tag == self || out[i].sender_pid != ep.slot_pid(id.tag)) {
+        return "corrupt message from pid " + std::to_string(out[i].sender_pid);
+      }
+      if (id.seq != next[id.tag]++) {
+        return "out of order from slot " + std::to_string(id.tag) + ": seq " +
+               std::to_string(id.seq) + ", expected " + std::to_string(next[id.tag] - 1);
+      }
+    }
+    got += static_cast<std::uint64_t>(k);
+    bool flushed = ep.flush();
+    if (k > 0 || (sent < n && flushed)) progress = true;
+    // receive() returned 0 (armed), and the backlog, if any, is marked
+    // waiting (for a lock or for room): any of these wakes us.
+    if (!progress && !test::wait_fd(wake_fd, deadline.remaining_ms())) {
+      return "wake-up lost: sent " + std::to_string(sent) + ", got " + std::to_string(got);
+    }
+  }
+  while (!ep.flush()) {
+    if (!test::wait_fd(wake_fd, deadline.remaining_ms())) return "wake-up lost while flushing";
+  }
+  if (ep.stats().resets != 0 || ep.stats().dropped != 0) return "resets or drops";
+  return "";
+}
+
+TEST(Fork, EveryProcessBroadcastsToEveryOther) {
+  constexpr std::uint32_t kProcs = 4;
+  World w(kProcs, 8192, 256 * KiB, 32 * KiB, /*start_all=*/false);
+  const std::int32_t parent = getpid();
+  w.start(0, parent);
+  const std::uint64_t n = 4000, seed = test::test_seed();
+  test::SizeMix mix{400, 30 * KiB, 50};
+  test::Deadline deadline(std::chrono::seconds(120));
+  // Nobody broadcasts before every process started: a full backlog for a
+  // slot with no process yet is dropped (as for a dead one). Each child
+  // says "ready" to the parent, then waits for `go` (one count each).
+  struct Fd {
+    int fd;
+    ~Fd() { ::close(fd); }
+  } go_fd{::eventfd(0, EFD_SEMAPHORE | EFD_CLOEXEC)};
+  const int go = go_fd.fd;
+  ASSERT_GE(go, 0);
+  std::vector<std::unique_ptr<Child>> peers;
+  for (std::uint32_t i = 1; i < kProcs; ++i) {
+    peers.push_back(std::make_unique<Child>([&, i] {
+      w.ep(i).start(getpid());
+      CHILD_CHECK(test::send_str(w.ep(i), parent, "ready", "") == Status::kOk);
+      CHILD_CHECK(test::wait_fd(go, test::kWakeTimeoutMs));
+      return test::child_report(run_mesh(w.ep(i), w.fds()[i], kProcs, n, seed, mix, deadline));
+    }));
+  }
+  for (std::uint32_t ready = 0; ready < kProcs - 1;) {
+    for (const test::Received& r : test::drain(w.ep(0))) ready += r.name == "ready";
+    if (ready < kProcs - 1) {
+      ASSERT_TRUE(test::wait_fd(w.fds()[0], test::kWakeTimeoutMs)) << ready << " ready";
+    }
+  }
+  std::uint64_t all = kProcs - 1;
+  ASSERT_EQ(::write(go, &all, sizeof all), static_cast<ssize_t>(sizeof all));
+  EXPECT_EQ(run_mesh(w.ep(0), w.fds()[0], kProcs, n, seed, mix, deadline), "");
+  for (auto& p : peers) expect_exit0(*p);
+  EXPECT_EQ(w.ep(0).stats().received, n * (kProcs - 1) + (kProcs - 1));
 }
 
 TEST(Fork, PingPongProcesses) {

@@ -1,7 +1,8 @@
 // ngx_ipc core tests: incarnations. A slot's new process (start() with
 // another PID) never gets what was addressed to its predecessor, still gets
 // broadcasts, and a sender's restart in the middle of a fragmented message
-// drops the partial without disturbing what follows.
+// drops the partial without disturbing what follows, from it or from the
+// other senders whose fragments share the inbox (one reassembler each).
 
 #include <gtest/gtest.h>
 
@@ -147,7 +148,7 @@ TEST(Incarnation, SenderRestartInTheMiddleOfAMessage) {
   EXPECT_EQ(r.stats().resets, 0u);
 }
 
-TEST(Incarnation, OldAndNewUnicastsInOneRing) {
+TEST(Incarnation, OldAndNewUnicastsInOneInbox) {
   World w(2, 64 * KiB);
   const std::int32_t old_pid = w.pid(1);
   for (int i = 0; i < 5; ++i) {
@@ -161,6 +162,73 @@ TEST(Incarnation, OldAndNewUnicastsInOneRing) {
   ASSERT_EQ(got.size(), 5u);
   for (int i = 0; i < 5; ++i) EXPECT_EQ(got[i].data, "new" + std::to_string(i));
   EXPECT_EQ(fresh.stats().dropped, 5u);
+}
+
+// Slot 0 reads; slots 1 and 2 each have a fragmented message half in its
+// inbox (the receiver copied the first fragments) and the rest in their
+// backlogs.
+void two_half_messages(World& w) {
+  for (std::uint32_t s = 1; s <= 2; ++s) {
+    std::vector<unsigned char> big = test::make_message(s, 0, 64 * KiB);
+    ASSERT_EQ(test::send_bytes(w.ep(s), w.pid(0), "big", big), Status::kOk);
+  }
+  Delivery out[4];
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_EQ(w.ep(0).receive(out, 4), 0);
+    w.ep(1 + i % 2).flush();
+    w.ep(2 - i % 2).flush();
+  }
+  ASSERT_GT(w.ep(1).stats().queued_bytes, 0u);
+  ASSERT_GT(w.ep(2).stats().queued_bytes, 0u);
+}
+
+TEST(Incarnation, SenderRestartLeavesTheOtherSendersMessageWhole) {
+  World w(3, 4096, 2 * MiB, 4 * MiB);
+  two_half_messages(w);
+  // Slot 1 dies mid-message; its successor sends while slot 2's message
+  // is still coming, fragment after fragment.
+  Endpoint& s1 = w.respawn(1, 20001);
+  ASSERT_EQ(test::send_bytes(s1, w.pid(0), "new", test::make_message(1, 1, 30 * KiB)), Status::kOk);
+  bool ok;
+  std::vector<Received> got = test::pump_senders({&s1, &w.ep(2)}, w.ep(0), &ok);
+  ASSERT_TRUE(ok);
+  ASSERT_EQ(got.size(), 2u);
+  for (const Received& r : got) {
+    test::MsgId id;
+    ASSERT_TRUE(test::parse_message(reinterpret_cast<const unsigned char*>(r.data.data()),
+                                    r.data.size(), &id));
+    if (r.sender_pid == 20001) {
+      EXPECT_EQ(id.tag, 1u);
+      EXPECT_EQ(id.seq, 1u) << "the new process's message";
+    } else {
+      EXPECT_EQ(r.sender_pid, w.pid(2));
+      EXPECT_EQ(id.tag, 2u);
+      EXPECT_EQ(id.seq, 0u) << "slot 2's message, whole";
+    }
+  }
+  EXPECT_EQ(w.ep(0).stats().dropped, 1u) << "slot 1's half message, once";
+  EXPECT_EQ(w.ep(0).stats().resets, 0u);
+}
+
+TEST(Incarnation, ReceiverRestartDropsEachSendersHalfMessageOnce) {
+  // The old receiver copied the first fragments of two senders' messages;
+  // its successor sees the rest of each without a first fragment.
+  World w(3, 4096, 2 * MiB, 4 * MiB);
+  two_half_messages(w);
+  Endpoint& fresh = w.respawn(0, 20000);
+  for (std::uint32_t s = 1; s <= 2; ++s) {
+    ASSERT_EQ(test::send_str(w.ep(s), 20000, "next", std::to_string(s)), Status::kOk);
+  }
+  bool ok;
+  std::vector<Received> got = test::pump_senders({&w.ep(1), &w.ep(2)}, fresh, &ok);
+  ASSERT_TRUE(ok);
+  ASSERT_EQ(got.size(), 2u);
+  for (const Received& r : got) {
+    EXPECT_EQ(r.name, "next");
+    EXPECT_EQ(r.data, std::to_string(r.sender_pid - 10000));
+  }
+  EXPECT_EQ(fresh.stats().dropped, 2u);
+  EXPECT_EQ(fresh.stats().resets, 0u);
 }
 
 }  // namespace

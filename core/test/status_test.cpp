@@ -1,13 +1,11 @@
 // ngx_ipc core tests: the counters in shared memory and what the status
-// page reads from them (ngx_ipc/status.h): per worker state, identity and
-// counters, zeroed by a new process in the slot; per pair ring use, the
-// sender's backlog and the messages waiting.
+// page reads from them (ngx_ipc/status.h): per worker state, identity,
+// counters and the messages of its backlog, zeroed by a new process in the
+// slot; per inbox its use, capacity and the messages waiting in it.
 
 #include "ngx_ipc/status.h"
 
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <string>
 #include <vector>
@@ -92,115 +90,196 @@ TEST(Status, AddsWhatLuaCountsToWhatTheCoreCounts) {
 }
 
 TEST(Status, ARespawnStartsFromZero) {
-  World w(2, 4096);
+  World w(2, 4096, 1 * MiB, 64 * KiB);
   for (int i = 0; i < 3; ++i) {
     ASSERT_EQ(test::send_str(w.ep(1), w.pid(0), "n", "x"), Status::kOk);
   }
+  // 10 KiB do not fit the 4 KiB inbox: the rest waits in slot 1's backlog.
+  ASSERT_EQ(test::send_str(w.ep(1), w.pid(0), "big", std::string(10 * KiB, 'b')), Status::kOk);
   w.ep(1).counters().busy_poll_ns = 1234;
-  EXPECT_EQ(worker(w, 1).stats.sent, 3u);
-  EXPECT_EQ(worker(w, 1).busy_poll_ns, 1234u);
+  w.ep(1).stats().resets = 2;  // as if its own inbox had been reset twice
+  WorkerStatus before = worker(w, 1);
+  EXPECT_EQ(before.stats.sent, 4u);
+  EXPECT_EQ(before.busy_poll_ns, 1234u);
+  EXPECT_EQ(before.queued_msgs, 1u);
+  EXPECT_GT(before.stats.queued_bytes, 5 * KiB);
+  EXPECT_EQ(before.stats.resets, 2u);
   w.respawn(1, 20001);
   WorkerStatus s = worker(w, 1);
   EXPECT_EQ(s.pid, 20001);
   EXPECT_EQ(s.incarnation, 2u);
   EXPECT_EQ(s.stats.sent, 0u);
+  EXPECT_EQ(s.stats.sent_bytes, 0u);
+  EXPECT_EQ(s.stats.resets, 0u);
   EXPECT_EQ(s.busy_poll_ns, 0u);
+  EXPECT_EQ(s.queued_msgs, 0u) << "the backlog died with the process";
+  EXPECT_EQ(s.stats.queued_bytes, 0u);
   ASSERT_EQ(test::send_str(w.ep(1), w.pid(0), "n", "y"), Status::kOk);
   EXPECT_EQ(worker(w, 1).stats.sent, 1u);
 }
 
-TEST(Status, PairsShowRingBacklogAndWaitingMessages) {
-  World w(2, 4096, 1 * MiB, 64 * KiB);
-  PairStatus p{};
-  EXPECT_FALSE(read_pair(w.shm().header(), 0, 1, &p)) << "no traffic yet";
-  EXPECT_EQ(p.ring_capacity, 4096u);
-  EXPECT_EQ(p.waiting, 0u);
+TEST(Status, InboxShowsUseCapacityAndWaitingMessages) {
+  World w(3, 4096, 1 * MiB, 64 * KiB);
+  ShmHeader* h = w.shm().header();
+  InboxStatus in{};
+  EXPECT_FALSE(read_inbox(h, 1, &in)) << "no traffic yet";
+  EXPECT_EQ(in.capacity, 4096u);
+  EXPECT_EQ(in.used, 0u);
+  EXPECT_EQ(in.waiting, 0u);
+  EXPECT_EQ(in.bytes_total, 0u);
 
+  // Two senders write slot 1's one inbox.
   for (int i = 0; i < 3; ++i) {
     ASSERT_EQ(test::send_str(w.ep(0), w.pid(1), "n", "abc"), Status::kOk);
+    ASSERT_EQ(test::send_str(w.ep(2), w.pid(1), "n", "abc"), Status::kOk);
   }
-  ASSERT_TRUE(read_pair(w.shm().header(), 0, 1, &p));
-  EXPECT_EQ(p.waiting, 3u);
-  EXPECT_EQ(p.ring_used, 3 * align8(sizeof(RecordHeader) + 4));
-  EXPECT_EQ(p.backlog_bytes, 0u);
-  EXPECT_FALSE(read_pair(w.shm().header(), 1, 0, &p)) << "the other direction is idle";
+  const std::uint64_t record = align8(sizeof(RecordHeader) + 4);
+  ASSERT_TRUE(read_inbox(h, 1, &in));
+  EXPECT_EQ(in.waiting, 6u);
+  EXPECT_EQ(in.used, 6 * record);
+  EXPECT_EQ(in.bytes_total, 6 * record);
+  EXPECT_FALSE(read_inbox(h, 0, &in)) << "slot 0's inbox is idle";
+  EXPECT_FALSE(read_inbox(h, 2, &in));
 
-  // 10 KiB does not fit a 4 KiB ring: the rest waits in the sender's backlog.
+  // 10 KiB do not fit: the inbox fills, the rest waits in sender 0's
+  // backlog, and a message whose last record is not in the inbox is not
+  // waiting there yet.
   const std::string big(10 * KiB, 'b');
   ASSERT_EQ(test::send_str(w.ep(0), w.pid(1), "big", big), Status::kOk);
-  ASSERT_TRUE(read_pair(w.shm().header(), 0, 1, &p));
-  EXPECT_EQ(p.waiting, 4u);
-  EXPECT_GT(p.backlog_bytes, 5 * KiB);
-  EXPECT_EQ(p.backlog_bytes, w.ep(0).stats().queued_bytes);
+  ASSERT_TRUE(read_inbox(h, 1, &in));
+  EXPECT_EQ(in.waiting, 6u);
+  EXPECT_GT(in.used, 4096u - 1024u);
+  EXPECT_LE(in.used, in.capacity);
+  EXPECT_EQ(worker(w, 0).queued_msgs, 1u);
+  EXPECT_GT(worker(w, 0).stats.queued_bytes, 5 * KiB);
+  EXPECT_EQ(worker(w, 0).stats.queued_bytes, w.ep(0).backlog_bytes(1));
+  // Sender 2's next message finds no room: all of it waits in its backlog.
+  ASSERT_EQ(test::send_str(w.ep(2), w.pid(1), "n", "abc"), Status::kOk);
+  EXPECT_EQ(worker(w, 2).queued_msgs, 1u);
+  EXPECT_EQ(worker(w, 2).stats.queued_bytes, 4u);
 
   std::size_t got = 0;
-  for (int round = 0; round < 100 && got < 4; ++round) {
+  for (int round = 0; round < 100 && got < 8; ++round) {
     got += test::drain(w.ep(1)).size();
     w.ep(0).flush();
+    w.ep(2).flush();
   }
-  ASSERT_EQ(got, 4u);
+  ASSERT_EQ(got, 8u);
   w.ep(1).release();
-  ASSERT_TRUE(read_pair(w.shm().header(), 0, 1, &p));
-  EXPECT_EQ(p.waiting, 0u);
-  EXPECT_EQ(p.ring_used, 0u);
-  EXPECT_EQ(p.backlog_bytes, 0u);
-  EXPECT_GT(p.bytes_total, 10 * KiB);
+  ASSERT_TRUE(read_inbox(h, 1, &in));
+  EXPECT_EQ(in.waiting, 0u);
+  EXPECT_EQ(in.used, 0u);
+  EXPECT_GT(in.bytes_total, 10 * KiB);
+  EXPECT_EQ(worker(w, 0).queued_msgs, 0u);
+  EXPECT_EQ(worker(w, 0).stats.queued_bytes, 0u);
+  EXPECT_EQ(worker(w, 2).queued_msgs, 0u);
+}
+
+TEST(Status, QueuedMsgsCountsWhatTheBacklogHolds) {
+  World w(3, 4096, 1 * MiB, 64 * KiB);
+  // Slot 2 holds slot 1's inbox lock (mid-write, as far as anyone knows):
+  // slot 0 keeps whole messages in its backlog and never waits.
+  w.shm().ctl(1)->lock.store(make_writer(2, w.ep(2).incarnation()));
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_EQ(test::send_str(w.ep(0), w.pid(1), "n", "abcd"), Status::kOk);
+  }
+  ASSERT_EQ(test::send_str(w.ep(0), w.pid(2), "n", "to 2"), Status::kOk);  // another inbox
+  WorkerStatus s = worker(w, 0);
+  EXPECT_EQ(s.queued_msgs, 5u);
+  EXPECT_EQ(s.stats.queued_bytes, 5 * 5u);  // name and data
+  EXPECT_EQ(s.stats.sent, 6u);
+  InboxStatus in{};
+  EXPECT_FALSE(read_inbox(w.shm().header(), 1, &in));
+  EXPECT_EQ(in.waiting, 0u);
+  EXPECT_FALSE(w.ep(0).flush()) << "the lock is still taken";
+  EXPECT_EQ(worker(w, 0).queued_msgs, 5u);
+  // Slot 0 is marked waiting for that lock, for the holder to wake.
+  EXPECT_EQ(waiter_bits(w.shm().header(), 1, WaitFor::kLock)[0].load(), 1u);
+  EXPECT_EQ(w.shm().ctl(1)->lock_waiting.load(), 1u);
+
+  w.shm().ctl(1)->lock.store(0);
+  EXPECT_TRUE(w.ep(0).flush());
+  EXPECT_EQ(waiter_bits(w.shm().header(), 1, WaitFor::kLock)[0].load(), 0u);
+  s = worker(w, 0);
+  EXPECT_EQ(s.queued_msgs, 0u);
+  EXPECT_EQ(s.stats.queued_bytes, 0u);
+  ASSERT_TRUE(read_inbox(w.shm().header(), 1, &in));
+  EXPECT_EQ(in.waiting, 5u);
+  EXPECT_EQ(test::drain(w.ep(1)).size(), 5u);
 }
 
 TEST(Status, ARefusedBroadcastCountsNoMessage) {
   // Slot 2 never reads: its backlog fills, and a broadcast is refused for
   // everyone, so nothing is counted as waiting for slot 1 either.
   World w(3, 4096, 1 * MiB, 64 * KiB);
+  ShmHeader* h = w.shm().header();
   const std::string big(200 * KiB, 'b');
   ASSERT_EQ(test::send_str(w.ep(0), w.pid(2), "big", big), Status::kOk);
   ASSERT_EQ(test::send_str(w.ep(0), w.pid(1), "one", "x"), Status::kOk);
-  PairStatus before{}, after{};
-  ASSERT_TRUE(read_pair(w.shm().header(), 0, 1, &before));
+  InboxStatus before{}, after{};
+  ASSERT_TRUE(read_inbox(h, 1, &before));
   EXPECT_EQ(before.waiting, 1u);
+  WorkerStatus s0 = worker(w, 0);
+  EXPECT_EQ(s0.queued_msgs, 1u);
   EXPECT_EQ(test::broadcast_str(w.ep(0), "b", "y", true), Status::kQueueFull);
-  ASSERT_TRUE(read_pair(w.shm().header(), 0, 1, &after));
+  ASSERT_TRUE(read_inbox(h, 1, &after));
   EXPECT_EQ(after.waiting, 1u);
-  EXPECT_EQ(after.ring_used, before.ring_used);
-  PairStatus to2{};
-  ASSERT_TRUE(read_pair(w.shm().header(), 0, 2, &to2));
-  EXPECT_EQ(to2.waiting, 1u) << "the big message, partly in the ring";
-  EXPECT_EQ(to2.backlog_bytes, w.ep(0).stats().queued_bytes);
+  EXPECT_EQ(after.used, before.used);
+  EXPECT_EQ(after.bytes_total, before.bytes_total);
+  EXPECT_EQ(worker(w, 0).queued_msgs, 1u);
+  EXPECT_EQ(worker(w, 0).stats.queued_bytes, s0.stats.queued_bytes);
+  InboxStatus to2{};
+  ASSERT_TRUE(read_inbox(h, 2, &to2));
+  EXPECT_EQ(to2.waiting, 0u) << "the big message is partly in the inbox: not waiting yet";
+  EXPECT_GT(to2.used, 0u);
+  EXPECT_EQ(s0.stats.queued_bytes, w.ep(0).backlog_bytes(2));
 }
 
-TEST(Status, ARespawnedSenderHasNoBacklog) {
+TEST(Status, ARespawnedSenderLeavesAPartialMessageNotWaiting) {
   World w(2, 4096, 1 * MiB, 64 * KiB);
   const std::string big(10 * KiB, 'b');
   ASSERT_EQ(test::send_str(w.ep(0), w.pid(1), "big", big), Status::kOk);
-  PairStatus p{};
-  ASSERT_TRUE(read_pair(w.shm().header(), 0, 1, &p));
-  ASSERT_GT(p.backlog_bytes, 0u);
+  ASSERT_EQ(worker(w, 0).queued_msgs, 1u);
   w.respawn(0, 20000);  // the backlog died with the process
-  ASSERT_TRUE(read_pair(w.shm().header(), 0, 1, &p));
-  EXPECT_EQ(p.backlog_bytes, 0u);
-  EXPECT_EQ(p.waiting, 0u) << "the partial message in the ring has no last record";
+  EXPECT_EQ(worker(w, 0).queued_msgs, 0u);
+  EXPECT_EQ(worker(w, 0).stats.queued_bytes, 0u);
+  InboxStatus in{};
+  ASSERT_TRUE(read_inbox(w.shm().header(), 1, &in));
+  EXPECT_EQ(in.waiting, 0u) << "the partial message in the inbox has no last record";
+  EXPECT_GT(in.used, 0u);
 }
 
 TEST(Status, ReadFromAnotherProcess) {
   // The owner counts in a forked child; the parent reads the mapping.
   World w(2, 4096);
-  pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
+  test::Child child([&] {
     for (int i = 0; i < 1000; ++i) {
-      if (test::send_str(w.ep(1), w.pid(1), "self", "0123456789") != Status::kOk) _exit(1);
-      if (test::drain(w.ep(1)).size() != 1) _exit(2);
+      CHILD_CHECK(test::send_str(w.ep(1), w.pid(1), "self", "0123456789") == Status::kOk);
+      CHILD_CHECK(test::drain(w.ep(1)).size() == 1);
     }
-    _exit(0);
-  }
+    // Left in its backlog when it exits: 10 KiB through slot 0's 4 KiB inbox.
+    CHILD_CHECK(test::send_str(w.ep(1), w.pid(0), "big", std::string(10 * KiB, 'b')) ==
+                Status::kOk);
+    return 0;
+  });
   int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status));
-  ASSERT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_TRUE(child.wait(30000, &status));
+  ASSERT_EQ(test::describe_status(status), "exited 0");
   WorkerStatus s = worker(w, 1);
-  EXPECT_EQ(s.stats.sent, 1000u);
+  EXPECT_EQ(s.stats.sent, 1001u);
   EXPECT_EQ(s.stats.received, 1000u);
-  EXPECT_EQ(s.stats.sent_bytes, 10000u);
+  EXPECT_EQ(s.stats.sent_bytes, 10000u + 10 * KiB);
   EXPECT_EQ(s.stats.received_bytes, 10000u);
+  EXPECT_EQ(s.queued_msgs, 1u);
+  EXPECT_GT(s.stats.queued_bytes, 5 * KiB);
+  InboxStatus own{}, other{};
+  ASSERT_TRUE(read_inbox(w.shm().header(), 1, &own));
+  EXPECT_EQ(own.bytes_total, 1000 * align8(sizeof(RecordHeader) + 14));
+  EXPECT_EQ(own.used, 0u);
+  EXPECT_EQ(own.waiting, 0u);
+  ASSERT_TRUE(read_inbox(w.shm().header(), 0, &other));
+  EXPECT_GT(other.used, 0u);
+  EXPECT_EQ(other.waiting, 0u);
 }
 
 }  // namespace

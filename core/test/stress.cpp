@@ -3,6 +3,7 @@
 #include "stress.h"
 
 #include <map>
+#include <thread>
 
 namespace ngx_ipc::test {
 
@@ -103,6 +104,29 @@ std::string run_receiver(Endpoint& ep, int wake_fd, const std::vector<Expect>& s
   return "";
 }
 
+std::string run_fan_in_threads(World& w, std::uint32_t receiver,
+                               const std::vector<std::uint32_t>& senders, std::uint64_t n,
+                               std::uint64_t seed, const SizeMix& mix, const Deadline& deadline) {
+  std::vector<std::string> errors(senders.size());
+  std::vector<Expect> expect;
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < senders.size(); ++i) {
+    std::uint32_t s = senders[i];
+    expect.push_back(Expect{w.pid(s), s, n});
+    threads.emplace_back([&w, &errors, &deadline, &mix, i, s, receiver, n, seed] {
+      errors[i] = run_sender(w.ep(s), w.fds()[s], w.pid(receiver), s, n, seed, mix, deadline);
+    });
+  }
+  std::string err = run_receiver(w.ep(receiver), w.fds()[receiver], expect, deadline);
+  for (std::thread& t : threads) t.join();
+  std::string all = err.empty() ? "" : "receiver: " + err;
+  for (std::size_t i = 0; i < senders.size(); ++i) {
+    if (errors[i].empty()) continue;
+    all += (all.empty() ? "" : "; ") + ("sender " + std::to_string(senders[i]) + ": " + errors[i]);
+  }
+  return all;
+}
+
 std::string run_duplex(Endpoint& ep, int wake_fd, std::int32_t peer, std::uint32_t tag,
                        std::uint32_t peer_tag, std::uint64_t n, std::uint64_t seed,
                        const SizeMix& mix, const Deadline& deadline) {
@@ -134,8 +158,9 @@ std::string run_duplex(Endpoint& ep, int wake_fd, std::int32_t peer, std::uint32
     bool flushed = ep.flush();
     if (k > 0 || (sent < n && flushed)) progress = true;
     // Nothing to do: receive() returned 0 (the slot is marked asleep) and
-    // either nothing is left to send or the backlog waits for space (flush()
-    // left producer_waiting set). Either kind of wake-up writes our fd.
+    // either nothing is left to send or the backlog waits (flush() marked
+    // us waiting for the peer's lock or for room in its inbox). Every kind
+    // of wake-up writes our fd.
     if (!progress && !wait_fd(wake_fd, deadline.remaining_ms())) {
       return lost("duplex wake-up lost", deadline, got + sent, 2 * n);
     }

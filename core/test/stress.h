@@ -4,9 +4,10 @@
 // They wait the way the nginx glue does: a receiver calls receive() until it
 // returns 0 (which arms its slot's `sleeping` flag), then poll()s its
 // eventfd; a sender whose backlog is at the limit calls flush() and, if that
-// leaves a backlog (which arms producer_waiting), poll()s its eventfd. Every
-// poll has a timeout: a wake-up that does not come within it is reported as
-// lost, and the loop fails instead of hanging.
+// leaves a backlog (which marks it waiting for the inbox's lock, or for room
+// in its ring), poll()s its eventfd. Every poll has a timeout: a wake-up
+// that does not come within it is reported as lost, and the loop fails
+// instead of hanging.
 
 #ifndef NGX_IPC_TEST_STRESS_H
 #define NGX_IPC_TEST_STRESS_H
@@ -46,6 +47,14 @@ struct Expect {
 // order. Returns "" or what went wrong.
 std::string run_receiver(Endpoint& ep, int wake_fd, const std::vector<Expect>& senders,
                          const Deadline& deadline);
+
+// Several senders into one inbox: slot `receiver` of w runs run_receiver()
+// in the calling thread, each slot of `senders` run_sender() in a thread of
+// its own, n messages each (tag: the sender's slot). Returns "" or what
+// went wrong, side by side.
+std::string run_fan_in_threads(World& w, std::uint32_t receiver,
+                               const std::vector<std::uint32_t>& senders, std::uint64_t n,
+                               std::uint64_t seed, const SizeMix& mix, const Deadline& deadline);
 
 // Sends n messages to `peer` while receiving n from it (tag peer_tag), with
 // the waits of both loops above combined. Returns "" or what went wrong.

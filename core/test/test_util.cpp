@@ -28,6 +28,11 @@ Shm::Shm(const Config& config) {
 
 Shm::~Shm() { ::munmap(base_, size_); }
 
+bool Shm::waits(std::uint32_t receiver, std::uint32_t sender, WaitFor w) const {
+  std::uint64_t word = waiter_bits(header_, receiver, w)[sender / 64].load();
+  return (word >> (sender % 64)) & 1;
+}
+
 EventFds::EventFds(std::uint32_t n) {
   for (std::uint32_t i = 0; i < n; ++i) {
     int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -191,11 +196,73 @@ std::vector<Received> drain(Endpoint& ep, int max_batches) {
   return got;
 }
 
+std::uint64_t live_writer(ShmHeader* shm, std::uint32_t slot) {
+  return make_writer(slot, identity_incarnation(slot_at(shm, slot)->identity.load()));
+}
+
+bool hold_lock(ShmHeader* shm, std::uint32_t receiver, std::uint64_t writer) {
+  std::uint64_t holder = 0;
+  return InboxLock::try_lock(shm, receiver, writer, /*probe=*/false, &writer_alive, nullptr,
+                             &holder);
+}
+
+void unlock_as_holder(ShmHeader* shm, std::uint32_t receiver, const int* fds) {
+  CoreLog log;
+  Wakeup wakeup(shm, receiver, fds, &log);
+  InboxLock::unlock(shm, receiver);
+  wakeup.after_write(receiver, /*published=*/false);
+}
+
+const char* const kInterleavings[6] = {"aabb", "abab", "abba", "baab", "baba", "bbaa"};
+
+void interleave(const char* order, const std::function<void()> (&a)[2],
+                const std::function<void()> (&b)[2]) {
+  int next_a = 0, next_b = 0;
+  for (const char* c = order; *c != '\0'; ++c) {
+    if (*c == 'a') {
+      a[next_a++]();
+    } else {
+      b[next_b++]();
+    }
+  }
+}
+
+// Index in `order` of side x's step i.
+static int position(const char* order, char x, int i) {
+  for (int p = 0; order[p] != '\0'; ++p) {
+    if (order[p] == x && i-- == 0) return p;
+  }
+  return -1;
+}
+
+bool runs_before(const char* order, char x, int i, char y, int j) {
+  return position(order, x, i) < position(order, y, j);
+}
+
+std::vector<RecordHeader> peek_records(ShmHeader* shm, std::uint32_t receiver) {
+  Consumer c;
+  c.attach(inbox_ctl(shm, receiver), inbox_data(shm, receiver), shm->ring_size, shm->max_message,
+           shm->nslots);
+  std::vector<RecordHeader> out;
+  RecordView v;
+  for (std::uint64_t i = 0; i < shm->ring_size / kPadRecordSize; ++i) {
+    if (c.next(&v) != Consumer::Next::kRecord) break;
+    out.push_back(v.header);
+  }
+  return out;
+}
+
 std::vector<Received> pump(Endpoint& sender, Endpoint& receiver, bool* ok, int rounds) {
+  return pump_senders({&sender}, receiver, ok, rounds);
+}
+
+std::vector<Received> pump_senders(const std::vector<Endpoint*>& senders, Endpoint& receiver,
+                                   bool* ok, int rounds) {
   std::vector<Received> got;
   *ok = false;
   for (int i = 0; i < rounds; ++i) {
-    bool flushed = sender.flush();
+    bool flushed = true;
+    for (Endpoint* s : senders) flushed = s->flush() && flushed;
     std::vector<Received> more = drain(receiver);
     for (Received& r : more) got.push_back(std::move(r));
     if (flushed && more.empty() && !receiver.inbox_pending()) {
@@ -262,6 +329,17 @@ bool Child::wait(int timeout_ms, int* status) {
 
 void Child::kill_now() {
   if (!reaped_) ::kill(pid_, SIGKILL);
+}
+
+std::int32_t dead_pid() {
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid == 0) ::_exit(0);
+  if (pid < 0) throw std::runtime_error(std::string("fork() failed: ") + strerror(errno));
+  int status;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return static_cast<std::int32_t>(pid);
 }
 
 std::string describe_status(int status) {

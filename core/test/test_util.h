@@ -18,7 +18,10 @@
 #include <vector>
 
 #include "ngx_ipc/endpoint.h"
+#include "ngx_ipc/inbox_lock.h"
 #include "ngx_ipc/layout.h"
+#include "ngx_ipc/ring.h"
+#include "ngx_ipc/wakeup.h"
 
 namespace ngx_ipc::test {
 
@@ -37,13 +40,17 @@ class Shm {
 
   ShmHeader* header() const { return header_; }
   std::uint64_t size() const { return size_; }
-  RingCtl* ctl(std::uint32_t sender, std::uint32_t receiver) const {
-    return ring_ctl(header_, sender, receiver);
-  }
-  unsigned char* data(std::uint32_t sender, std::uint32_t receiver) const {
-    return ring_data(header_, sender, receiver);
-  }
+  // Receiver r's inbox: its control block and its ring's bytes.
+  InboxCtl* ctl(std::uint32_t receiver) const { return inbox_ctl(header_, receiver); }
+  unsigned char* data(std::uint32_t receiver) const { return inbox_data(header_, receiver); }
   Slot* slot(std::uint32_t i) const { return slot_at(header_, i); }
+  // Whether sender s is marked waiting for receiver r's lock (kLock) or
+  // for room in its ring (kRoom): its bit in r's waiter bits.
+  bool waits(std::uint32_t receiver, std::uint32_t sender, WaitFor w) const;
+  // Receiver r's lock_waiting (kLock) or room_waiting (kRoom) flag.
+  std::uint32_t flag(std::uint32_t receiver, WaitFor w) const {
+    return waiting_flag(ctl(receiver), w).load();
+  }
 
  private:
   void* base_ = nullptr;
@@ -168,6 +175,34 @@ class World {
 Config make_config(std::uint32_t nslots, std::uint64_t ring_size, std::uint64_t max_message,
                    std::uint64_t queue_limit);
 
+// The inbox lock by hand. Tests drive their endpoints from one thread, so
+// no endpoint holds a lock between two calls: a test that needs one held
+// takes it under a writer id of its own making (make_writer()), such as:
+//
+// slot s's writer id for the process that holds the slot now (alive to
+// writer_alive() while that process's PID is).
+std::uint64_t live_writer(ShmHeader* shm, std::uint32_t slot);
+// Takes receiver r's lock as writer w (never probing the holder); false if
+// someone holds it.
+bool hold_lock(ShmHeader* shm, std::uint32_t receiver, std::uint64_t writer);
+// Gives it back as a holder does: unlocks, then wakes the senders marked
+// waiting for the lock (Wakeup::after_write) through `fds`, one per slot.
+void unlock_as_holder(ShmHeader* shm, std::uint32_t receiver, const int* fds);
+
+// Two sides of a handshake, two steps each, driven from one thread in each
+// of the six orders that keep each side's steps in program order: 'a' runs
+// side a's next step, 'b' side b's ("abba": a0, b0, b1, a1).
+extern const char* const kInterleavings[6];
+void interleave(const char* order, const std::function<void()> (&a)[2],
+                const std::function<void()> (&b)[2]);
+// True if step i of side x comes before step j of side y in `order`.
+bool runs_before(const char* order, char x, int i, char y, int j);
+
+// The record headers published in receiver r's inbox and not yet released,
+// as its reader would take them (padding skipped): a Consumer of its own
+// that never releases, so the inbox is left as it was.
+std::vector<RecordHeader> peek_records(ShmHeader* shm, std::uint32_t receiver);
+
 // A delivered message, copied out of the inbox.
 struct Received {
   std::string name;
@@ -187,6 +222,9 @@ std::vector<Received> drain(Endpoint& ep, int max_batches = 100000);
 // `rounds`. Returns every delivery to the receiver. False in *ok if the
 // backlog did not empty.
 std::vector<Received> pump(Endpoint& sender, Endpoint& receiver, bool* ok, int rounds = 100000);
+// The same with several senders, each flushed in turn every round.
+std::vector<Received> pump_senders(const std::vector<Endpoint*>& senders, Endpoint& receiver,
+                                   bool* ok, int rounds = 100000);
 
 // A fork()ed child running fn; its exit status is fn's return value (a
 // thrown exception exits 99). The parent waits for it with a timeout through
@@ -208,6 +246,10 @@ class Child {
   int pidfd_ = -1;
   bool reaped_ = false;
 };
+
+// The PID of a process that has exited and been reaped (fork(), _exit(0),
+// waitpid()): kill(pid, 0) says ESRCH until the PID is reused.
+std::int32_t dead_pid();
 
 // "exited 0", "exited 3", "killed by signal 9"
 std::string describe_status(int status);

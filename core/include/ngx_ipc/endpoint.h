@@ -2,11 +2,11 @@
 //
 // One Endpoint per worker process, bound to its slot in a mapping made by
 // init_shm(). It composes three parts:
-//   Outbox (outbox.h)  sends to other slots: one Producer per destination,
-//                      plus a private backlog, which the endpoint bounds
-//                      by queue_limit;
-//   Inbox (inbox.h)    drains this slot's inbox in batches: one Consumer
-//                      per source, with a Reassembler for fragmented
+//   Outbox (outbox.h)  sends to other slots: into each one's inbox, under
+//                      its lock, plus a private backlog per destination,
+//                      which the endpoint bounds by queue_limit;
+//   Inbox (inbox.h)    drains this slot's inbox in batches: one Consumer,
+//                      with a Reassembler per sender for fragmented
 //                      messages;
 //   Wakeup (wakeup.h)  wakes other processes through their wake-up fds
 //                      (eventfd, or any fd that takes an 8-byte write) only
@@ -20,6 +20,7 @@
 #define NGX_IPC_ENDPOINT_H
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "ngx_ipc/inbox.h"
@@ -65,8 +66,10 @@ class Endpoint {
   // wake_fds: one fd per slot (nslots entries), written to wake that slot,
   // or nullptr with a waker (set_waker). stats: where this endpoint counts,
   // by default its slot's CoreStats (the reload bridge's endpoint counts in
-  // the process's slot of its own configuration).
-  Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds, CoreStats* stats = nullptr);
+  // the process's slot of its own configuration), and queued_msgs where it
+  // counts the messages of its backlog (by default its slot's).
+  Endpoint(ShmHeader* shm, std::uint32_t self, const int* wake_fds, CoreStats* stats = nullptr,
+           std::uint64_t* queued_msgs = nullptr);
   ~Endpoint();
   Endpoint(const Endpoint&) = delete;
   Endpoint& operator=(const Endpoint&) = delete;
@@ -97,10 +100,11 @@ class Endpoint {
   }
   static bool process_alive(std::int32_t pid);
 
-  // Takes the slot for this process: a new incarnation with this PID. Then
-  // wakes every slot once: a process killed in the middle of a wake-up
-  // handshake (flag cleared, fd not yet written) may have left a receiver
-  // asleep or a sender waiting for space; a spurious wake-up costs nothing.
+  // Takes the slot for this process: a new incarnation with this PID. A
+  // successor of a process (incarnation > 1) then wakes every slot once: a
+  // process killed in the middle of a wake-up handshake (flag cleared, fd
+  // not yet written) may have left a receiver asleep or a sender waiting;
+  // a spurious wake-up costs little.
   // skip_unread: leave what the inbox rings hold unread (the reload
   // bridge's slots change hands between unrelated processes).
   void start(std::int32_t pid, bool skip_unread = false);
@@ -138,9 +142,11 @@ class Endpoint {
   int receive(Delivery* out, int max, bool arm = true) { return inbox_.receive(out, max, arm); }
   // Gives the ring space of the last batch back to the senders.
   void release() { inbox_.release(); }
-  // Writes what the backlog holds as far as the rings take it. Returns true
-  // if the backlog is now empty.
-  bool flush();
+  // Writes what the backlog holds as far as the inboxes take it. Returns
+  // true if the backlog is now empty. probe: ask whether a process that
+  // held an inbox's lock at the last try still runs (after a wake-up
+  // nobody sent: a timer).
+  bool flush(bool probe = false);
   // Bytes waiting for slot k beyond its ring.
   std::uint64_t backlog_bytes(std::uint32_t k) const {
     return k < nslots_ ? outbox_.backlog_bytes(k) : 0;
@@ -149,7 +155,7 @@ class Endpoint {
   void forget(std::uint32_t k) {
     if (k < nslots_ && !outbox_.backlog_empty(k)) outbox_.drop_backlog(k);
   }
-  // True if some inbox ring holds unread records.
+  // True if the inbox holds unread records.
   bool inbox_pending() { return inbox_.pending(); }
   // True while this slot is marked asleep (armed): a sender will wake it.
   bool armed() const { return wakeup_.armed(); }
@@ -179,6 +185,7 @@ class Endpoint {
   bool slot_exited(std::uint32_t k) const;
   Status deliver_all(const MessageMeta& meta, const std::uint32_t* incarnations,
                      const unsigned char* name, const unsigned char* data, std::size_t data_len);
+  int find_slot(std::int32_t pid) const;
   bool full_for_the_dead(std::uint32_t k);
   Status refuse(Status s) {
     ++stats_->refused;
@@ -197,8 +204,13 @@ class Endpoint {
   Inbox inbox_;
   std::vector<std::uint32_t> targets_;       // scratch for broadcast()
   std::vector<std::uint32_t> incarnations_;  // scratch for multicast()
-  std::vector<std::size_t> queued_before_;   // scratch for broadcast()
   std::vector<std::uint8_t> picked_;         // scratch for multicast()
+  std::shared_ptr<unsigned char[]> bcast_room_;  // deliver_all()'s, kept
+  std::uint64_t bcast_cap_ = 0;
+  // slot_of()'s hint: pid % kPidHints -> slot + 1, checked against the
+  // slot's identity before it is trusted
+  static constexpr std::uint32_t kPidHints = 4096;
+  mutable std::vector<std::uint16_t> pid_hint_;
   bool started_ = false;
   std::int32_t pid_ = 0;
   std::uint32_t incarnation_ = 0;

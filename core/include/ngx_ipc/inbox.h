@@ -1,10 +1,11 @@
 // ngx_ipc core: an endpoint's receive side.
 //
-// One Consumer per source ring, each with a Reassembler for the messages
-// that came in fragments. receive() takes a batch from the rings in turn
-// (round robin), and arms the slot (wake-up handshake A of wakeup.h) when
-// they are all empty; release() gives the ring space of the last batch
-// back to the senders (handshake B).
+// One Consumer for this slot's inbox ring, which every sender writes, and a
+// Reassembler per sender slot for the messages that came in fragments
+// (the fragments of different senders interleave). receive() takes a
+// batch, and arms the slot (wake-up handshake A of wakeup.h) when the
+// inbox is empty; release() gives the space of the last batch back to the
+// senders (handshake B).
 //
 // Not thread-safe: one per endpoint, used by its process's one thread.
 
@@ -23,7 +24,7 @@ namespace ngx_ipc {
 
 struct Delivery;
 
-// The messages of one source ring, record by record. A message written in
+// The messages of one sender slot, record by record. A message written in
 // several records (kFirst ... kLast) is copied into a buffer of its own; a
 // message that cannot be completed (its sender died mid-message, or this
 // process came in after its first record) is dropped and counted once.
@@ -60,8 +61,8 @@ class Inbox {
  public:
   Inbox(ShmHeader* shm, std::uint32_t self, CoreStats* stats, Wakeup* wakeup, const CoreLog* log);
 
-  // Binds the consumers to this slot's rings, for a process of this
-  // incarnation (Endpoint::start()). skip_unread: what the rings hold now
+  // Binds the consumer to this slot's inbox, for a process of this
+  // incarnation (Endpoint::start()). skip_unread: what the inbox holds now
   // is left unread (a slot that no record may address before it starts).
   // max_data: this process's own limit on a message's data (in a mapping
   // shared by configurations with other limits, a bigger message is
@@ -77,12 +78,6 @@ class Inbox {
   bool rearm();
 
  private:
-  struct InRing {
-    Consumer consumer;
-    bool read = false;  // read something since the last release
-    Reassembler reassembler;
-  };
-
   int scan(Delivery* out, int max);
 
   ShmHeader* shm_;
@@ -93,10 +88,10 @@ class Inbox {
   CoreStats* stats_;
   Wakeup* wakeup_;
   const CoreLog* log_;
-  std::vector<InRing> in_;
+  Consumer consumer_;
+  bool read_ = false;                      // read something since the last release
+  std::vector<Reassembler> reassemblers_;  // by sender slot
   std::vector<std::unique_ptr<unsigned char[]>> batch_bufs_;  // reassembled, in a batch
-  std::vector<std::uint32_t> released_;                       // scratch for release()
-  std::uint32_t rr_ = 0;  // inbox ring the next scan starts with
 };
 
 }  // namespace ngx_ipc

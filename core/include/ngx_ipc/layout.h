@@ -9,11 +9,18 @@
 //   | Slot[n]         |  per worker slot: identity (incarnation|pid), sleeping,
 //   |                 |  the worker's counters (SlotCounters)
 //   +-----------------+  ctl_offset
-//   | RingCtl[n * n]  |  per (sender, receiver) pair: head, tail, waiting,
-//   |                 |  message counts and the sender's backlog (for status)
+//   | InboxCtl[n]     |  per receiver: the writers' lock and head, the
+//   |                 |  reader's tail, two "someone waits" flags
+//   +-----------------+  waiters_offset
+//   | waiter bits[n]  |  per receiver: one bit per sender that waits for
+//   |                 |  the lock, one per sender that waits for room
 //   +-----------------+  data_offset
-//   | ring data[n * n]|  ring_size bytes per pair, sender-major
+//   | inbox data[n]   |  ring_size bytes per receiver
 //   +-----------------+  total_size
+//
+// Memory grows with n, not n * n: one inbox ring per worker, which every
+// sender writes under the inbox's lock (inbox_lock.h), plus two bits per
+// (receiver, sender) pair.
 //
 // Everything is standard-layout, fixed-size and addressed by offsets, so the
 // mapping may sit at a different address in every process. No nginx header is
@@ -35,24 +42,27 @@ constexpr std::size_t kCacheLine = 64;
 
 constexpr std::uint64_t kShmMagic = 0x3163'7069'5f78'676eULL;  // "ngx_ipc1"
 // Bumped whenever a struct below changes. 2: counters in the slots, message
-// counts and backlog figures in the ring control blocks, generation.
-constexpr std::uint32_t kShmVersion = 2;
+// counts and backlog figures in the ring control blocks, generation. 3: one
+// inbox per receiver (not a ring per pair), the sender's slot in records.
+constexpr std::uint32_t kShmVersion = 3;
 
-constexpr std::uint32_t kMaxSlots = 128;  // worker_processes beyond this: refused
+constexpr std::uint32_t kMaxSlots = 1024;  // nginx's NGX_MAX_PROCESSES
 // A mapping may hold more slots than one configuration's workers: the
 // reload bridge (src/ngx_ipc_bridge.cpp) has one per process of every
 // generation that runs at once.
-constexpr std::uint32_t kMaxMappingSlots = 256;
+constexpr std::uint32_t kMaxMappingSlots = 2048;
 constexpr std::uint32_t kMaxNameLen = 65535;
 constexpr int kMaxBatch = 256;  // messages one receive() may return
 
 constexpr std::uint64_t kMinRingSize = 4096;
 constexpr std::uint64_t kMaxRingSize = 1ULL << 30;
-// Default ring sizing: the rings of all n * n pairs share this budget, each
-// ring a power of two between the two bounds (see docs/ARCHITECTURE.md).
+// Default inbox sizing: the n inboxes share this budget, each a power of
+// two between the two bounds (see docs/ARCHITECTURE.md): up to 512 workers
+// the inboxes take 32 MiB together (each sender has as much room in each
+// inbox as a ring per pair had: budget / n / n), beyond that 64 KiB each.
 constexpr std::uint64_t kRingBudget = 32ULL << 20;
-constexpr std::uint64_t kDefaultRingMin = 32ULL << 10;
-constexpr std::uint64_t kDefaultRingMax = 8ULL << 20;
+constexpr std::uint64_t kDefaultRingMin = 64ULL << 10;
+constexpr std::uint64_t kDefaultRingMax = 16ULL << 20;
 
 // receive() ends a batch once it holds this many payload bytes, so that a
 // stream of big messages gives ring space back message by message instead
@@ -71,15 +81,18 @@ struct alignas(kCacheLine) ShmHeader {
   std::uint64_t magic;
   std::uint32_t version;
   std::uint32_t nslots;
-  std::uint64_t ring_size;    // power of two
+  std::uint64_t ring_size;    // of each inbox; a power of two
   std::uint64_t max_message;  // largest data accepted, bytes
   std::uint64_t queue_limit;  // per-destination sender backlog, bytes
   std::uint64_t slots_offset;
   std::uint64_t ctl_offset;
+  std::uint64_t waiters_offset;
   std::uint64_t data_offset;
   std::uint64_t total_size;
   std::uint64_t generation;    // 1 for the master's first configuration, +1 per reload
   std::uint64_t busy_poll_us;  // ipc_busy_poll, for the status page only
+  std::uint32_t waiter_words;  // 64-bit words of one kind of waiter bits
+  std::uint32_t pad_;
 };
 static_assert(std::is_standard_layout_v<ShmHeader>);
 static_assert(sizeof(ShmHeader) == 2 * kCacheLine);
@@ -149,7 +162,7 @@ struct alignas(kCacheLine) SlotCounters {
   CoreStats core;
   std::uint64_t busy_poll_ns;  // time spent busy polling (ipc_busy_poll)
   LuaStats lua;
-  std::uint64_t reserved[1];  // room for more without a layout change
+  std::uint64_t queued_msgs;  // messages (or their rests) in the backlog now
 };
 static_assert(std::is_standard_layout_v<SlotCounters>);
 static_assert(sizeof(SlotCounters) == 2 * kCacheLine);
@@ -167,7 +180,11 @@ struct alignas(kCacheLine) Slot {
   // start with pid set, at clean exit with pid 0. One word, so a reader never
   // pairs the PID of one incarnation with the number of another.
   std::atomic<std::uint64_t> identity;
-  char pad0_[kCacheLine - sizeof(std::atomic<std::uint64_t>)];
+  // When the slot's process started (clock ticks since boot, field 22 of
+  // /proc/<pid>/stat; 0: unknown), stored before identity: tells a PID the
+  // kernel gave to another process from the one that held an inbox's lock.
+  std::atomic<std::uint64_t> start_time;
+  char pad0_[kCacheLine - 2 * sizeof(std::atomic<std::uint64_t>)];
   // 1 while the slot's dispatcher may be asleep: a sender that finds it set
   // (and clears it) writes the slot's wake-up fd. Own line: senders poll it.
   std::atomic<std::uint32_t> sleeping;
@@ -189,28 +206,47 @@ inline std::uint32_t identity_incarnation(std::uint64_t id) {
   return static_cast<std::uint32_t>(id >> 32);
 }
 
-// Control block of one single-producer single-consumer ring. head and tail
+// Control block of one receiver's inbox: a ring that every sender writes,
+// one at a time, under `lock`, and only its receiver reads. head and tail
 // are byte counts since the ring was created (never wrapped; 2^64 bytes is
-// centuries), each on its own cache line so producer and consumer do not
-// false-share; each side keeps a private cached copy of the other's index.
+// centuries), each on its own cache line so that writers and the reader do
+// not false-share.
 //
-// The other fields are for the status page only and sit on the line their
-// writer stores to anyway: the producer's on head's line (it stores head at
-// every publish), the consumer's on tail's line. All relaxed: they order
-// nothing, a reader only reports them.
-struct RingCtl {
-  alignas(kCacheLine) std::atomic<std::uint64_t> head;  // written by producer
+// lock is 0, or the writer id (make_writer) of the process that holds it:
+// a writer takes it with a CAS, never waits for it (a sender that finds it
+// taken keeps its message in its backlog), and may take it over from a
+// holder that is gone (inbox_lock.h). Only the holder stores head.
+//
+// The message counts are for the status page only and sit on the line
+// their writer stores to anyway. All relaxed: they order nothing.
+struct InboxCtl {
+  alignas(kCacheLine) std::atomic<std::uint64_t> lock;  // 0, or the holder
+  std::atomic<std::uint64_t> head;                      // written by the holder
   std::atomic<std::uint64_t> head_msgs;                 // messages whose last record is published
-  std::atomic<std::uint64_t> backlog_bytes;             // producer's private backlog for this ring
-  std::atomic<std::uint64_t> backlog_msgs;              // messages (or their rests) in it
-  alignas(kCacheLine) std::atomic<std::uint64_t> tail;  // written by consumer
+  alignas(kCacheLine) std::atomic<std::uint64_t> tail;  // written by the receiver
   std::atomic<std::uint64_t> tail_msgs;                 // messages whose last record is released
-  // Set by the producer while it holds a backlog for this ring; the consumer
-  // that frees space and finds it set (and clears it) wakes the producer.
-  alignas(kCacheLine) std::atomic<std::uint32_t> producer_waiting;
+  // 1 once a sender set its bit in the lock waiters (it found the lock
+  // taken): the holder, after it unlocked, finds it set (and clears it)
+  // and wakes them.
+  alignas(kCacheLine) std::atomic<std::uint32_t> lock_waiting;
+  // 1 once a sender set its bit in the room waiters (it found the ring
+  // full): the receiver, after it freed space, wakes them.
+  std::atomic<std::uint32_t> room_waiting;
 };
-static_assert(std::is_standard_layout_v<RingCtl>);
-static_assert(sizeof(RingCtl) == 3 * kCacheLine);
+static_assert(std::is_standard_layout_v<InboxCtl>);
+static_assert(sizeof(InboxCtl) == 3 * kCacheLine);
+
+// A writer's id in an inbox lock: its slot (+ 1, so that 0 is no one) and
+// its incarnation, so that a holder that died is told from its successor.
+inline std::uint64_t make_writer(std::uint32_t slot, std::uint32_t incarnation) {
+  return (static_cast<std::uint64_t>(slot + 1) << 32) | incarnation;
+}
+inline std::uint32_t writer_slot(std::uint64_t w) {
+  return static_cast<std::uint32_t>(w >> 32) - 1;
+}
+inline std::uint32_t writer_incarnation(std::uint64_t w) {
+  return static_cast<std::uint32_t>(w & 0xffffffffu);
+}
 
 // Record format inside a ring (8-byte aligned; see docs/ARCHITECTURE.md).
 // A message's payload is its name followed by its data; it travels as one
@@ -235,11 +271,13 @@ struct RecordHeader {
   std::uint32_t target_incarnation;  // unicast: receiver's incarnation
   std::uint32_t name_len;            // of the whole message
   std::uint32_t call_id;             // kRequest / kReply
+  std::uint32_t sender_slot;         // the fragments of one sender are
+  std::uint32_t sender_incarnation;  // reassembled apart from the others'
   std::uint64_t total_len;           // name_len + data length
   std::uint64_t offset;              // of this fragment's payload in the message
 };
 static_assert(std::is_standard_layout_v<RecordHeader>);
-static_assert(sizeof(RecordHeader) == 40);
+static_assert(sizeof(RecordHeader) == 48);
 static_assert(sizeof(RecordHeader) % 8 == 0);
 
 constexpr std::size_t kPadRecordSize = 8;  // size, magic, flags: all a pad needs
@@ -259,15 +297,17 @@ struct Config {
 struct Layout {
   std::uint32_t nslots;
   std::uint64_t ring_size;
+  std::uint32_t waiter_words;
   std::uint64_t slots_offset;
   std::uint64_t ctl_offset;
+  std::uint64_t waiters_offset;
   std::uint64_t data_offset;
   std::uint64_t total_size;
 };
 
 // Largest power of two <= n (n >= 1).
 std::uint64_t floor_pow2(std::uint64_t n);
-// The default ring size for nslots workers.
+// The default inbox size for nslots workers.
 std::uint64_t default_ring_size(std::uint32_t nslots);
 // Ring size actually used for a requested size (0: default): rounded down to a
 // power of two and clamped to [kMinRingSize, kMaxRingSize].
@@ -275,8 +315,8 @@ std::uint64_t effective_ring_size(std::uint32_t nslots, std::uint64_t requested)
 Layout compute_layout(const Config& config);
 
 // Initialises a zero-filled mapping of at least compute_layout(config).total_size
-// bytes. Only the header is written: rings and slots start as zero, so the
-// pages of rings that are never used are never touched.
+// bytes. Only the header is written: inboxes and slots start as zero, so the
+// pages of inboxes that are never used are never touched.
 ShmHeader* init_shm(void* base, const Config& config);
 
 // Checks a mapping's header (magic, version, sizes); nullptr if it is not one.
@@ -285,13 +325,25 @@ const ShmHeader* check_shm(const void* base, std::uint64_t mapped_size);
 inline Slot* slot_at(ShmHeader* h, std::uint32_t i) {
   return reinterpret_cast<Slot*>(reinterpret_cast<char*>(h) + h->slots_offset) + i;
 }
-inline RingCtl* ring_ctl(ShmHeader* h, std::uint32_t sender, std::uint32_t receiver) {
-  return reinterpret_cast<RingCtl*>(reinterpret_cast<char*>(h) + h->ctl_offset) +
-         (static_cast<std::uint64_t>(sender) * h->nslots + receiver);
+inline InboxCtl* inbox_ctl(ShmHeader* h, std::uint32_t receiver) {
+  return reinterpret_cast<InboxCtl*>(reinterpret_cast<char*>(h) + h->ctl_offset) + receiver;
 }
-inline unsigned char* ring_data(ShmHeader* h, std::uint32_t sender, std::uint32_t receiver) {
+// Who waits for a receiver's inbox: for its lock (woken by the holder that
+// unlocks) or for room in it (woken by the receiver).
+enum class WaitFor : std::uint32_t { kLock = 0, kRoom = 1 };
+// The receiver's waiter bits of one kind: bit s of word s / 64 is sender s.
+inline std::atomic<std::uint64_t>* waiter_bits(ShmHeader* h, std::uint32_t receiver, WaitFor w) {
+  return reinterpret_cast<std::atomic<std::uint64_t>*>(reinterpret_cast<char*>(h) +
+                                                       h->waiters_offset) +
+         (static_cast<std::uint64_t>(receiver) * 2 + static_cast<std::uint32_t>(w)) *
+             h->waiter_words;
+}
+inline std::atomic<std::uint32_t>& waiting_flag(InboxCtl* c, WaitFor w) {
+  return w == WaitFor::kLock ? c->lock_waiting : c->room_waiting;
+}
+inline unsigned char* inbox_data(ShmHeader* h, std::uint32_t receiver) {
   return reinterpret_cast<unsigned char*>(h) + h->data_offset +
-         (static_cast<std::uint64_t>(sender) * h->nslots + receiver) * h->ring_size;
+         static_cast<std::uint64_t>(receiver) * h->ring_size;
 }
 
 }  // namespace ngx_ipc

@@ -1,11 +1,17 @@
 // ngx_ipc core: an endpoint's send side.
 //
-// One Producer per destination ring, plus a private backlog per destination
-// for what the ring cannot take yet (the endpoint bounds it by
-// queue_limit). Messages go to the ring directly while the backlog is
-// empty, so they stay in order whatever their sizes; flush_ring() moves
-// the backlog on as the reader frees space. The backlog's figures are
-// stored beside the ring's head for the status page.
+// One InboxWriter per destination (its inbox ring, written under the
+// inbox's lock: inbox_lock.h), plus a private backlog per destination for
+// what the inbox cannot take yet: its ring is full, or another sender
+// holds its lock (the endpoint bounds the backlog by queue_limit). A
+// message goes to the inbox directly while the backlog is empty, so a
+// destination's messages stay in order whatever their sizes; flush() moves
+// the backlog on when the destination freed space or the lock came free
+// (both wake this process: after_release(), after_write()), or when the
+// glue's timer asks (a holder that died never wakes anyone).
+//
+// A broadcast's rest is kept once, shared by the backlogs of every
+// destination that needs it (SharedPayload), not copied per destination.
 //
 // Not thread-safe: one per endpoint, used by its process's one thread.
 
@@ -17,6 +23,7 @@
 #include <memory>
 #include <vector>
 
+#include "ngx_ipc/inbox_lock.h"
 #include "ngx_ipc/layout.h"
 #include "ngx_ipc/ring.h"
 #include "ngx_ipc/wakeup.h"
@@ -25,61 +32,86 @@ namespace ngx_ipc {
 
 enum class Status : int;
 
+// A broadcast's payload for the backlogs that need it: buf holds room for
+// the whole payload, made before anything is sent (so that nothing can
+// fail halfway through a broadcast); the first destination that keeps a
+// rest copies the payload in, and every backlog shares it.
+struct SharedPayload {
+  std::shared_ptr<unsigned char[]> buf;
+  bool filled = false;
+};
+
 class Outbox {
  public:
-  Outbox(ShmHeader* shm, std::uint32_t self, CoreStats* stats, Wakeup* wakeup, const CoreLog* log);
+  Outbox(ShmHeader* shm, std::uint32_t self, CoreStats* stats, std::uint64_t* queued_msgs,
+         Wakeup* wakeup, const CoreLog* log);
 
-  // Binds the producers to this slot's rings (Endpoint::start()).
-  void attach();
+  // Binds the writers to the inboxes, for this process's incarnation
+  // (Endpoint::start()): its writer id in the inbox locks.
+  void attach(std::uint32_t incarnation);
+  void set_alive_check(WriterAliveFn fn, void* ctx) {
+    alive_ = fn;
+    alive_ctx_ = ctx;
+  }
 
   std::uint64_t backlog_bytes(std::uint32_t k) const { return out_[k].backlog_bytes; }
   bool backlog_empty(std::uint32_t k) const { return out_[k].backlog.empty(); }
-  std::size_t backlog_size(std::uint32_t k) const { return out_[k].backlog.size(); }
+  // No backlog for any destination.
+  bool idle() const { return backlogs_ == 0; }
 
-  // Writes one message for slot k, to the ring as far as it takes it (when
-  // the backlog is empty) and the rest to the backlog; nothing is visible
-  // to the reader before publish(). kOk or kNoMemory (nothing written).
-  Status enqueue(std::uint32_t k, const MessageMeta& meta, const unsigned char* name,
-                 const unsigned char* data, std::size_t data_len);
-  // Takes back what enqueue() accepted for slot k in this call (backlog
-  // held backlog_before entries before it).
-  void unqueue(std::uint32_t k, std::size_t backlog_before, std::size_t data_len);
-  // Makes what enqueue() wrote visible and wakes slot k if it sleeps; with a
-  // backlog left, asks slot k to wake this process when it frees space.
-  void publish(std::uint32_t k) {
-    if (out_[k].producer.publish()) wakeup_->notify(k);
-    if (!out_[k].backlog.empty()) await_space(k);
-  }
-  // Moves slot k's backlog on as far as the ring takes it; true if it is
-  // now empty (and no wake-up for space is wanted any more).
-  bool flush(std::uint32_t k);
+  // Sends one message to slot k: into its inbox as far as it takes it
+  // (when the backlog is empty and the lock is free), the rest into the
+  // backlog, and wakes slot k if it sleeps. `shared`: the whole payload,
+  // kept already (a broadcast's), which the backlog then shares. kOk, or
+  // kNoMemory if the backlog could not take the rest: then slot k may have
+  // the message's first fragments, which it never delivers (a sender's
+  // next message drops them).
+  Status send(std::uint32_t k, const MessageMeta& meta, const unsigned char* name,
+              const unsigned char* data, std::size_t data_len,
+              SharedPayload* shared = nullptr);
+  // Moves slot k's backlog on as far as its inbox takes it; true if it is
+  // now empty. `probe`: ask whether a holder of the lock seen before is
+  // still alive (a syscall; see InboxLock::try_lock).
+  bool flush(std::uint32_t k, bool probe = false);
   // Drops slot k's backlog (its reader is gone), counting its messages.
   void drop_backlog(std::uint32_t k);
 
  private:
   struct Pending {
     MessageMeta meta;
-    std::uint64_t start;  // payload offset of buf[0]
-    std::uint64_t len;    // bytes in buf
-    std::uint64_t done;   // bytes of buf already written
-    std::unique_ptr<unsigned char[]> buf;
+    std::uint64_t start;                   // payload offset of the first byte kept
+    std::uint64_t len;                     // bytes kept, from start
+    std::uint64_t done;                    // of them, already written
+    std::shared_ptr<unsigned char[]> buf;  // its own copy, or a broadcast's
+    std::uint64_t base;                    // where `start` is in buf
   };
-  struct OutRing {
-    Producer producer;
+  struct OutInbox {
+    InboxWriter writer;
     std::deque<Pending> backlog;
     std::uint64_t backlog_bytes = 0;
+    std::uint64_t holder = 0;  // who held the lock at our last failed try
+    bool lock_wait = false;    // our bit may be set in its lock waiters
+    bool room_wait = false;    // our bit may be set in its room waiters
   };
 
-  bool flush_ring(std::uint32_t k);
-  void await_space(std::uint32_t k);
-  void publish_backlog(std::uint32_t k);
+  bool lock(std::uint32_t k, bool probe);
+  void unlock(std::uint32_t k, bool published);
+  std::uint64_t write_backlog(std::uint32_t k);
+  void wait_for_room(std::uint32_t k);
+  void settle(std::uint32_t k);
+  void queued(std::uint32_t k, std::int64_t bytes, std::int64_t msgs);
 
   ShmHeader* shm_;
   std::uint32_t self_;
+  std::uint64_t me_ = 0;  // writer id
   CoreStats* stats_;
+  std::uint64_t* queued_msgs_;
   Wakeup* wakeup_;
   const CoreLog* log_;
-  std::vector<OutRing> out_;
+  WriterAliveFn alive_ = &writer_alive;
+  void* alive_ctx_ = nullptr;
+  std::vector<OutInbox> out_;
+  std::uint32_t backlogs_ = 0;  // destinations whose backlog is not empty
 };
 
 }  // namespace ngx_ipc

@@ -1,7 +1,7 @@
 // ngx_ipc core: what the status page reads from a mapping.
 //
 // Any process of the configuration may call these, at any time: they only
-// load what the slots' owners store (identity, counters, ring indexes and
+// load what the slots' owners store (identity, counters, inbox indexes and
 // the figures beside them), never write, and never wait. Each figure is one
 // its owner stored; together they are not a snapshot of one instant (a
 // counter may move between two loads), which monitoring does not need.
@@ -32,17 +32,17 @@ struct WorkerStatus {
   std::uint32_t slot;
   Stats stats;
   std::uint64_t busy_poll_ns;
+  std::uint64_t queued_msgs;  // messages (or their rests) in its backlog
 };
 static_assert(std::is_standard_layout_v<WorkerStatus>);
-static_assert(sizeof(WorkerStatus) == 16 + sizeof(Stats) + 8);
+static_assert(sizeof(WorkerStatus) == 16 + sizeof(Stats) + 16);
 
-// One (sender, receiver) pair.
-struct PairStatus {
-  std::uint64_t ring_used;      // bytes published and not yet released
-  std::uint64_t ring_capacity;  // ring_size
-  std::uint64_t backlog_bytes;  // held by the sender beyond the ring
-  std::uint64_t waiting;        // messages in the ring and the backlog
-  std::uint64_t bytes_total;    // bytes ever published (0: no traffic ever)
+// One worker's inbox.
+struct InboxStatus {
+  std::uint64_t used;         // bytes published and not yet released
+  std::uint64_t capacity;     // ring_size
+  std::uint64_t waiting;      // messages in it, not yet read
+  std::uint64_t bytes_total;  // bytes ever published (0: no traffic ever)
 };
 
 // Whether a process is alive; kill(pid, 0) by default.
@@ -53,8 +53,8 @@ bool status_process_alive(std::int32_t pid);
 void read_stats(const SlotCounters& c, Stats* out);
 void read_worker(const ShmHeader* h, std::uint32_t slot, WorkerStatus* out,
                  StatusAliveFn alive = &status_process_alive);
-// True if the pair has ever carried traffic or holds a backlog.
-bool read_pair(const ShmHeader* h, std::uint32_t sender, std::uint32_t receiver, PairStatus* out);
+// True if the inbox has ever carried traffic.
+bool read_inbox(const ShmHeader* h, std::uint32_t receiver, InboxStatus* out);
 
 }  // namespace ngx_ipc
 

@@ -1,22 +1,26 @@
 // ngx_ipc core: the sleep/wake-up handshake between processes.
 //
 // A process writes another's wake-up fd (an eventfd) only when that process
-// may be asleep, so a busy pair exchanges messages with no syscall. Two
-// flags in the mapping say who may be asleep, and each is one handshake of
-// a store, a seq_cst fence and a load on each side: whatever the
+// may be asleep, so a busy pair exchanges messages with no syscall. Flags
+// in the mapping say who may be asleep, and each is one handshake of a
+// store, a seq_cst fence and a load on each side: whatever the
 // interleaving, at least one side sees the other's store, so either the
 // sleeper sees the work or the worker sees the sleeper and wakes it.
 //
 // Fence pairs, one line each (the argument is in docs/ARCHITECTURE.md):
-//   A. receiver: sleeping.store(1); fence; re-read the inbox heads
+//   A. receiver: sleeping.store(1); fence; re-read the inbox head
 //      (arm_begin()) -- sender: publish head; fence; load sleeping
-//      (notify()): either the receiver sees the record or the sender sees
-//      the flag and writes the fd.
-//   B. producer with a backlog: producer_waiting.store(1); fence; re-read
-//      the ring's tail (await_space_begin()) -- consumer: store tail
-//      (Consumer::release); fence; load producer_waiting (after_release()):
-//      either the producer sees the space or the consumer sees the flag
-//      and writes the fd.
+//      (after_write()): either the receiver sees the record or the sender
+//      sees the flag and writes the fd.
+//   B. sender that holds an inbox's lock and found its ring full: its
+//      room-waiter bit and the inbox's room_waiting flag; fence; re-read
+//      the inbox's tail (InboxLock::wait_begin()) -- receiver: store tail
+//      (Consumer::release); fence; load room_waiting (after_release()):
+//      either the sender sees the space or the receiver sees the flag and
+//      writes the fd.
+//   C. sender that found the lock taken: its lock-waiter bit and the
+//      lock_waiting flag; fence; try the lock again -- holder: unlock;
+//      fence; load lock_waiting (after_write(); inbox_lock.h).
 // Whoever clears a flag with exchange(0) writes the fd: one wake-up per
 // sleep. The flags themselves are relaxed: the fences order them.
 //
@@ -29,6 +33,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "ngx_ipc/inbox_lock.h"
 #include "ngx_ipc/layout.h"
 
 namespace ngx_ipc {
@@ -81,42 +86,29 @@ class Wakeup {
     if (sleeping().load(std::memory_order_relaxed) != 0) arm_cancel();
   }
 
-  // A, the sender's side, after it published records for slot k.
-  void notify(std::uint32_t k) {
-    std::atomic<std::uint32_t>& f = slot_at(shm_, k)->sleeping;
-    // Seq_cst fence (A): orders the head store (publish) before the load
-    // of sleeping; pairs with the fence in arm_begin().
+  // A and C, the sender's side, after it wrote into slot k's inbox and
+  // unlocked it: wakes slot k if it published records there and k may be
+  // asleep, and the senders that wait for k's inbox.
+  void after_write(std::uint32_t k, bool published) {
+    // Seq_cst fence (A, C): orders the head store and the unlock before
+    // the loads of sleeping and lock_waiting; pairs with the fences in
+    // arm_begin() and InboxLock::wait_begin().
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (f.load(std::memory_order_relaxed) == 0) return;
-    if (f.exchange(0, std::memory_order_relaxed) != 0) wake(k);
-  }
-
-  // B, the producer's side: it holds a backlog for ring ctl; the caller
-  // then writes what the ring takes, and calls await_space_end() once the
-  // backlog is empty.
-  static void await_space_begin(RingCtl* ctl) {
-    ctl->producer_waiting.store(1, std::memory_order_relaxed);
-    // Seq_cst fence (B): orders the store of producer_waiting before the
-    // re-read of tail; pairs with the fence in after_release().
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-  }
-  static void await_space_end(RingCtl* ctl) {
-    ctl->producer_waiting.store(0, std::memory_order_relaxed);
-  }
-
-  // B, the consumer's side: it stored the tails of the inbox rings from
-  // the slots in `from` (Consumer::release).
-  void after_release(const std::vector<std::uint32_t>& from) {
-    if (from.empty()) return;
-    // Seq_cst fence (B): orders the tail stores before the loads of
-    // producer_waiting; pairs with the fence in await_space_begin().
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    for (std::uint32_t k : from) {
-      std::atomic<std::uint32_t>& f = ring_ctl(shm_, k, self_)->producer_waiting;
+    if (published) {
+      std::atomic<std::uint32_t>& f = slot_at(shm_, k)->sleeping;
       if (f.load(std::memory_order_relaxed) != 0 && f.exchange(0, std::memory_order_relaxed) != 0) {
         wake(k);
       }
     }
+    InboxLock::wake_waiters(shm_, k, WaitFor::kLock, [this](std::uint32_t s) { wake(s); });
+  }
+
+  // B, the receiver's side: it stored its inbox's tail (Consumer::release).
+  void after_release() {
+    // Seq_cst fence (B): orders the tail store before the load of
+    // room_waiting; pairs with the fence in InboxLock::wait_begin().
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    InboxLock::wake_waiters(shm_, self_, WaitFor::kRoom, [this](std::uint32_t s) { wake(s); });
   }
 
  private:

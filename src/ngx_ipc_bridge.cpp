@@ -9,12 +9,13 @@
  * Each configuration keeps its own mapping for its own workers (the hot
  * path, unchanged). Beside it, the master makes one more mapping, once,
  * before it forks its first workers, and keeps it for its whole life: every
- * worker of every later configuration inherits it. It holds a page of
- * claims (which process of which generation holds each of its 256 slots)
- * and then an ordinary ngx_ipc layout of 256 slots with 16 KiB rings. A
- * worker claims a slot at attach and gives it back at exit; messages for a
- * worker of another generation go through that layout's rings, with the
- * same records, handshakes and limits as within a configuration.
+ * worker of every later configuration inherits it. It holds pages of
+ * claims (which process of which generation holds each of its slots:
+ * ipc_bridge_slots, 2048 by default) and then an ordinary ngx_ipc layout
+ * of as many slots with 32 KiB inboxes. A worker claims a slot at attach
+ * and gives it back at exit; messages for a worker of another generation
+ * go through that layout's inboxes, with the same records, handshakes and
+ * limits as within a configuration.
  *
  * A claim is the word generation << 32 | pid, which also names the
  * claimant's socket in the master's private directory: the claimant binds
@@ -35,8 +36,9 @@
 
 
 #define NGX_IPC_BRIDGE_MAGIC    0x3165676469726269ULL    /* "ibridge1" */
-#define NGX_IPC_BRIDGE_VERSION  2    /* 2: no nonce, names in a directory */
-#define NGX_IPC_BRIDGE_RING     (16 * 1024)
+#define NGX_IPC_BRIDGE_VERSION  3    /* 2: no nonce, names in a directory;
+                                        3: the inboxes of layout v3 */
+#define NGX_IPC_BRIDGE_RING     (32 * 1024)   /* each slot's inbox */
 
 
 static void ngx_ipc_bridge_cleanup(void *data);
@@ -47,6 +49,7 @@ static void ngx_ipc_bridge_log(void *ctx, const char *msg, int err);
 
 /* Made by the master before its first workers, kept until it exits. */
 ngx_ipc_bridge_page_t         *ngx_ipc_bridge_page;
+uint32_t                       ngx_ipc_bridge_nslots;
 static size_t                  ngx_ipc_bridge_size;
 
 /* set once the configuration that made the bridge is in place */
@@ -59,7 +62,8 @@ ngx_ipc_bridge_t               ngx_ipc_bridge;
 static ngx_ipc::ShmHeader *
 ngx_ipc_bridge_shm(void)
 {
-    return (ngx_ipc::ShmHeader *) ((u_char *) ngx_ipc_bridge_page + 4096);
+    return (ngx_ipc::ShmHeader *) ((u_char *) ngx_ipc_bridge_page
+                                   + NGX_IPC_BRIDGE_CLAIMS);
 }
 
 
@@ -71,7 +75,7 @@ ngx_ipc_bridge_shm(void)
  * that talk across generations.
  */
 ngx_int_t
-ngx_ipc_bridge_init(ngx_cycle_t *cycle)
+ngx_ipc_bridge_init(ngx_cycle_t *cycle, ngx_uint_t nslots)
 {
     void                *p;
     ngx_pool_cleanup_t  *cln;
@@ -79,17 +83,24 @@ ngx_ipc_bridge_init(ngx_cycle_t *cycle)
     ngx_ipc::Layout      l;
 
     if (ngx_ipc_bridge_page != NULL) {
+        if (nslots != ngx_ipc_bridge_nslots) {
+            ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                          "ngx_ipc: \"ipc_bridge_slots %ui\" takes effect "
+                          "when nginx starts again; the reload bridge keeps "
+                          "its %uD slots", nslots, ngx_ipc_bridge_nslots);
+        }
+
         return NGX_OK;
     }
 
-    c.nslots = NGX_IPC_BRIDGE_SLOTS;
+    c.nslots = (uint32_t) nslots;
     c.ring_size = NGX_IPC_BRIDGE_RING;
     c.max_message = 0xffffffffU;     /* each sender applies its own limits */
     c.queue_limit = ngx_ipc::kDefaultQueueLimit;
     c.generation = 0;
     l = ngx_ipc::compute_layout(c);
 
-    ngx_ipc_bridge_size = 4096 + l.total_size;
+    ngx_ipc_bridge_size = NGX_IPC_BRIDGE_CLAIMS + l.total_size;
 
     cln = ngx_pool_cleanup_add(cycle->pool, 0);
     if (cln == NULL) {
@@ -113,7 +124,8 @@ ngx_ipc_bridge_init(ngx_cycle_t *cycle)
     ngx_ipc_bridge_page = new (p) ngx_ipc_bridge_page_t;
     ngx_ipc_bridge_page->magic = NGX_IPC_BRIDGE_MAGIC;
     ngx_ipc_bridge_page->version = NGX_IPC_BRIDGE_VERSION;
-    ngx_ipc_bridge_page->nslots = NGX_IPC_BRIDGE_SLOTS;
+    ngx_ipc_bridge_page->nslots = (uint32_t) nslots;
+    ngx_ipc_bridge_nslots = (uint32_t) nslots;
 
     ngx_ipc::init_shm(ngx_ipc_bridge_shm(), c);
 
@@ -168,7 +180,7 @@ ngx_ipc_bridge_cleanup(void *data)
 /*
  * In a worker, after it attached to its configuration: binds its name,
  * claims a slot, starts an endpoint in it and watches its socket. Without
- * a slot (all 256 held by running processes) or a name, the worker still
+ * a slot (all held by running processes) or a name, the worker still
  * works within its configuration; it says so once.
  */
 void
@@ -201,12 +213,12 @@ ngx_ipc_bridge_attach(ngx_ipc_worker_t *w)
 
     k = ngx_ipc_bridge_claim(mine);
 
-    if (k == NGX_IPC_BRIDGE_SLOTS) {
+    if (k == ngx_ipc_bridge_nslots) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "ngx_ipc: the reload bridge's %d slots are all held "
+                      "ngx_ipc: the reload bridge's %uD slots are all held "
                       "by running workers: this worker reaches only the "
-                      "workers of its own configuration",
-                      NGX_IPC_BRIDGE_SLOTS);
+                      "workers of its own configuration (ipc_bridge_slots)",
+                      ngx_ipc_bridge_nslots);
         ngx_ipc_bridge_unbind(b);
         return;
     }
@@ -214,10 +226,11 @@ ngx_ipc_bridge_attach(ngx_ipc_worker_t *w)
     b->slot = k;
 
     try {
-        b->others.reserve(NGX_IPC_BRIDGE_SLOTS);
-        b->others_pid.reserve(NGX_IPC_BRIDGE_SLOTS);
+        b->others.reserve(ngx_ipc_bridge_nslots);
+        b->others_pid.reserve(ngx_ipc_bridge_nslots);
         ep = new ngx_ipc::Endpoint(ngx_ipc_bridge_shm(), k, NULL,
-                                   &w->endpoint->stats());
+                                   &w->endpoint->stats(),
+                                   &w->endpoint->counters().queued_msgs);
     } catch (...) {
         ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
                       "ngx_ipc: no memory for the reload bridge");
@@ -294,7 +307,7 @@ ngx_ipc_bridge_claim(uint64_t mine)
     uint32_t  k;
     uint64_t  o;
 
-    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
+    for (k = 0; k < ngx_ipc_bridge_nslots; k++) {
         if (ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire)
             == mine)
         {
@@ -302,7 +315,7 @@ ngx_ipc_bridge_claim(uint64_t mine)
         }
     }
 
-    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
+    for (k = 0; k < ngx_ipc_bridge_nslots; k++) {
         o = 0;
 
         if (ngx_ipc_bridge_page->owner[k].compare_exchange_strong(
@@ -312,7 +325,7 @@ ngx_ipc_bridge_claim(uint64_t mine)
         }
     }
 
-    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
+    for (k = 0; k < ngx_ipc_bridge_nslots; k++) {
         o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
 
         if (o != 0 && ngx_ipc_bridge_dead(o)
@@ -323,7 +336,7 @@ ngx_ipc_bridge_claim(uint64_t mine)
         }
     }
 
-    return NGX_IPC_BRIDGE_SLOTS;
+    return ngx_ipc_bridge_nslots;
 
 claimed:
 

@@ -1,5 +1,5 @@
 /*
- * ngx_ipc reload bridge: what its two files share (docs/ARCHITECTURE.md
+ * ngx_ipc reload bridge: what its four files share (docs/ARCHITECTURE.md
  * §12).
  *
  * ngx_ipc_bridge.cpp       the mapping and its claims page: a worker's
@@ -20,7 +20,7 @@
 #include <vector>
 
 
-/* The claims page, at the start of the bridge mapping. */
+/* The claims pages, at the start of the bridge mapping. */
 struct ngx_ipc_bridge_page_t {
     uint64_t                         magic;
     uint32_t                         version;
@@ -38,7 +38,9 @@ struct ngx_ipc_bridge_page_t {
     std::atomic<uint32_t>            worker[NGX_IPC_BRIDGE_SLOTS];
 };
 
-static_assert(sizeof(ngx_ipc_bridge_page_t) <= 4096, "one page");
+/* the claims take whole pages before the bridge's ngx_ipc layout */
+#define NGX_IPC_BRIDGE_CLAIMS                                                 \
+    ((sizeof(ngx_ipc_bridge_page_t) + 4095) / 4096 * 4096)
 
 
 struct ngx_ipc_bridge_s {
@@ -61,6 +63,9 @@ struct ngx_ipc_bridge_s {
 /* ngx_ipc_bridge.cpp: made by the master before its first workers, kept
  * until it exits; this process's claim. */
 extern ngx_ipc_bridge_page_t  *ngx_ipc_bridge_page;
+/* slots in use, at most NGX_IPC_BRIDGE_SLOTS (ipc_bridge_slots, set by the
+ * master before it forks anyone; never read from the shared page) */
+extern uint32_t                ngx_ipc_bridge_nslots;
 extern ngx_ipc_bridge_t        ngx_ipc_bridge;
 
 /* Clears slot k's claim if it is still `owner`. */

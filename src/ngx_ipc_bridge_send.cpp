@@ -33,7 +33,7 @@ ngx_ipc_bridge_others(ngx_ipc_bridge_t *b)
     b->others.clear();
     b->others_pid.clear();
 
-    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
+    for (k = 0; k < ngx_ipc_bridge_nslots; k++) {
         o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
 
         if (o == 0) {
@@ -124,7 +124,7 @@ ngx_ipc_bridge_find(ngx_ipc_worker_t *w, int32_t pid)
         return -1;
     }
 
-    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
+    for (k = 0; k < ngx_ipc_bridge_nslots; k++) {
         o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
 
         if ((int32_t) (o & 0xffffffffU) == pid
@@ -151,6 +151,17 @@ ngx_ipc_bridge_send(ngx_ipc_worker_t *w, int slot, int32_t pid,
     return w->bridge->endpoint->send_slot((uint32_t) slot, pid, name,
                                           name_len, data, data_len, flags,
                                           call_id);
+}
+
+
+/* The retry timer's flush (ngx_ipc_backlog_watch()): probe asks whether
+ * a holder of a lock in the way still runs. */
+void
+ngx_ipc_bridge_flush(ngx_ipc_worker_t *w, bool probe)
+{
+    if (w->bridge != NULL && w->bridge->endpoint != NULL) {
+        w->bridge->endpoint->flush(probe);
+    }
 }
 
 
@@ -208,7 +219,7 @@ ngx_ipc_bridge_peers(ngx_ipc_worker_t *w, ngx_ipc_peer_t *out, int max)
 
     n = 0;
 
-    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS && n < max; k++) {
+    for (k = 0; k < ngx_ipc_bridge_nslots && n < max; k++) {
         o = ngx_ipc_bridge_page->owner[k].load(std::memory_order_acquire);
         pid = (int32_t) (o & 0xffffffffU);
 

@@ -268,7 +268,7 @@ ngx_ipc_bridge_retry(ngx_event_t *ev)
 
     left = 0;
 
-    for (k = 0; k < NGX_IPC_BRIDGE_SLOTS; k++) {
+    for (k = 0; k < ngx_ipc_bridge_nslots; k++) {
         if (!b->retry[k]) {
             continue;
         }
@@ -367,6 +367,7 @@ ngx_ipc_bridge_handler(ngx_event_t *rev)
 
     b->endpoint->flush();
     ngx_ipc_space_freed(w);
+    ngx_ipc_backlog_watch(w);
 
     b->dirty = 1;
 

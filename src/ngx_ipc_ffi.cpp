@@ -53,6 +53,7 @@ NGX_IPC_SAME(ngx_ipc_worker_status_t, ngx_ipc::WorkerStatus, state);
 NGX_IPC_SAME(ngx_ipc_worker_status_t, ngx_ipc::WorkerStatus, slot);
 NGX_IPC_SAME(ngx_ipc_worker_status_t, ngx_ipc::WorkerStatus, stats);
 NGX_IPC_SAME(ngx_ipc_worker_status_t, ngx_ipc::WorkerStatus, busy_poll_ns);
+NGX_IPC_SAME(ngx_ipc_worker_status_t, ngx_ipc::WorkerStatus, queued_msgs);
 
 static_assert(NGX_IPC_FFI_BATCH <= ngx_ipc::kMaxBatch, "batch");
 static_assert(NGX_IPC_FFI_MAX_SLOTS == ngx_ipc::kMaxSlots, "slots");
@@ -176,6 +177,7 @@ ngx_ipc_ffi_send(int pid, const u_char *name, size_t name_len,
 
     if (s == ngx_ipc::Status::kOk) {
         ngx_ipc_busy_poll_after_send(w);
+        ngx_ipc_backlog_watch(w);
     }
 
     return (int) s;
@@ -223,6 +225,7 @@ ngx_ipc_ffi_broadcast(const u_char *name, size_t name_len,
 
     if (s == ngx_ipc::Status::kOk) {
         ngx_ipc_busy_poll_after_send(w);
+        ngx_ipc_backlog_watch(w);
     }
 
     return (int) s;
@@ -344,6 +347,7 @@ static const ngx_ipc_layout_t  ngx_ipc_layout[] = {
     NGX_IPC_FIELD(ngx_ipc_worker_status_t, state),
     NGX_IPC_FIELD(ngx_ipc_worker_status_t, stats),
     NGX_IPC_FIELD(ngx_ipc_worker_status_t, busy_poll_ns),
+    NGX_IPC_FIELD(ngx_ipc_worker_status_t, queued_msgs),
     NGX_IPC_SIZE(ngx_ipc_exit_t),
     NGX_IPC_FIELD(ngx_ipc_exit_t, waits),
     NGX_IPC_FIELD(ngx_ipc_exit_t, release),

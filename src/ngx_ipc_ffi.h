@@ -34,7 +34,7 @@ extern "C" {
 enum {
     /* Bumped whenever a declaration below changes; lib/ngx/ipc.lua refuses
      * to run against a module that reports another version. */
-    NGX_IPC_FFI_VERSION = 6,
+    NGX_IPC_FFI_VERSION = 7,
 
     /* a send's run-time failures (ngx_ipc::Status, ngx_ipc_cluster_*) */
     NGX_IPC_FFI_E_NO_SUCH_WORKER = 1,    /* "no such worker" */
@@ -47,11 +47,11 @@ enum {
 
     /* messages taken from the inbox per ngx_ipc_ffi_take() call */
     NGX_IPC_FFI_BATCH = 64,
-    /* worker slots at most (ngx_ipc::kMaxSlots) */
-    NGX_IPC_FFI_MAX_SLOTS = 128,
+    /* worker slots at most (ngx_ipc::kMaxSlots, nginx's NGX_MAX_PROCESSES) */
+    NGX_IPC_FFI_MAX_SLOTS = 1024,
     /* processes of all generations that the reload bridge links at once
      * (src/ngx_ipc_bridge.cpp) */
-    NGX_IPC_BRIDGE_SLOTS = 256,
+    NGX_IPC_BRIDGE_SLOTS = 2048,
     /* bytes of a message name at most (ngx_ipc::kMaxNameLen) */
     NGX_IPC_FFI_MAX_NAME = 65535,
 
@@ -148,6 +148,7 @@ typedef struct {
     uint32_t         slot;
     ngx_ipc_stats_t  stats;
     uint64_t         busy_poll_ns;
+    uint64_t         queued_msgs;   /* messages in its send backlog */
 } ngx_ipc_worker_status_t;
 
 /* A worker of another configuration (generation) still running: an old

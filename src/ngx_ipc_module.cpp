@@ -11,6 +11,7 @@
 #include "ngx_ipc_module.h"
 
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/mman.h>
 
 
@@ -51,6 +52,13 @@ static ngx_command_t  ngx_ipc_commands[] = {
       ngx_conf_set_size_slot,
       0,
       offsetof(ngx_ipc_conf_t, queue_limit),
+      NULL },
+
+    { ngx_string("ipc_bridge_slots"),
+      NGX_MAIN_CONF|NGX_DIRECT_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      0,
+      offsetof(ngx_ipc_conf_t, bridge_slots),
       NULL },
 
     { ngx_string("ipc_busy_poll"),
@@ -115,6 +123,7 @@ ngx_ipc_create_conf(ngx_cycle_t *cycle)
     conf->max_message = NGX_CONF_UNSET_SIZE;
     conf->queue_limit = NGX_CONF_UNSET_SIZE;
     conf->busy_poll = NGX_CONF_UNSET_UINT;
+    conf->bridge_slots = NGX_CONF_UNSET;
 
     return conf;
 }
@@ -137,6 +146,14 @@ ngx_ipc_init_conf(ngx_cycle_t *cycle, void *data)
     ngx_conf_init_size_value(conf->max_message, ngx_ipc::kDefaultMaxMessage);
     ngx_conf_init_size_value(conf->queue_limit, ngx_ipc::kDefaultQueueLimit);
     ngx_conf_init_uint_value(conf->busy_poll, NGX_IPC_DEFAULT_BUSY_POLL);
+    ngx_conf_init_value(conf->bridge_slots, NGX_IPC_BRIDGE_SLOTS);
+
+    if (conf->bridge_slots < 2 || conf->bridge_slots > NGX_IPC_BRIDGE_SLOTS) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "\"ipc_bridge_slots\" must be between 2 and %d",
+                      NGX_IPC_BRIDGE_SLOTS);
+        return (char *) NGX_CONF_ERROR;
+    }
 
     if (conf->ring_size != 0 && conf->ring_size < ngx_ipc::kMinRingSize) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
@@ -181,7 +198,10 @@ ngx_ipc_init_conf(ngx_cycle_t *cycle, void *data)
     }
 
     /* once per master: what lets the generations of a reload talk */
-    if (ccf->master && ngx_ipc_bridge_init(cycle) != NGX_OK) {
+    if (ccf->master
+        && ngx_ipc_bridge_init(cycle, (ngx_uint_t) conf->bridge_slots)
+           != NGX_OK)
+    {
         return (char *) NGX_CONF_ERROR;
     }
 
@@ -190,6 +210,49 @@ ngx_ipc_init_conf(ngx_cycle_t *cycle, void *data)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * The master holds, per worker, one eventfd of ours and nginx's two
+ * channel sockets; every process inherits the eventfds. With many workers
+ * that passes the usual soft limit of 1024 open files, so the master
+ * raises its soft limit as far as the hard one lets it (the workers inherit
+ * it; worker_rlimit_nofile still sets theirs). Beyond the hard limit,
+ * eventfd() fails and the message says what to raise.
+ */
+#define NGX_IPC_NOFILE(n)  (4 * (n) + 1024)
+
+static void
+ngx_ipc_raise_nofile(ngx_cycle_t *cycle, ngx_uint_t n)
+{
+    rlim_t         want;
+    struct rlimit  rl;
+
+    want = (rlim_t) NGX_IPC_NOFILE(n);
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == -1 || rl.rlim_cur >= want) {
+        return;
+    }
+
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
+        want = rl.rlim_max;
+    }
+
+    if (want <= rl.rlim_cur) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                  "ngx_ipc: %ui workers: open files limit raised from %uL "
+                  "to %uL", n, (uint64_t) rl.rlim_cur, (uint64_t) want);
+
+    rl.rlim_cur = want;
+
+    if (setrlimit(RLIMIT_NOFILE, &rl) == -1) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, ngx_errno,
+                      "ngx_ipc: setrlimit(RLIMIT_NOFILE) failed");
+    }
 }
 
 
@@ -248,11 +311,16 @@ ngx_ipc_create_shared(ngx_cycle_t *cycle, ngx_ipc_conf_t *conf, ngx_uint_t n)
     cln->handler = ngx_ipc_cleanup;
     cln->data = conf;
 
+    ngx_ipc_raise_nofile(cycle, n);
+
     for (i = 0; i < n; i++) {
         conf->fds[i] = eventfd(0, EFD_NONBLOCK|EFD_CLOEXEC);
         if (conf->fds[i] == -1) {
             ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                          "ngx_ipc: eventfd() failed");
+                          "ngx_ipc: eventfd() failed for worker slot %ui of "
+                          "%ui: with %ui workers raise the open files limit "
+                          "(ulimit -n, systemd's LimitNOFILE=) to at least "
+                          "%ui", i, n, n, NGX_IPC_NOFILE(n));
             return NGX_ERROR;
         }
     }
@@ -276,7 +344,7 @@ ngx_ipc_init_module(ngx_cycle_t *cycle)
 
     if (conf->shm != NULL) {
         ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
-                      "ngx_ipc: %ui worker slots, ring %uz bytes, "
+                      "ngx_ipc: %ui worker slots, inbox %uz bytes each, "
                       "shared memory %uz bytes", conf->nslots,
                       (size_t) ((ngx_ipc::ShmHeader *) conf->shm)->ring_size,
                       conf->shm_size);

@@ -41,6 +41,7 @@ typedef struct {
     size_t                     max_message;
     size_t                     queue_limit;
     ngx_uint_t                 busy_poll;    /* microseconds, 0: off */
+    ngx_int_t                  bridge_slots; /* read at the first start */
 
     /* this configuration's shared state, made by the master */
     void                      *shm;
@@ -75,6 +76,7 @@ typedef struct ngx_ipc_worker_s {
     void                      *yield_sema;   /* posted on the next pass */
     void                      *space_sema;   /* a send waits for room */
     ngx_event_t                yield;        /* posts it */
+    ngx_event_t                retry;        /* while a backlog waits */
     ngx_ipc_sema_post_pt       sema_post;
     ngx_ipc_exit_t             exit;         /* shared with Lua */
     ngx_event_t                watch;        /* cancelable, while exiting */
@@ -119,7 +121,7 @@ bool ngx_ipc_busy_poll_watching(const ngx_ipc_worker_t *w);
  * worker claims a slot at attach and gives it back at exit. A worker
  * without it (master_process off, all slots held, no name) has w->bridge
  * NULL and reaches its own configuration only. */
-ngx_int_t ngx_ipc_bridge_init(ngx_cycle_t *cycle);
+ngx_int_t ngx_ipc_bridge_init(ngx_cycle_t *cycle, ngx_uint_t nslots);
 void ngx_ipc_bridge_init_module(ngx_cycle_t *cycle);
 void ngx_ipc_bridge_exit_master(ngx_cycle_t *cycle);
 void ngx_ipc_bridge_attach(ngx_ipc_worker_t *w);
@@ -138,12 +140,17 @@ ngx_ipc::Status ngx_ipc_bridge_send(ngx_ipc_worker_t *w, int slot,
 /* the bridge's inbox, taken with the configuration's */
 int ngx_ipc_bridge_take(ngx_ipc_worker_t *w, ngx_ipc::Delivery *out, int max);
 void ngx_ipc_bridge_release(ngx_ipc_worker_t *w);
+void ngx_ipc_bridge_flush(ngx_ipc_worker_t *w, bool probe);
 int ngx_ipc_bridge_peers(ngx_ipc_worker_t *w, ngx_ipc_peer_t *out, int max);
 
 /* ngx_ipc_worker.cpp, for the wake handlers (the eventfd's, the bridge's):
  * after a flush(), the send waiting for room tries again; in a worker with
  * no dispatcher, what ep's inbox holds is dropped and counted (rule 7). */
 void ngx_ipc_space_freed(ngx_ipc_worker_t *w);
+/* after a send or a flush: while a backlog waits, a timer flushes it now
+ * and then, and asks whether an inbox's lock holder still runs (one that
+ * died never wakes anyone) */
+void ngx_ipc_backlog_watch(ngx_ipc_worker_t *w);
 void ngx_ipc_drop_undelivered(ngx_ipc_worker_t *w, ngx_ipc::Endpoint *ep);
 
 /* Posts sema after the event loop's next pass (a dispatcher's yield). */

@@ -129,7 +129,7 @@ ngx_http_ipc_status_handler(ngx_http_request_t *r)
 
     /* generous bounds: a line is under 160 bytes */
     size = 16384 + st.n * (ngx_http_ipc_status_nfields + 12) * 160
-           + st.npairs * 4 * 160 + st.npeers * 2 * 160;
+           + st.ninboxes * 4 * 160 + st.npeers * 2 * 160;
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
@@ -237,26 +237,23 @@ static ngx_int_t
 ngx_http_ipc_status_read(ngx_http_request_t *r, ngx_ipc_worker_t *w,
     ngx_http_ipc_status_t *st)
 {
-    uint32_t             i, j;
-    ngx_ipc::PairStatus  pair;
+    uint32_t  i;
 
     st->shm = (ngx_ipc::ShmHeader *) w->conf->shm;
     st->n = st->shm->nslots;
-    st->npairs = 0;
+    st->ninboxes = 0;
 
     st->workers = (ngx_ipc::WorkerStatus *)
                       ngx_palloc(r->pool, st->n * sizeof(ngx_ipc::WorkerStatus));
-    st->pairs = (ngx_ipc::PairStatus *)
-                    ngx_palloc(r->pool,
-                               st->n * st->n * sizeof(ngx_ipc::PairStatus));
-    st->pair_ids = (uint32_t *) ngx_palloc(r->pool,
-                                           st->n * st->n * sizeof(uint32_t));
+    st->inboxes = (ngx_ipc::InboxStatus *)
+                      ngx_palloc(r->pool, st->n * sizeof(ngx_ipc::InboxStatus));
+    st->inbox_ids = (uint32_t *) ngx_palloc(r->pool, st->n * sizeof(uint32_t));
 
     st->peers = (ngx_ipc_peer_t *)
                     ngx_palloc(r->pool,
                                NGX_IPC_BRIDGE_SLOTS * sizeof(ngx_ipc_peer_t));
 
-    if (st->workers == NULL || st->pairs == NULL || st->pair_ids == NULL
+    if (st->workers == NULL || st->inboxes == NULL || st->inbox_ids == NULL
         || st->peers == NULL)
     {
         return NGX_ERROR;
@@ -271,12 +268,8 @@ ngx_http_ipc_status_read(ngx_http_request_t *r, ngx_ipc_worker_t *w,
     }
 
     for (i = 0; i < st->n; i++) {
-        for (j = 0; j < st->n; j++) {
-            if (ngx_ipc::read_pair(st->shm, i, j, &pair)) {
-                st->pairs[st->npairs] = pair;
-                st->pair_ids[st->npairs] = (uint32_t) (i * st->n + j);
-                st->npairs++;
-            }
+        if (ngx_ipc::read_inbox(st->shm, i, &st->inboxes[st->ninboxes])) {
+            st->inbox_ids[st->ninboxes++] = i;
         }
     }
 

@@ -22,9 +22,9 @@ typedef struct {
     ngx_ipc::ShmHeader        *shm;
     ngx_uint_t                 n;
     ngx_ipc::WorkerStatus     *workers;
-    ngx_ipc::PairStatus       *pairs;      /* the pairs with traffic */
-    uint32_t                  *pair_ids;   /* sender * n + receiver */
-    ngx_uint_t                 npairs;
+    ngx_ipc::InboxStatus      *inboxes;    /* the inboxes with traffic */
+    uint32_t                  *inbox_ids;  /* their workers */
+    ngx_uint_t                 ninboxes;
     ngx_ipc_peer_t            *peers;      /* other generations' workers */
     ngx_uint_t                 npeers;
 } ngx_http_ipc_status_t;

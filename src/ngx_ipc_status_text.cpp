@@ -73,7 +73,7 @@ ngx_http_ipc_status_prometheus(u_char *p, u_char *last,
     ngx_uint_t                     i, f, k;
     ngx_ipc::ShmHeader            *h = st->shm;
     ngx_ipc::WorkerStatus         *ws;
-    ngx_ipc::PairStatus           *ps;
+    ngx_ipc::InboxStatus          *is;
     const ngx_http_ipc_status_field_t  *fd;
     char                           name[64];
 
@@ -88,8 +88,15 @@ ngx_http_ipc_status_prometheus(u_char *p, u_char *last,
     p = ngx_slprintf(p, last, "ngx_ipc_workers %ui\n", st->n);
 
     p = ngx_http_ipc_status_family(p, last, "ring_size_bytes", "gauge",
-                "Shared-memory ring per sender/receiver pair (ipc_ring_size).");
+                "Shared-memory inbox of each worker (ipc_ring_size).");
     p = ngx_slprintf(p, last, "ngx_ipc_ring_size_bytes %uL\n", h->ring_size);
+
+    p = ngx_http_ipc_status_family(p, last, "shared_memory_bytes", "gauge",
+                "The configuration's shared mapping: its inboxes and the "
+                "workers' slots (address space; pages are used as "
+                "traffic touches them).");
+    p = ngx_slprintf(p, last, "ngx_ipc_shared_memory_bytes %uL\n",
+                     h->total_size);
 
     p = ngx_http_ipc_status_family(p, last, "max_message_bytes", "gauge",
                                    "Largest data accepted (ipc_max_message).");
@@ -164,6 +171,13 @@ ngx_http_ipc_status_prometheus(u_char *p, u_char *last,
                          ws->busy_poll_ns % 1000000000);
     }
 
+    p = ngx_http_ipc_status_family(p, last, "queued_messages", "gauge",
+                "Messages (or their rests) in the worker's send backlog.");
+    for (i = 0; i < st->n; i++) {
+        p = ngx_slprintf(p, last, "ngx_ipc_queued_messages{worker=\"%ui\"} "
+                         "%uL\n", i, st->workers[i].queued_msgs);
+    }
+
     /* the other configurations' workers still running */
 
     p = ngx_http_ipc_status_family(p, last, "other_generation_workers",
@@ -185,34 +199,29 @@ ngx_http_ipc_status_prometheus(u_char *p, u_char *last,
         }
     }
 
-    /* the pairs with traffic */
+    /* the inboxes with traffic */
 
-    if (st->npairs == 0) {
+    if (st->ninboxes == 0) {
         return p;
     }
 
-#define NGX_IPC_PAIR_FAMILY(metric, help, field)                              \
+#define NGX_IPC_INBOX_FAMILY(metric, help, field)                             \
     p = ngx_http_ipc_status_family(p, last, metric, "gauge", help);           \
-    for (k = 0; k < st->npairs; k++) {                                        \
-        ps = &st->pairs[k];                                                   \
-        p = ngx_slprintf(p, last,                                             \
-                         "ngx_ipc_" metric "{sender=\"%uD\",receiver=\"%uD\"} " \
-                         "%uL\n", (uint32_t) (st->pair_ids[k] / st->n),       \
-                         (uint32_t) (st->pair_ids[k] % st->n), ps->field);    \
+    for (k = 0; k < st->ninboxes; k++) {                                      \
+        is = &st->inboxes[k];                                                 \
+        p = ngx_slprintf(p, last, "ngx_ipc_" metric "{worker=\"%uD\"} %uL\n",  \
+                         st->inbox_ids[k], is->field);                        \
     }
 
-    NGX_IPC_PAIR_FAMILY("ring_used_bytes",
-                        "Bytes in the pair's ring not yet read.", ring_used)
-    NGX_IPC_PAIR_FAMILY("ring_capacity_bytes",
-                        "Size of the pair's ring.", ring_capacity)
-    NGX_IPC_PAIR_FAMILY("backlog_bytes",
-                        "Bytes the sender holds for the receiver beyond "
-                        "the ring.", backlog_bytes)
-    NGX_IPC_PAIR_FAMILY("waiting_messages",
-                        "Messages in the ring and the backlog, not yet read.",
-                        waiting)
+    NGX_IPC_INBOX_FAMILY("inbox_used_bytes",
+                         "Bytes in the worker's inbox not yet read.", used)
+    NGX_IPC_INBOX_FAMILY("inbox_capacity_bytes",
+                         "Size of the worker's inbox.", capacity)
+    NGX_IPC_INBOX_FAMILY("waiting_messages",
+                         "Messages in the worker's inbox, not yet read.",
+                         waiting)
 
-#undef NGX_IPC_PAIR_FAMILY
+#undef NGX_IPC_INBOX_FAMILY
 
     return p;
 }
@@ -224,15 +233,16 @@ ngx_http_ipc_status_json(u_char *p, u_char *last, ngx_http_ipc_status_t *st)
     ngx_uint_t              i, f, k;
     ngx_ipc::ShmHeader     *h = st->shm;
     ngx_ipc::WorkerStatus  *ws;
-    ngx_ipc::PairStatus    *ps;
+    ngx_ipc::InboxStatus   *is;
 
     p = ngx_slprintf(p, last,
                      "{\"config\":{\"workers\":%ui,\"ring_size\":%uL,"
                      "\"max_message\":%uL,\"queue_limit\":%uL,"
-                     "\"busy_poll_us\":%uL,\"generation\":%uL},\n"
+                     "\"busy_poll_us\":%uL,\"generation\":%uL,"
+                     "\"shared_memory_bytes\":%uL},\n"
                      "\"workers\":[",
                      st->n, h->ring_size, h->max_message, h->queue_limit,
-                     h->busy_poll_us, h->generation);
+                     h->busy_poll_us, h->generation, h->total_size);
 
     for (i = 0; i < st->n; i++) {
         ws = &st->workers[i];
@@ -248,24 +258,21 @@ ngx_http_ipc_status_json(u_char *p, u_char *last, ngx_http_ipc_status_t *st)
                              ngx_http_ipc_status_value(ws, f));
         }
 
-        p = ngx_slprintf(p, last, ",\"busy_poll_seconds\":%uL.%09uL}",
+        p = ngx_slprintf(p, last, ",\"queued_messages\":%uL,"
+                         "\"busy_poll_seconds\":%uL.%09uL}", ws->queued_msgs,
                          ws->busy_poll_ns / 1000000000,
                          ws->busy_poll_ns % 1000000000);
     }
 
-    p = ngx_slprintf(p, last, "],\n\"pairs\":[");
+    p = ngx_slprintf(p, last, "],\n\"inboxes\":[");
 
-    for (k = 0; k < st->npairs; k++) {
-        ps = &st->pairs[k];
+    for (k = 0; k < st->ninboxes; k++) {
+        is = &st->inboxes[k];
         p = ngx_slprintf(p, last,
-                         "%s\n{\"sender\":%uD,\"receiver\":%uD,"
-                         "\"ring_used_bytes\":%uL,\"ring_capacity_bytes\":%uL,"
-                         "\"backlog_bytes\":%uL,\"waiting_messages\":%uL}",
-                         k ? "," : "",
-                         (uint32_t) (st->pair_ids[k] / st->n),
-                         (uint32_t) (st->pair_ids[k] % st->n),
-                         ps->ring_used, ps->ring_capacity, ps->backlog_bytes,
-                         ps->waiting);
+                         "%s\n{\"worker\":%uD,\"used_bytes\":%uL,"
+                         "\"capacity_bytes\":%uL,\"waiting_messages\":%uL}",
+                         k ? "," : "", st->inbox_ids[k], is->used,
+                         is->capacity, is->waiting);
     }
 
     p = ngx_slprintf(p, last, "],\n\"other_generations\":[");

@@ -24,6 +24,7 @@ static void ngx_ipc_wake_handler(ngx_event_t *rev);
 static void ngx_ipc_core_log(void *ctx, const char *msg, int err);
 static bool ngx_ipc_alive(int32_t pid);
 static void ngx_ipc_yield_handler(ngx_event_t *ev);
+static void ngx_ipc_retry_handler(ngx_event_t *ev);
 
 
 static ngx_ipc_worker_t   ngx_ipc_worker;
@@ -147,6 +148,11 @@ ngx_ipc_attach(ngx_ipc_conf_t *conf)
     w->yield.data = w;
     w->yield.log = ngx_cycle->log;
 
+    w->retry.handler = ngx_ipc_retry_handler;
+    w->retry.data = w;
+    w->retry.log = ngx_cycle->log;
+    w->retry.cancelable = 1;    /* never holds up a graceful exit */
+
     ngx_ipc_attach_failed = 0;
     ngx_ipc_attached = 1;
 
@@ -179,6 +185,7 @@ ngx_ipc_wake_handler(ngx_event_t *rev)
 
     w->endpoint->flush();
     ngx_ipc_space_freed(w);
+    ngx_ipc_backlog_watch(w);
 
     if (w->sema != NULL) {
         /*
@@ -214,6 +221,35 @@ ngx_ipc_space_freed(ngx_ipc_worker_t *w)
         w->space_sema = NULL;
         w->sema_post(sema, 1);
     }
+}
+
+
+/*
+ * A backlog moves when its destination frees room or the holder of its
+ * inbox's lock unlocks: both wake us. A holder that was killed while it
+ * held the lock never unlocks; only a look at its slot tells (a syscall,
+ * so not at every wake-up): this timer's, every 100 ms while the
+ * backlog waits. The other endpoint's backlog (the reload bridge's) counts
+ * in the same queued_bytes.
+ */
+void
+ngx_ipc_backlog_watch(ngx_ipc_worker_t *w)
+{
+    if (w->endpoint->stats().queued_bytes != 0 && !w->retry.timer_set) {
+        ngx_add_timer(&w->retry, 100);
+    }
+}
+
+
+static void
+ngx_ipc_retry_handler(ngx_event_t *ev)
+{
+    ngx_ipc_worker_t  *w = (ngx_ipc_worker_t *) ev->data;
+
+    w->endpoint->flush(true);
+    ngx_ipc_bridge_flush(w, true);
+    ngx_ipc_space_freed(w);
+    ngx_ipc_backlog_watch(w);
 }
 
 

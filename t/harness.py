@@ -270,7 +270,8 @@ class Nginx:
 
     def __init__(self, workers=2, main="", http="", init="", init_worker="",
                  locations="", master_process=True, ipc=True,
-                 results_size="64m", allow_log=(), start_timeout=WAIT_TIMEOUT):
+                 results_size="64m", allow_log=(), start_timeout=WAIT_TIMEOUT,
+                 stop_timeout=WAIT_TIMEOUT):
         self.workers = workers if master_process else 1
         self.main = main
         self.http = http
@@ -282,6 +283,7 @@ class Nginx:
         self.results_size = results_size
         self.allowed_log = [re.compile(p) for p in allow_log]
         self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
         self.prefix = None
         self.port = None
         self.proc = None
@@ -355,12 +357,14 @@ class Nginx:
         raise NginxError(f"nginx not ready after {self.start_timeout} s "
                          f"({problem}):\n{self.log_tail()}")
 
-    def stop(self, timeout=WAIT_TIMEOUT):
-        """SIGQUIT the master and wait; SIGKILL by PID after `timeout`.
+    def stop(self, timeout=None):
+        """SIGQUIT the master and wait; SIGKILL by PID after `timeout`
+        (default: the instance's stop_timeout).
 
         Returns None on a clean exit, else a description of what went wrong.
         """
         problem = None
+        timeout = self.stop_timeout if timeout is None else timeout
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)
             try:

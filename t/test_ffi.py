@@ -34,4 +34,4 @@ def test_ffi_constants_come_from_the_header(nginx):
         local C = ffi.C
         return C.ngx_ipc_ffi_version() == C.NGX_IPC_FFI_VERSION,
                C.NGX_IPC_FFI_BATCH, C.NGX_IPC_FFI_MAX_SLOTS
-    """) == [True, 64, 128]
+    """) == [True, 64, 1024]

@@ -432,7 +432,7 @@ def test_ipc_directives_change_across_reloads(nginx):
         ("ipc_ring_size 64k; ipc_max_message 1m;", 64 << 10, 1 << 20),
         ("ipc_ring_size 1m; ipc_max_message 3m;", 1 << 20, 3 << 20),
         ("ipc_ring_size 4k; ipc_max_message 100k;", 4 << 10, 100 << 10),
-        ("", 8 << 20, 64 << 20),  # the defaults for 2 workers
+        ("", 16 << 20, 64 << 20),  # the defaults for 2 workers
     ]
     n = nginx(workers=2, init=gen_init(1), main=settings[0][0],
               init_worker=ANNOUNCE + RECORDERS + PROBE + """
@@ -444,7 +444,7 @@ def test_ipc_directives_change_across_reloads(nginx):
             wait_old_workers_gone(n)
         lines = [line for line in n.error_log().splitlines()
                  if "ngx_ipc: 2 worker slots" in line]
-        assert len(lines) == gen and f"ring {ring} bytes" in lines[-1], lines
+        assert len(lines) == gen and f"inbox {ring} bytes each" in lines[-1], lines
 
         # the "message too large" threshold is the new ipc_max_message
         assert n.lua(f"""
@@ -461,8 +461,8 @@ def test_ipc_directives_change_across_reloads(nginx):
 
 @pytest.mark.parametrize("bad", [
     ("ipc_ring_size 1k;", None, r'"ipc_ring_size" must be at least'),
-    ("", 129, r"ngx_ipc supports at most 128 worker processes"),
-], ids=["ring-too-small", "129-workers"])
+    ("", 1025, r"ngx_ipc supports at most 1024 worker processes, not 1025"),
+], ids=["ring-too-small", "1025-workers"])
 def test_refused_reload_keeps_nginx_and_its_workers(nginx, bad):
     """A reload whose configuration ngx_ipc refuses is an error message: the
     master and the running workers carry on, messaging included, and a

@@ -26,6 +26,7 @@ import time
 
 import pytest
 
+from conftest import start_fails
 from harness import Nginx, NginxError, pattern, wait_for
 from redis_server import redis_server  # noqa: F401 (the fixture)
 from test_cluster import cluster_main, wait_linked
@@ -120,8 +121,9 @@ def gen_init(gen):
     return f"IPC_GEN = {gen}"
 
 
-def reload(n, gen, workers=None, main=None):
-    """SIGHUP with generation `gen`'s configuration; wait for its workers."""
+def reload(n, gen, workers=None, main=None, timeout=20):
+    """SIGHUP with generation `gen`'s configuration; wait for its workers
+    (each wait bounded by `timeout` seconds)."""
     if workers is not None:
         n.workers = workers
     if main is not None:
@@ -144,7 +146,7 @@ def reload(n, gen, workers=None, main=None):
             return None   # a reuseport socket the reload closed (Broadcaster)
         return pids if all(pids) and set(pids) <= set(n.worker_pids()) else None
 
-    n.pids = wait_for(started, timeout=20, what=f"the workers of generation {gen}")
+    n.pids = wait_for(started, timeout=timeout, what=f"the workers of generation {gen}")
     assert not set(n.pids) & old
 
     # until an old worker closed its listening socket it may still take a
@@ -154,7 +156,7 @@ def reload(n, gen, workers=None, main=None):
         return all(f"{p}#{p}: gracefully shutting down" in log or not live(p)
                    for p in old)
 
-    wait_for(closed, timeout=20, what="the old workers to stop listening")
+    wait_for(closed, timeout=timeout, what="the old workers to stop listening")
     return old
 
 
@@ -689,22 +691,27 @@ LINGER = """
 
 
 def test_past_the_bridges_slots_a_worker_says_so_and_keeps_its_own(nginx):
-    """The bridge links 256 running workers at most. With two generations
-    of 128 workers running, a third generation's workers log a warning and
-    reach their own configuration only; once the first generation exits,
-    the next one is linked to the second as before."""
-    main = SHUTDOWN + "ipc_ring_size 32k;"
+    """The bridge links ipc_bridge_slots running workers at most (2048 by
+    default: two generations of nginx's largest worker count; 256 here).
+    With two generations of 128 workers running, a third generation's
+    workers log a warning and reach their own configuration only; once the
+    first generation exits, the next one is linked to the second as
+    before. A reload that changes ipc_bridge_slots says it waits for a
+    restart."""
+    main = SHUTDOWN + "ipc_bridge_slots 256;"
     n = nginx(workers=128, main=main, init=gen_init(1),
-              init_worker=PURGE + LINGER, start_timeout=60)
+              init_worker=PURGE + LINGER, start_timeout=60, stop_timeout=60)
     n.allow_log(r"the reload bridge's 256 slots are all held")
     first = list(n.pids)
-    reload(n, 2)
+    reload(n, 2, main=SHUTDOWN + "ipc_bridge_slots 300;", timeout=60)
+    assert '"ipc_bridge_slots 300" takes effect when nginx starts again; ' \
+        "the reload bridge keeps its 256 slots" in n.error_log()
     second = list(n.pids)
     (everyone,) = n.lua("return ipc.pids({ all = true })")
     assert sorted(everyone) == sorted(first + second)
     assert len(bridge_sockets(n)) == 256
 
-    reload(n, 3, workers=2)
+    reload(n, 3, workers=2, main=main, timeout=60)
     log = n.error_log()
     for pid in n.pids:
         assert f"{pid}#{pid}: ngx_ipc: the reload bridge's 256 slots are all held" in log
@@ -718,15 +725,26 @@ def test_past_the_bridges_slots_a_worker_says_so_and_keeps_its_own(nginx):
     # the first generation exits: its slots are free, generation 4 is
     # linked to the second again
     n.lua('ngx.shared.results:set("release", 1)')
-    wait_for(lambda: not any(live(p) for p in first), timeout=30,
+    wait_for(lambda: not any(live(p) for p in first), timeout=60,
              what="the first generation to exit")
-    reload(n, 4, workers=2)
+    reload(n, 4, workers=2, timeout=60)
     (everyone,) = n.lua("return ipc.pids({ all = true })")
-    assert everyone[:2] == n.pids and sorted(everyone[2:]) == sorted(second), everyone
+    assert everyone[:2] == n.pids and sorted(everyone[2:]) == sorted(second), everyone[:8]
     assert n.lua('return ipc.broadcast("purge", "again")', worker=0) == [True]
-    wait_for(lambda: n.lua(f'return ngx.shared.results:get("purge:{second[5]}")')[0]
-             == f"again from {n.pids[0]}", what="the purge in the second generation")
+    for pid in (second[5], second[-1]):
+        wait_for(lambda: n.lua(f'return ngx.shared.results:get("purge:{pid}")')[0]
+                 == f"again from {n.pids[0]}", what="the purge in the second generation")
     n.lua('ngx.shared.results:set("release", 4)')
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1", '"ipc_bridge_slots" must be between 2 and 2048'),
+    ("2049", '"ipc_bridge_slots" must be between 2 and 2048'),
+    ("many", '"ipc_bridge_slots" directive invalid number'),
+])
+def test_bad_bridge_slots_refuse_to_start(value, message):
+    log = start_fails(main=f"ipc_bridge_slots {value};")
+    assert "[emerg]" in log and message in log, log
 
 
 def test_a_start_that_fails_leaves_no_directory(nginx):

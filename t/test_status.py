@@ -126,6 +126,8 @@ def check_same_figures(js, samples, types):
     assert samples[("ngx_ipc_queue_limit_bytes", frozenset())] == cfg["queue_limit"]
     assert samples[("ngx_ipc_max_message_bytes", frozenset())] == cfg["max_message"]
     assert samples[("ngx_ipc_generation", frozenset())] == cfg["generation"]
+    assert samples[("ngx_ipc_shared_memory_bytes", frozenset())] == \
+        cfg["shared_memory_bytes"]
     for w in js["workers"]:
         i = w["worker"]
         assert prom_worker(samples, "ngx_ipc_worker_pid", i) == w["pid"]
@@ -137,12 +139,14 @@ def check_same_figures(js, samples, types):
             name = f"ngx_ipc_{key}" + ("" if key == "queued_bytes" else "_total")
             assert types[name] == ("gauge" if key == "queued_bytes" else "counter")
             assert prom_worker(samples, name, i) == w[key], (name, i)
-    for p in js["pairs"]:
-        labels = frozenset({("sender", str(p["sender"])),
-                            ("receiver", str(p["receiver"]))})
-        for key in ("ring_used_bytes", "ring_capacity_bytes", "backlog_bytes",
-                    "waiting_messages"):
-            assert samples[(f"ngx_ipc_{key}", labels)] == p[key]
+        assert prom_worker(samples, "ngx_ipc_queued_messages", i) == w["queued_messages"]
+        assert types["ngx_ipc_queued_messages"] == "gauge"
+    for box in js["inboxes"]:
+        labels = frozenset({("worker", str(box["worker"]))})
+        for key, metric in (("used_bytes", "inbox_used_bytes"),
+                            ("capacity_bytes", "inbox_capacity_bytes"),
+                            ("waiting_messages", "waiting_messages")):
+            assert samples[(f"ngx_ipc_{metric}", labels)] == box[key]
 
 
 @pytest.mark.parametrize("workers", WORKERS)
@@ -174,7 +178,11 @@ def test_exact_counts_after_a_known_load(nginx, workers):
 
     assert js["config"] == {"workers": workers, "ring_size": js["config"]["ring_size"],
                             "max_message": 64 << 20, "queue_limit": 16 << 20,
-                            "busy_poll_us": 50, "generation": 1}
+                            "busy_poll_us": 50, "generation": 1,
+                            "shared_memory_bytes": js["config"]["shared_memory_bytes"]}
+    # n inboxes and what the slots need beside them
+    assert workers * js["config"]["ring_size"] < js["config"]["shared_memory_bytes"] \
+        <= workers * (js["config"]["ring_size"] + 4096) + 4096
     assert [w["worker"] for w in js["workers"]] == list(range(workers))
     for w in js["workers"]:
         i = w["worker"]
@@ -191,15 +199,14 @@ def test_exact_counts_after_a_known_load(nginx, workers):
         for key in ("dropped", "handler_errors", "calls", "call_timeouts",
                     "queued_bytes", "resets"):
             assert w[key] == 0, key
+        assert w["queued_messages"] == 0
         assert w["busy_poll_seconds"] >= 0
-    # every pair carried traffic, and all of it has been read
-    pairs = {(p["sender"], p["receiver"]): p for p in js["pairs"]}
-    assert set(pairs) == {(s, r) for s in range(workers) for r in range(workers)}
-    for p in pairs.values():
-        assert p["ring_used_bytes"] == 0
-        assert p["backlog_bytes"] == 0
-        assert p["waiting_messages"] == 0
-        assert p["ring_capacity_bytes"] == js["config"]["ring_size"]
+    # every inbox carried traffic, and all of it has been read
+    assert [box["worker"] for box in js["inboxes"]] == list(range(workers))
+    for box in js["inboxes"]:
+        assert box["used_bytes"] == 0
+        assert box["waiting_messages"] == 0
+        assert box["capacity_bytes"] == js["config"]["ring_size"]
 
     # the handlers ran for every message (the status counts what the core saw)
     for i in range(workers):
@@ -229,7 +236,9 @@ def test_exact_counts_after_a_known_load(nginx, workers):
 
 def test_backlog_and_waiting_messages(nginx):
     # Worker 1 handles nothing until the gate opens: its reader's queue
-    # fills (4 MiB), then the 64 KiB ring, then worker 0's backlog.
+    # fills (4 MiB), then its 64 KiB inbox, then worker 0's backlog. Every
+    # message is then received, in the inbox (waiting) or in the backlog
+    # (queued: a message partly in the inbox counts there, not as waiting).
     n = nginx(workers=2, main="ipc_ring_size 64k;", init_worker=GATED,
               locations=STATUS)
     total = 100
@@ -242,31 +251,31 @@ def test_backlog_and_waiting_messages(nginx):
     def settled():
         js = status_json(n)
         w0, w1 = js["workers"]
-        pair = {(p["sender"], p["receiver"]): p for p in js["pairs"]}.get((0, 1))
-        # (ring_used > 0: the sender refilled the ring the reader last freed)
-        if pair and w1["received"] + pair["waiting_messages"] == total \
-                and pair["backlog_bytes"] == w0["queued_bytes"] \
-                and pair["ring_used_bytes"] > 0:
-            return js, pair
+        box = {b["worker"]: b for b in js["inboxes"]}.get(1)
+        # (used > 0: the sender refilled the inbox the reader last freed)
+        if box and w1["received"] + box["waiting_messages"] + w0["queued_messages"] \
+                == total and box["used_bytes"] > 0:
+            return js, box
         return None
 
-    js, pair = wait_for(settled, what="a stable backlog")
-    assert pair["backlog_bytes"] > 1 << 20
-    assert pair["waiting_messages"] > 10
-    assert 0 < pair["ring_used_bytes"] <= 64 * 1024
-    assert pair["ring_capacity_bytes"] == 64 * 1024
+    js, box = wait_for(settled, what="a stable backlog")
+    w0 = js["workers"][0]
+    assert w0["queued_bytes"] > 1 << 20
+    assert w0["queued_messages"] > 10
+    assert 0 < box["used_bytes"] <= 64 * 1024
+    assert box["capacity_bytes"] == 64 * 1024
     samples, _ = parse_prometheus(status_prometheus(n).decode())
-    labels = frozenset({("sender", "0"), ("receiver", "1")})
-    assert samples[("ngx_ipc_waiting_messages", labels)] > 10
+    assert samples[("ngx_ipc_queued_messages", frozenset({("worker", "0")}))] > 10
+    assert samples[("ngx_ipc_inbox_used_bytes", frozenset({("worker", "1")}))] > 0
 
     n.lua('T.set("gate", true)')
 
     def drained():
         js = status_json(n)
-        pair = {(p["sender"], p["receiver"]): p for p in js["pairs"]}[(0, 1)]
+        box = {b["worker"]: b for b in js["inboxes"]}[1]
         return js if js["workers"][1]["received"] == total \
-            and pair["waiting_messages"] == 0 and pair["backlog_bytes"] == 0 \
-            and pair["ring_used_bytes"] == 0 else None
+            and box["waiting_messages"] == 0 and box["used_bytes"] == 0 \
+            and js["workers"][0]["queued_messages"] == 0 else None
 
     js = wait_for(drained, what="the backlog to drain")
     assert js["workers"][0]["queued_bytes"] == 0
@@ -435,7 +444,7 @@ def test_generation_counts_reloads(nginx):
     for w in js["workers"]:
         assert w["incarnation"] == 1, "a new configuration has new slots"
         assert w["sent"] == 0 and w["received"] == 0
-    assert js["pairs"] == []
+    assert js["inboxes"] == []
     wait_for(lambda: set(n.worker_pids()) == set(n.pids), what="the old workers to exit")
     samples, _ = parse_prometheus(status_prometheus(n).decode())
     assert samples[("ngx_ipc_generation", frozenset())] == 2

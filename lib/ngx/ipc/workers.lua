@@ -97,6 +97,7 @@ local function worker_stats(ws)
     t.incarnation = tonumber(ws.incarnation)
     t.state = STATES[ws.state] or "unknown"
     t.busy_poll_seconds = tonumber(ws.busy_poll_ns) / 1e9
+    t.queued_messages = tonumber(ws.queued_msgs)
     return t
 end
 

@@ -67,8 +67,7 @@ void Endpoint::start(std::int32_t pid, bool skip_unread) {
   std::memset(static_cast<void*>(&me->counters), 0, sizeof me->counters);
   me->sleeping.store(0, std::memory_order_relaxed);
   // Only a real PID's start time is known (tests give made-up PIDs).
-  me->start_time.store(pid == ::getpid() ? process_start_time(pid) : 0,
-                       std::memory_order_relaxed);
+  me->start_time.store(pid == ::getpid() ? process_start_time(pid) : 0, std::memory_order_relaxed);
   // Release: publishes the slot's new identity after the state above.
   me->identity.store(make_identity(incarnation_, pid), std::memory_order_release);
   started_ = true;
@@ -272,7 +271,7 @@ Status Endpoint::deliver_all(const MessageMeta& meta, const std::uint32_t* incar
     if (incarnations != nullptr) m.target_incarnation = incarnations[i];
     // (kNoMemory here: a backlog's entry could not be made; that slot
     // misses it, and the log says so)
-    (void) outbox_.send(targets_[i], m, name, data, data_len, &shared);
+    (void)outbox_.send(targets_[i], m, name, data, data_len, &shared);
   }
   if (bcast_cap_ > (1u << 20)) {
     bcast_room_.reset();
@@ -297,6 +296,20 @@ bool Endpoint::full_for_the_dead(std::uint32_t k) {
 
 bool Endpoint::process_alive(std::int32_t pid) {
   return ::kill(pid, 0) == 0 || errno != ESRCH;  // EPERM: alive, not ours
+}
+
+bool Endpoint::retry_all() {
+  if (outbox_.idle()) return true;
+  bool all = true;
+  for (std::uint32_t k = 0; k < nslots_; ++k) {
+    if (outbox_.backlog_empty(k)) continue;
+    if (k != self_ && slot_exited(k)) {
+      outbox_.drop_backlog(k);  // its process exited cleanly: nobody will read it
+      continue;
+    }
+    all = outbox_.retry(k) && all;
+  }
+  return all;
 }
 
 bool Endpoint::flush(bool probe) {

@@ -30,14 +30,15 @@ Layout compute_layout(const Config& config) {
   Layout l{};
   l.nslots = config.nslots;
   l.ring_size = effective_ring_size(config.nslots, config.ring_size);
-  // a bit per sender, in whole cache lines, for each kind of wait
+  // a bit per slot, in whole cache lines: two kinds of waiters per
+  // receiver, then the ready bits per sender
   l.waiter_words = static_cast<std::uint32_t>(round_up((l.nslots + 63) / 64, 8));
   l.slots_offset = sizeof(ShmHeader);
   l.ctl_offset = l.slots_offset + l.nslots * sizeof(Slot);
   l.waiters_offset = l.ctl_offset + l.nslots * sizeof(InboxCtl);
   // Inbox data starts on a page so each inbox's pages are its own.
   l.data_offset =
-      round_up(l.waiters_offset + std::uint64_t{l.nslots} * 2 * l.waiter_words * 8, 4096);
+      round_up(l.waiters_offset + std::uint64_t{l.nslots} * 3 * l.waiter_words * 8, 4096);
   l.total_size = l.data_offset + std::uint64_t{l.nslots} * l.ring_size;
   return l;
 }

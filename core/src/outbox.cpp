@@ -47,8 +47,9 @@ bool Outbox::lock(std::uint32_t k, bool probe) {
 }
 
 void Outbox::unlock(std::uint32_t k, bool published) {
+  std::uint64_t room = out_[k].writer.room();
   InboxLock::unlock(shm_, k);
-  wakeup_->after_write(k, published);
+  wakeup_->after_write(k, published, room);
 }
 
 void Outbox::queued(std::uint32_t k, std::int64_t bytes, std::int64_t msgs) {
@@ -167,6 +168,54 @@ bool Outbox::flush(std::uint32_t k, bool probe) {
   unlock(k, o.writer.publish());
   settle(k);
   return o.backlog.empty();
+}
+
+bool Outbox::retry(std::uint32_t k) {
+  OutInbox& o = out_[k];
+  if (o.backlog.empty()) return true;
+  InboxCtl* c = inbox_ctl(shm_, k);
+  // Loads first: a sweep of every waiting destination must not cost each
+  // one a lock, a mark and a fence, every 100 ms, in every worker.
+  std::uint64_t v = c->lock.load(std::memory_order_relaxed);
+  if (v != 0) {
+    if (v != o.tick_holder) {  // a new holder since the last sweep: it writes
+      o.tick_holder = v;
+      return false;
+    }
+    return flush(k, true);  // the same one for a whole sweep: alive?
+  }
+  o.tick_holder = 0;
+  if (o.room_wait &&
+      (waiter_bits(shm_, k, WaitFor::kRoom)[self_ / 64].load(std::memory_order_relaxed) &
+       (std::uint64_t{1} << (self_ % 64))) != 0) {
+    std::uint64_t used =
+        c->head.load(std::memory_order_relaxed) - c->tail.load(std::memory_order_relaxed);
+    if (used <= shm_->ring_size && shm_->ring_size - used < shm_->ring_size / 4) {
+      return false;  // still marked, the ring still full: the receiver owes us a wake-up
+    }
+  }
+  return flush(k);
+}
+
+bool Outbox::flush_ready() {
+  std::atomic<std::uint64_t>* ready = ready_bits(shm_, self_);
+  std::uint32_t words = (shm_->nslots + 63) / 64;
+  bool all = true;
+  for (std::uint32_t i = 0; i < words; ++i) {
+    if (ready[i].load(std::memory_order_relaxed) == 0) continue;
+    // Acquire: pairs with the waker's release in InboxLock::wake_one().
+    std::uint64_t b = ready[i].exchange(0, std::memory_order_acquire);
+    while (b != 0) {
+      std::uint32_t k = i * 64 + static_cast<std::uint32_t>(__builtin_ctzll(b));
+      b &= b - 1;
+      if (out_[k].backlog.empty()) {
+        wakeup_->pass_on(k);  // our turn, but nothing to write: the next one's
+        continue;
+      }
+      all = flush(k) && all;
+    }
+  }
+  return all;
 }
 
 void Outbox::drop_backlog(std::uint32_t k) {

@@ -71,14 +71,15 @@ TEST(Bridge, BridgeSizedMappingCostsOnlyThePagesTouched) {
   ASSERT_NE(check_shm(shm.header(), shm.size()), nullptr);
   const ShmHeader* h = shm.header();
   EXPECT_EQ(h->ring_size, kBridgeRing);
-  // Header, slots, inbox control blocks and two bits per (receiver, sender)
-  // pair, rounded up to a page; then the inboxes, one ring per receiver.
-  const std::uint64_t waiter_bytes = std::uint64_t{n} * 2 * (n / 64) * 8;
+  // Header, slots, inbox control blocks and three bits per (receiver,
+  // sender) pair (two kinds of waiters, the ready bits), rounded up to a
+  // page; then the inboxes, one ring per receiver.
+  const std::uint64_t waiter_bytes = std::uint64_t{n} * 3 * (n / 64) * 8;
   const std::uint64_t ctl_part =
       sizeof(ShmHeader) + n * sizeof(Slot) + n * sizeof(InboxCtl) + waiter_bytes;
   EXPECT_EQ(h->data_offset, (ctl_part + 4095) / 4096 * 4096);
-  EXPECT_LT(h->data_offset, 2 * MiB);
-  EXPECT_EQ(h->total_size, h->data_offset + n * kBridgeRing);  // 128 MiB + under 2 MiB
+  EXPECT_LT(h->data_offset, 5 * MiB / 2);
+  EXPECT_EQ(h->total_size, h->data_offset + n * kBridgeRing);  // 128 MiB + under 2.5 MiB
   EXPECT_EQ(shm.size(), h->total_size);
   // A fresh mapping: init_shm() wrote the header only.
   EXPECT_EQ(resident_pages(h, h->total_size), 1);
@@ -134,7 +135,7 @@ TEST(Bridge, BridgeSizedMappingCostsOnlyThePagesTouched) {
   }
   EXPECT_EQ(used, 2);
   // The control part: the header, two slots, two inboxes' control blocks
-  // and waiter bits; a few pages of its 2 MiB.
+  // and waiter bits; a few pages of its 2.4 MiB.
   long ctl_pages = resident_pages(h, h->data_offset);
   EXPECT_GT(ctl_pages, 0);
   EXPECT_LE(ctl_pages, 8) << "of " << h->data_offset / 4096;

@@ -65,16 +65,19 @@ std::string run_sender(Endpoint& ep, int wake_fd, std::int32_t to, std::uint32_t
       if (st == Status::kOk) break;
       if (st != Status::kQueueFull) return "send: " + std::string(status_message(st));
       // The backlog is at the limit: wait until the receiver frees space.
-      if (ep.flush()) continue;
+      // As the module's wake handler does: a wake-up flushes the inboxes in
+      // our ready bits only, so a waiter nobody woke in turn stalls here.
       if (!wait_fd(wake_fd, deadline.remaining_ms())) {
         return lost("producer wake-up lost", deadline, seq, n);
       }
+      ep.flush_ready();
     }
   }
-  while (!ep.flush()) {
+  while (ep.stats().queued_bytes != 0) {
     if (!wait_fd(wake_fd, deadline.remaining_ms())) {
       return lost("producer wake-up lost while flushing", deadline, n, n);
     }
+    ep.flush_ready();
   }
   return "";
 }
@@ -155,7 +158,7 @@ std::string run_duplex(Endpoint& ep, int wake_fd, std::int32_t peer, std::uint32
       if (!err.empty()) return err;
     }
     got += static_cast<std::uint64_t>(k);
-    bool flushed = ep.flush();
+    bool flushed = ep.flush_ready() && ep.stats().queued_bytes == 0;
     if (k > 0 || (sent < n && flushed)) progress = true;
     // Nothing to do: receive() returned 0 (the slot is marked asleep) and
     // either nothing is left to send or the backlog waits (flush() marked
@@ -165,10 +168,11 @@ std::string run_duplex(Endpoint& ep, int wake_fd, std::int32_t peer, std::uint32
       return lost("duplex wake-up lost", deadline, got + sent, 2 * n);
     }
   }
-  while (!ep.flush()) {
+  while (ep.stats().queued_bytes != 0) {
     if (!wait_fd(wake_fd, deadline.remaining_ms())) {
       return lost("producer wake-up lost while flushing", deadline, n, n);
     }
+    ep.flush_ready();
   }
   if (ep.stats().resets != 0) return "a ring was reset";
   return "";

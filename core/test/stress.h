@@ -3,9 +3,11 @@
 //
 // They wait the way the nginx glue does: a receiver calls receive() until it
 // returns 0 (which arms its slot's `sleeping` flag), then poll()s its
-// eventfd; a sender whose backlog is at the limit calls flush() and, if that
-// leaves a backlog (which marks it waiting for the inbox's lock, or for room
-// in its ring), poll()s its eventfd. Every poll has a timeout: a wake-up
+// eventfd; a sender whose backlog is at the limit (send() left it marked
+// waiting for the inbox's lock, or for room in its ring) poll()s its
+// eventfd and, woken, calls flush_ready(): only the inboxes whose turn came
+// (its ready bits) are written, so a wake-up owed and not given stalls the
+// loop, as it would stall a worker. Every poll has a timeout: a wake-up
 // that does not come within it is reported as lost, and the loop fails
 // instead of hanging.
 

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -31,6 +32,11 @@ Shm::~Shm() { ::munmap(base_, size_); }
 bool Shm::waits(std::uint32_t receiver, std::uint32_t sender, WaitFor w) const {
   std::uint64_t word = waiter_bits(header_, receiver, w)[sender / 64].load();
   return (word >> (sender % 64)) & 1;
+}
+
+bool Shm::ready(std::uint32_t sender, std::uint32_t receiver) const {
+  std::uint64_t word = ready_bits(header_, sender)[receiver / 64].load();
+  return (word >> (receiver % 64)) & 1;
 }
 
 EventFds::EventFds(std::uint32_t n) {
@@ -159,13 +165,28 @@ World::World(std::uint32_t nslots, std::uint64_t ring_size, std::uint64_t max_me
   }
 }
 
-// The made-up PIDs 10000 + slot are alive; any other PID is asked to the OS.
+// The made-up PIDs of the Worlds alive now, 10000 up to 10000 + kMaxSlots:
+// how many Worlds use each.
+static std::atomic<std::uint32_t> g_made_up[kMaxSlots];
+
+static bool in_made_up_range(std::int32_t pid) {
+  return pid >= 10000 && pid < 10000 + static_cast<std::int32_t>(kMaxSlots);
+}
+
 static bool world_alive(std::int32_t pid) {
-  return (pid >= 10000 && pid < 10000 + static_cast<std::int32_t>(kMaxSlots)) ||
+  return (in_made_up_range(pid) && g_made_up[pid - 10000].load(std::memory_order_relaxed) != 0) ||
          Endpoint::process_alive(pid);
 }
 
+World::~World() {
+  for (std::int32_t pid : made_up_) g_made_up[pid - 10000].fetch_sub(1);
+}
+
 void World::start(std::uint32_t i, std::int32_t pid) {
+  if (in_made_up_range(pid) && pid != ::getpid() && !Endpoint::process_alive(pid)) {
+    g_made_up[pid - 10000].fetch_add(1);
+    made_up_.push_back(pid);
+  }
   eps_[i]->set_alive_check(&world_alive);
   eps_[i]->start(pid);
   // start() wakes every slot once (Wakeup.StartWakesEverySlotOnce); the
@@ -273,6 +294,35 @@ std::vector<Received> pump_senders(const std::vector<Endpoint*>& senders, Endpoi
   return got;
 }
 
+std::vector<Received> pump_ready(World& w, const std::vector<std::uint32_t>& senders,
+                                 std::uint32_t receiver, bool* ok,
+                                 std::vector<std::uint64_t>* wakes, int rounds) {
+  std::vector<Received> got;
+  *ok = false;
+  if (wakes != nullptr) wakes->assign(w.nslots(), 0);
+  for (int i = 0; i < rounds; ++i) {
+    std::vector<Received> more = drain(w.ep(receiver));
+    for (Received& r : more) got.push_back(std::move(r));
+    w.fds().take(receiver);  // its own wake-ups: the senders published
+    bool woken = false, queued = false;
+    for (std::uint32_t s : senders) {
+      std::uint64_t n = w.fds().take(s);
+      if (wakes != nullptr) (*wakes)[s] += n;
+      if (n != 0) {
+        woken = true;
+        w.ep(s).flush_ready();
+      }
+      queued = queued || w.ep(s).stats().queued_bytes != 0;
+    }
+    if (!woken && queued) break;  // a stall
+    if (!woken && more.empty() && !w.ep(receiver).inbox_pending()) {
+      *ok = true;
+      break;
+    }
+  }
+  return got;
+}
+
 Child::Child(const std::function<int()>& fn) {
   std::fflush(nullptr);
   pid_ = ::fork();
@@ -332,14 +382,21 @@ void Child::kill_now() {
 }
 
 std::int32_t dead_pid() {
-  std::fflush(nullptr);
-  pid_t pid = ::fork();
-  if (pid == 0) ::_exit(0);
-  if (pid < 0) throw std::runtime_error(std::string("fork() failed: ") + strerror(errno));
-  int status;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  // Not a made-up PID of a World alive now, which counts as alive
+  // (world_alive): the kernel's PIDs wrap into 10000..11023 too.
+  for (int i = 0; i < 64; ++i) {
+    std::fflush(nullptr);
+    pid_t pid = ::fork();
+    if (pid == 0) ::_exit(0);
+    if (pid < 0) throw std::runtime_error(std::string("fork() failed: ") + strerror(errno));
+    int status;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (!in_made_up_range(pid) || g_made_up[pid - 10000].load() == 0) {
+      return static_cast<std::int32_t>(pid);
+    }
   }
-  return static_cast<std::int32_t>(pid);
+  throw std::runtime_error("dead_pid(): 64 PIDs in a row were made-up ones");
 }
 
 std::string describe_status(int status) {

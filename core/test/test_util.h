@@ -47,6 +47,8 @@ class Shm {
   // Whether sender s is marked waiting for receiver r's lock (kLock) or
   // for room in its ring (kRoom): its bit in r's waiter bits.
   bool waits(std::uint32_t receiver, std::uint32_t sender, WaitFor w) const;
+  // Whether receiver r's inbox is in sender s's ready bits (it woke s).
+  bool ready(std::uint32_t sender, std::uint32_t receiver) const;
   // Receiver r's lock_waiting (kLock) or room_waiting (kRoom) flag.
   std::uint32_t flag(std::uint32_t receiver, WaitFor w) const {
     return waiting_flag(ctl(receiver), w).load();
@@ -149,11 +151,17 @@ inline Status broadcast_str(Endpoint& ep, const std::string& name, const std::st
 
 // n slots in one mapping with their eventfds, and an Endpoint per slot
 // (started with the fake PID 10000 + slot unless told otherwise). Endpoints
-// of one World may be driven by one thread, or one thread each.
+// of one World may be driven by one thread, or one thread each. A made-up
+// PID (one no process had when start() was given it) counts as alive while
+// its World lives; any other PID is asked to the OS, so a forked child that
+// the kernel gave a PID of that range is dead once it is reaped.
 class World {
  public:
   World(std::uint32_t nslots, std::uint64_t ring_size, std::uint64_t max_message = 1 << 20,
         std::uint64_t queue_limit = 64 << 10, bool start_all = true);
+  ~World();
+  World(const World&) = delete;
+  World& operator=(const World&) = delete;
 
   Endpoint& ep(std::uint32_t i) { return *eps_[i]; }
   std::int32_t pid(std::uint32_t i) const { return eps_[i]->pid(); }
@@ -170,6 +178,7 @@ class World {
   Shm shm_;
   EventFds fds_;
   std::vector<std::unique_ptr<Endpoint>> eps_;
+  std::vector<std::int32_t> made_up_;  // registered by start(), released by ~World
 };
 
 Config make_config(std::uint32_t nslots, std::uint64_t ring_size, std::uint64_t max_message,
@@ -225,6 +234,18 @@ std::vector<Received> pump(Endpoint& sender, Endpoint& receiver, bool* ok, int r
 // The same with several senders, each flushed in turn every round.
 std::vector<Received> pump_senders(const std::vector<Endpoint*>& senders, Endpoint& receiver,
                                    bool* ok, int rounds = 100000);
+
+// The same as the glue runs its senders: one moves its backlogs on only
+// when woken (its eventfd was written), through flush_ready() (the inboxes
+// in its ready bits), never a full flush. Each round the receiver drains
+// its inbox (each release wakes the next room waiter), then every sender
+// that was woken flushes its ready inboxes. *ok: every backlog emptied and
+// the inbox drained; false if a round woke no sender while a backlog
+// waits (nothing can move any more: a stall), or after `rounds`. wakes (if
+// not null): the wake-ups counted per slot (EventFds::take).
+std::vector<Received> pump_ready(World& w, const std::vector<std::uint32_t>& senders,
+                                 std::uint32_t receiver, bool* ok,
+                                 std::vector<std::uint64_t>* wakes = nullptr, int rounds = 100000);
 
 // A fork()ed child running fn; its exit status is fn's return value (a
 // thrown exception exits 99). The parent waits for it with a timeout through

@@ -3,9 +3,10 @@
 // waiter and is woken by the holder after it unlocks; a sender that holds
 // the lock and finds the ring full marks itself a room waiter and is woken
 // by the receiver after it releases. Each handshake is driven step by step
-// in every interleaving, then through the endpoints: one wake-up per wait
-// however many marks and waiters, and a room waiter is not woken by other
-// senders' unlocks (while a receiver is stopped, nobody spins).
+// in every interleaving, then through the endpoints: one waiter woken per
+// unlock or release, in turn, however many marks and waiters, and a room
+// waiter is not woken by other senders' unlocks (while a receiver is
+// stopped, nobody spins).
 
 #include <gtest/gtest.h>
 
@@ -219,10 +220,15 @@ TEST(WakeupWaiters, ASenderThatTakesTheLockIsNotWokenByItsOwnUnlock) {
   EXPECT_EQ(test::drain(w.ep(0)).size(), 1u);
 }
 
-TEST(WakeupWaiters, LockWaitersAreWokenOnceForManyMarks) {
+TEST(WakeupWaiters, LockWaitersAreWokenOneAtATimeForManyMarks) {
+  // Slots 1 and 2 mark themselves again at every send while a stranger
+  // holds the lock. Its unlock wakes one of them (one write however many
+  // marks), the first in turn, with the inbox in its ready bits; the other
+  // stays marked with the flag set, and the woken sender's unlock wakes it.
   World w(4, 4096);
   ShmHeader* h = w.shm().header();
   for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(round);
     ASSERT_TRUE(test::hold_lock(h, 0, test::live_writer(h, 3)));
     for (int i = 0; i < 5; ++i) {  // each send marks its sender again
       for (std::uint32_t s = 1; s <= 2; ++s) {
@@ -230,19 +236,28 @@ TEST(WakeupWaiters, LockWaitersAreWokenOnceForManyMarks) {
       }
     }
     test::unlock_as_holder(h, 0, w.fds().fds());
-    EXPECT_EQ(w.fds().take(1), 1u) << "round " << round << ": one write for slot 1";
-    EXPECT_EQ(w.fds().take(2), 1u) << "round " << round << ": one write for slot 2";
+    EXPECT_EQ(w.fds().take(1), 1u) << "one write for slot 1";
+    EXPECT_EQ(w.fds().take(2), 0u) << "one waiter per unlock";
     EXPECT_EQ(w.fds().take(3), 0u) << "the holder does not wake itself";
+    EXPECT_TRUE(w.shm().ready(1, 0));
+    EXPECT_FALSE(w.shm().waits(0, 1, WaitFor::kLock));
+    EXPECT_TRUE(w.shm().waits(0, 2, WaitFor::kLock));
+    EXPECT_EQ(w.shm().flag(0, WaitFor::kLock), 1u) << "slot 2 still waits";
+
+    EXPECT_TRUE(w.ep(1).flush_ready());
+    EXPECT_FALSE(w.shm().ready(1, 0)) << "read by flush_ready()";
+    EXPECT_EQ(w.fds().take(2), 1u) << "slot 1's unlock wakes the next in turn";
+    EXPECT_TRUE(w.shm().ready(2, 0));
+    EXPECT_EQ(w.shm().flag(0, WaitFor::kLock), 0u);
+    EXPECT_TRUE(w.ep(2).flush_ready());
+    for (std::uint32_t s = 1; s <= 3; ++s) EXPECT_EQ(w.fds().take(s), 0u) << "slot " << s;
     // Nobody marked since: the next unlock wakes no one.
     ASSERT_TRUE(test::hold_lock(h, 0, test::live_writer(h, 3)));
     test::unlock_as_holder(h, 0, w.fds().fds());
     for (std::uint32_t s = 1; s <= 3; ++s) EXPECT_EQ(w.fds().take(s), 0u) << "slot " << s;
 
-    bool ok;
-    std::vector<Received> got = test::pump_senders({&w.ep(1), &w.ep(2)}, w.ep(0), &ok);
-    ASSERT_TRUE(ok);
     std::vector<std::string> from[3];
-    for (const Received& r : got) from[r.sender_pid - w.pid(0)].push_back(r.data);
+    for (const Received& r : test::drain(w.ep(0))) from[r.sender_pid - w.pid(0)].push_back(r.data);
     for (std::uint32_t s = 1; s <= 2; ++s) {
       ASSERT_EQ(from[s].size(), 5u);
       for (int i = 0; i < 5; ++i) EXPECT_EQ(from[s][i], std::to_string(s * 10 + i));
@@ -262,23 +277,36 @@ void two_room_waiters(World& w) {
   }
 }
 
-TEST(WakeupWaiters, RoomWaitersAreWokenOnceByARelease) {
+TEST(WakeupWaiters, RoomWaitersAreWokenOnePerReleaseInTurn) {
   World w(3, 4096, 1 * MiB, 1 * MiB);
   two_room_waiters(w);
   EXPECT_EQ(w.shm().flag(0, WaitFor::kRoom), 1u);
   Delivery out[4];
   ASSERT_EQ(w.ep(0).receive(out, 4), 0);  // reads the fragments, releases them
-  EXPECT_EQ(w.fds().take(1), 1u);
-  EXPECT_EQ(w.fds().take(2), 1u);
-  EXPECT_EQ(w.shm().flag(0, WaitFor::kRoom), 0u);
-  // Nothing new read, nobody marked again: the next receive wakes no one.
+  EXPECT_EQ(w.fds().take(1), 1u) << "the first in turn";
+  EXPECT_EQ(w.fds().take(2), 0u) << "one room waiter per release";
+  EXPECT_TRUE(w.shm().ready(1, 0));
+  EXPECT_TRUE(w.shm().waits(0, 2, WaitFor::kRoom));
+  EXPECT_EQ(w.shm().flag(0, WaitFor::kRoom), 1u) << "slot 2 still waits";
+  // Nothing new read: the next receive releases nothing, wakes no one.
   ASSERT_EQ(w.ep(0).receive(out, 4), 0);
   EXPECT_EQ(w.fds().take(1), 0u);
   EXPECT_EQ(w.fds().take(2), 0u);
+  // Slot 1 writes a ring-full and waits again: the next release wakes slot
+  // 2, the one after slot 1 again.
+  EXPECT_FALSE(w.ep(1).flush_ready());
+  EXPECT_TRUE(w.shm().waits(0, 1, WaitFor::kRoom));
+  EXPECT_EQ(w.fds().take(2), 0u) << "the ring is full: no room to pass on";
+  for (std::uint32_t s : {2u, 1u}) {
+    ASSERT_EQ(w.ep(0).receive(out, 4), 0);
+    EXPECT_EQ(w.fds().take(s), 1u) << "slot " << s << "'s turn";
+    EXPECT_EQ(w.fds().take(3 - s), 0u);
+    EXPECT_FALSE(w.ep(s).flush_ready());
+  }
 
   bool ok;
-  std::vector<Received> got = test::pump_senders({&w.ep(1), &w.ep(2)}, w.ep(0), &ok);
-  ASSERT_TRUE(ok);
+  std::vector<Received> got = test::pump_ready(w, {1, 2}, 0, &ok);
+  ASSERT_TRUE(ok) << "a room waiter was never woken";
   ASSERT_EQ(got.size(), 2u);
   for (const Received& r : got) {
     test::MsgId id;
@@ -309,15 +337,19 @@ TEST(WakeupWaiters, RoomWaiterIsNotWokenByOtherSendersUnlocks) {
     ASSERT_EQ(w.fds().take(1), 0u) << "step " << i << ": a room waiter woken by an unlock";
   }
   EXPECT_TRUE(w.shm().waits(0, 1, WaitFor::kRoom));
+  EXPECT_TRUE(w.shm().waits(0, 2, WaitFor::kRoom));
   EXPECT_GT(w.ep(2).stats().queued_bytes, 0u) << "slot 2 found the ring full too";
+  EXPECT_EQ(w.fds().take(2), 0u);
 
   Delivery out[4];
   ASSERT_EQ(w.ep(0).receive(out, 4), 0);
   EXPECT_EQ(w.fds().take(1), 1u) << "the receiver's release wakes it";
-  EXPECT_EQ(w.fds().take(2), 1u);
+  EXPECT_EQ(w.fds().take(2), 0u) << "and it alone: slot 2 is next";
+  EXPECT_TRUE(w.shm().waits(0, 2, WaitFor::kRoom));
+  w.ep(1).flush_ready();
   bool ok;
-  std::vector<Received> got = test::pump_senders({&w.ep(1), &w.ep(2)}, w.ep(0), &ok);
-  ASSERT_TRUE(ok);
+  std::vector<Received> got = test::pump_ready(w, {1, 2}, 0, &ok);
+  ASSERT_TRUE(ok) << "a room waiter was never woken";
   ASSERT_EQ(got.size(), 21u);
   int next = 0;
   for (const Received& r : got) {

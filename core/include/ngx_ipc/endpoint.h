@@ -147,6 +147,15 @@ class Endpoint {
   // held an inbox's lock at the last try still runs (after a wake-up
   // nobody sent: a timer).
   bool flush(bool probe = false);
+  // Moves on only the backlogs of the inboxes that woke this process
+  // (after a wake-up: O(1) per inbox that woke it, not O(workers)).
+  // Always reads the ready bits: a turn that came with nothing to write is
+  // handed on.
+  bool flush_ready() { return outbox_.flush_ready(); }
+  // The glue's timer while a backlog waits (every 100 ms): every waiting
+  // destination's Outbox::retry(); a destination whose process exited
+  // cleanly is dropped. True if no backlog is left.
+  bool retry_all();
   // Bytes waiting for slot k beyond its ring.
   std::uint64_t backlog_bytes(std::uint32_t k) const {
     return k < nslots_ ? outbox_.backlog_bytes(k) : 0;
@@ -202,9 +211,9 @@ class Endpoint {
   Wakeup wakeup_;
   Outbox outbox_;
   Inbox inbox_;
-  std::vector<std::uint32_t> targets_;       // scratch for broadcast()
-  std::vector<std::uint32_t> incarnations_;  // scratch for multicast()
-  std::vector<std::uint8_t> picked_;         // scratch for multicast()
+  std::vector<std::uint32_t> targets_;           // scratch for broadcast()
+  std::vector<std::uint32_t> incarnations_;      // scratch for multicast()
+  std::vector<std::uint8_t> picked_;             // scratch for multicast()
   std::shared_ptr<unsigned char[]> bcast_room_;  // deliver_all()'s, kept
   std::uint64_t bcast_cap_ = 0;
   // slot_of()'s hint: pid % kPidHints -> slot + 1, checked against the

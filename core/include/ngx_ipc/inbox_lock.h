@@ -10,7 +10,9 @@
 //     holds the lock and finds the ring full marks itself waiting for
 //     room the same way;
 //   - the holder, after it unlocked, wakes the lock waiters, and the
-//     receiver, after it freed space, the room waiters (wake_waiters());
+//     receiver, after it freed space, the room waiters (wake_one(): one
+//     at a time, in turn; the woken sender finds the inbox in its ready
+//     bits and retries only that one);
 //   - a holder that died (its slot's identity names another incarnation,
 //     or no process, or kill(pid, 0) says it is gone) never unlocks: the
 //     next sender that looks takes the lock over. What the dead holder
@@ -20,7 +22,7 @@
 // Fence pair C, one line (the argument is in docs/ARCHITECTURE.md):
 //   sender: set its lock-waiter bit and the flag; fence; try the lock
 //   again (wait_begin()) -- holder: unlock; fence; load the flag
-//   (wake_waiters()): either the sender finds the lock free, or the
+//   (wake_one()): either the sender finds the lock free, or the
 //   holder sees the flag and wakes it. Pair B is the same with the room
 //   waiters and tail in place of the lock: the sender, holding the lock,
 //   re-reads tail; the receiver stores tail, fences, loads room_waiting.
@@ -70,8 +72,8 @@ class InboxLock {
     // never released the lock, so nothing orders its last store of head
     // before us: InboxWriter::begin(true) reads head with a
     // read-modify-write, which reads the last value stored.
-    *took_over = lock.compare_exchange_strong(v, me, std::memory_order_acquire,
-                                              std::memory_order_relaxed);
+    *took_over =
+        lock.compare_exchange_strong(v, me, std::memory_order_acquire, std::memory_order_relaxed);
     return *took_over;
   }
 
@@ -106,29 +108,65 @@ class InboxLock {
   }
 
   // Pairs B and C, the waker's side, after a seq_cst fence that follows
-  // its unlock (kLock) or its store of tail (kRoom): calls wake(s) for
-  // each sender s marked waiting that way for r's inbox, clearing the
-  // marks. The holder wakes lock waiters only and the receiver room
-  // waiters only, so a sender that waits for room is not woken by every
-  // other sender's unlock (while the receiver is stopped, nobody spins).
+  // its unlock (kLock) or its store of tail (kRoom): wakes ONE sender
+  // marked waiting that way for r's inbox, the next one after the last
+  // woken (in turn), clearing its mark and setting r in its ready bits
+  // before wake(s) writes its eventfd. If others still wait, the flag is
+  // set again: the woken sender's own unlock (kLock) or the receiver's
+  // next release (kRoom) wakes the next, so n waiters cost n wake-ups, not
+  // n per unlock or release. The holder wakes lock waiters only and the
+  // receiver room waiters only, so a sender that waits for room is not
+  // woken by other senders' unlocks (while the receiver is stopped, nobody
+  // spins). Returns the slot woken, or -1.
   template <typename WakeFn>
-  static void wake_waiters(ShmHeader* shm, std::uint32_t r, WaitFor w, WakeFn wake) {
-    std::atomic<std::uint32_t>& flag = waiting_flag(inbox_ctl(shm, r), w);
-    if (flag.load(std::memory_order_relaxed) == 0) return;
+  static int wake_one(ShmHeader* shm, std::uint32_t r, WaitFor w, WakeFn wake) {
+    InboxCtl* c = inbox_ctl(shm, r);
+    std::atomic<std::uint32_t>& flag = waiting_flag(c, w);
+    if (flag.load(std::memory_order_relaxed) == 0) return -1;
     // Acquire: pairs with the release in wait_begin(); the bits set before
     // the flag are visible to the scan below.
-    if (flag.exchange(0, std::memory_order_acquire) == 0) return;
+    if (flag.exchange(0, std::memory_order_acquire) == 0) return -1;
     std::atomic<std::uint64_t>* bits = waiter_bits(shm, r, w);
-    std::uint32_t words = (shm->nslots + 63) / 64;
-    for (std::uint32_t i = 0; i < words; ++i) {
-      if (bits[i].load(std::memory_order_relaxed) == 0) continue;
-      std::uint64_t b = bits[i].exchange(0, std::memory_order_relaxed);
-      while (b != 0) {
-        std::uint32_t bit = static_cast<std::uint32_t>(__builtin_ctzll(b));
-        b &= b - 1;
-        wake(i * 64 + bit);
+    std::uint32_t n = shm->nslots;
+    std::uint32_t words = (n + 63) / 64;
+    std::atomic<std::uint32_t>& cursor = wake_cursor(c, w);
+    std::uint32_t start = cursor.load(std::memory_order_relaxed);
+    if (start >= n) start = 0;
+    int woken = -1;
+    bool more = false;
+    // Words from the cursor's on, wrapping, and the cursor's word once
+    // more at the end for its bits before the cursor.
+    for (std::uint32_t i = 0; i <= words && woken < 0; ++i) {
+      std::uint32_t wi = (start / 64 + i) % words;
+      std::uint64_t b = bits[wi].load(std::memory_order_relaxed);
+      std::uint64_t from = std::uint64_t{1} << (start % 64);
+      if (i == 0) b &= ~(from - 1);
+      if (i == words) b &= from - 1;
+      while (b != 0 && woken < 0) {
+        std::uint64_t m = b & (~b + 1);
+        std::uint64_t old = bits[wi].fetch_and(~m, std::memory_order_relaxed);
+        if (old & m) {
+          woken = static_cast<int>(wi * 64 + static_cast<std::uint32_t>(__builtin_ctzll(m)));
+          more = (old & ~m) != 0;
+        }
+        b &= ~m;  // (another waker took that one)
       }
     }
+    if (woken < 0) return -1;
+    for (std::uint32_t i = 0; i < words && !more; ++i) {
+      more = bits[i].load(std::memory_order_relaxed) != 0;
+    }
+    cursor.store(static_cast<std::uint32_t>(woken) + 1, std::memory_order_relaxed);
+    // Before the wake-up: the sender that reads it (after its read of the
+    // eventfd, a syscall) finds r among its ready inboxes.
+    ready_bits(shm, static_cast<std::uint32_t>(woken))[r / 64].fetch_or(
+        std::uint64_t{1} << (r % 64), std::memory_order_release);
+    // The others still wait: the next waker finds the flag set. (Set once
+    // more, never cleared while a bit is set: at worst a waker scans for
+    // nothing.)
+    if (more) flag.exchange(1, std::memory_order_release);
+    wake(static_cast<std::uint32_t>(woken));
+    return woken;
   }
 };
 

@@ -14,12 +14,13 @@
 //   +-----------------+  waiters_offset
 //   | waiter bits[n]  |  per receiver: one bit per sender that waits for
 //   |                 |  the lock, one per sender that waits for room
+//   | ready bits[n]   |  per sender: one bit per inbox that woke it
 //   +-----------------+  data_offset
 //   | inbox data[n]   |  ring_size bytes per receiver
 //   +-----------------+  total_size
 //
 // Memory grows with n, not n * n: one inbox ring per worker, which every
-// sender writes under the inbox's lock (inbox_lock.h), plus two bits per
+// sender writes under the inbox's lock (inbox_lock.h), plus three bits per
 // (receiver, sender) pair.
 //
 // Everything is standard-layout, fixed-size and addressed by offsets, so the
@@ -232,6 +233,10 @@ struct InboxCtl {
   // 1 once a sender set its bit in the room waiters (it found the ring
   // full): the receiver, after it freed space, wakes them.
   std::atomic<std::uint32_t> room_waiting;
+  // Where the next search for a waiter to wake starts (a slot), per kind:
+  // waiters are woken one at a time, in turn (InboxLock::wake_one()).
+  std::atomic<std::uint32_t> lock_cursor;
+  std::atomic<std::uint32_t> room_cursor;
 };
 static_assert(std::is_standard_layout_v<InboxCtl>);
 static_assert(sizeof(InboxCtl) == 3 * kCacheLine);
@@ -340,6 +345,17 @@ inline std::atomic<std::uint64_t>* waiter_bits(ShmHeader* h, std::uint32_t recei
 }
 inline std::atomic<std::uint32_t>& waiting_flag(InboxCtl* c, WaitFor w) {
   return w == WaitFor::kLock ? c->lock_waiting : c->room_waiting;
+}
+inline std::atomic<std::uint32_t>& wake_cursor(InboxCtl* c, WaitFor w) {
+  return w == WaitFor::kLock ? c->lock_cursor : c->room_cursor;
+}
+// The sender's ready bits, after the waiter bits: bit r of word r / 64 is
+// "receiver r's inbox woke you" (set by the waker before it writes the
+// sender's eventfd), so a woken sender retries only those inboxes.
+inline std::atomic<std::uint64_t>* ready_bits(ShmHeader* h, std::uint32_t sender) {
+  return reinterpret_cast<std::atomic<std::uint64_t>*>(reinterpret_cast<char*>(h) +
+                                                       h->waiters_offset) +
+         (static_cast<std::uint64_t>(h->nslots) * 2 + sender) * h->waiter_words;
 }
 inline unsigned char* inbox_data(ShmHeader* h, std::uint32_t receiver) {
   return reinterpret_cast<unsigned char*>(h) + h->data_offset +

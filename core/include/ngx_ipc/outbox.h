@@ -67,12 +67,20 @@ class Outbox {
   // the message's first fragments, which it never delivers (a sender's
   // next message drops them).
   Status send(std::uint32_t k, const MessageMeta& meta, const unsigned char* name,
-              const unsigned char* data, std::size_t data_len,
-              SharedPayload* shared = nullptr);
+              const unsigned char* data, std::size_t data_len, SharedPayload* shared = nullptr);
   // Moves slot k's backlog on as far as its inbox takes it; true if it is
   // now empty. `probe`: ask whether a holder of the lock seen before is
   // still alive (a syscall; see InboxLock::try_lock).
   bool flush(std::uint32_t k, bool probe = false);
+  // Moves on the backlogs of the inboxes that woke this process (its ready
+  // bits); an inbox whose turn came with nothing for it is handed on.
+  // False if one of them still waits.
+  bool flush_ready();
+  // The glue's timer, for slot k's backlog: looks at the inbox first and
+  // flushes only if that may move something (the lock free, and not still
+  // marked waiting for room in a full ring), or probes a holder that held
+  // the lock for a whole sweep (flush(k, true)). False if it still waits.
+  bool retry(std::uint32_t k);
   // Drops slot k's backlog (its reader is gone), counting its messages.
   void drop_backlog(std::uint32_t k);
 
@@ -89,9 +97,10 @@ class Outbox {
     InboxWriter writer;
     std::deque<Pending> backlog;
     std::uint64_t backlog_bytes = 0;
-    std::uint64_t holder = 0;  // who held the lock at our last failed try
-    bool lock_wait = false;    // our bit may be set in its lock waiters
-    bool room_wait = false;    // our bit may be set in its room waiters
+    std::uint64_t holder = 0;       // who held the lock at our last failed try
+    std::uint64_t tick_holder = 0;  // who held it at the last retry()
+    bool lock_wait = false;         // our bit may be set in its lock waiters
+    bool room_wait = false;         // our bit may be set in its room waiters
   };
 
   bool lock(std::uint32_t k, bool probe);

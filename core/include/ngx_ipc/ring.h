@@ -159,6 +159,8 @@ class InboxWriter {
   }
 
   InboxCtl* ctl() const { return ctl_; }
+  // Bytes free as far as this writer knows (its cached tail).
+  std::uint64_t room() const { return free_bytes(); }
 
  private:
   std::uint64_t free_bytes() const { return cap_ - (head_ - cached_tail_); }

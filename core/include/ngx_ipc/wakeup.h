@@ -22,7 +22,9 @@
 //      lock_waiting flag; fence; try the lock again -- holder: unlock;
 //      fence; load lock_waiting (after_write(); inbox_lock.h).
 // Whoever clears a flag with exchange(0) writes the fd: one wake-up per
-// sleep. The flags themselves are relaxed: the fences order them.
+// sleep (waiters: one waiter per wake, in turn, the flag set again while
+// others wait; inbox_lock.h). The fences order the flags; the waiter
+// flags are also a release/acquire pair, for the bits set before them.
 //
 // Not thread-safe: one per endpoint, used by its process's one thread.
 
@@ -88,8 +90,12 @@ class Wakeup {
 
   // A and C, the sender's side, after it wrote into slot k's inbox and
   // unlocked it: wakes slot k if it published records there and k may be
-  // asleep, and the senders that wait for k's inbox.
-  void after_write(std::uint32_t k, bool published) {
+  // asleep, and the next sender waiting for k's lock. `room`: the bytes
+  // free in k's inbox as it left it; with a quarter of the ring or more
+  // free, the next sender waiting for room is woken too (the receiver
+  // wakes room waiters one per release: this lets several write while
+  // there is room, without waking them all).
+  void after_write(std::uint32_t k, bool published, std::uint64_t room = 0) {
     // Seq_cst fence (A, C): orders the head store and the unlock before
     // the loads of sleeping and lock_waiting; pairs with the fences in
     // arm_begin() and InboxLock::wait_begin().
@@ -100,7 +106,10 @@ class Wakeup {
         wake(k);
       }
     }
-    InboxLock::wake_waiters(shm_, k, WaitFor::kLock, [this](std::uint32_t s) { wake(s); });
+    InboxLock::wake_one(shm_, k, WaitFor::kLock, [this](std::uint32_t s) { wake(s); });
+    if (room >= shm_->ring_size / 4) {
+      InboxLock::wake_one(shm_, k, WaitFor::kRoom, [this](std::uint32_t s) { wake(s); });
+    }
   }
 
   // B, the receiver's side: it stored its inbox's tail (Consumer::release).
@@ -108,7 +117,15 @@ class Wakeup {
     // Seq_cst fence (B): orders the tail store before the load of
     // room_waiting; pairs with the fence in InboxLock::wait_begin().
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    InboxLock::wake_waiters(shm_, self_, WaitFor::kRoom, [this](std::uint32_t s) { wake(s); });
+    InboxLock::wake_one(shm_, self_, WaitFor::kRoom, [this](std::uint32_t s) { wake(s); });
+  }
+
+  // A sender woken for slot k's inbox that has nothing for it any more
+  // hands the turn on: the next waiter of each kind, if any.
+  void pass_on(std::uint32_t k) {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    InboxLock::wake_one(shm_, k, WaitFor::kLock, [this](std::uint32_t s) { wake(s); });
+    InboxLock::wake_one(shm_, k, WaitFor::kRoom, [this](std::uint32_t s) { wake(s); });
   }
 
  private:

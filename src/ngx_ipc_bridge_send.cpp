@@ -154,13 +154,12 @@ ngx_ipc_bridge_send(ngx_ipc_worker_t *w, int slot, int32_t pid,
 }
 
 
-/* The retry timer's flush (ngx_ipc_backlog_watch()): probe asks whether
- * a holder of a lock in the way still runs. */
+/* The retry timer (ngx_ipc_backlog_watch()): the bridge's backlogs too. */
 void
-ngx_ipc_bridge_flush(ngx_ipc_worker_t *w, bool probe)
+ngx_ipc_bridge_retry_all(ngx_ipc_worker_t *w)
 {
     if (w->bridge != NULL && w->bridge->endpoint != NULL) {
-        w->bridge->endpoint->flush(probe);
+        w->bridge->endpoint->retry_all();
     }
 }
 

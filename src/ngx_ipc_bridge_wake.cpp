@@ -365,7 +365,7 @@ ngx_ipc_bridge_handler(ngx_event_t *rev)
         }
     }
 
-    b->endpoint->flush();
+    b->endpoint->flush_ready();
     ngx_ipc_space_freed(w);
     ngx_ipc_backlog_watch(w);
 

@@ -140,7 +140,7 @@ ngx_ipc::Status ngx_ipc_bridge_send(ngx_ipc_worker_t *w, int slot,
 /* the bridge's inbox, taken with the configuration's */
 int ngx_ipc_bridge_take(ngx_ipc_worker_t *w, ngx_ipc::Delivery *out, int max);
 void ngx_ipc_bridge_release(ngx_ipc_worker_t *w);
-void ngx_ipc_bridge_flush(ngx_ipc_worker_t *w, bool probe);
+void ngx_ipc_bridge_retry_all(ngx_ipc_worker_t *w);
 int ngx_ipc_bridge_peers(ngx_ipc_worker_t *w, ngx_ipc_peer_t *out, int max);
 
 /* ngx_ipc_worker.cpp, for the wake handlers (the eventfd's, the bridge's):

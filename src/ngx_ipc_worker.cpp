@@ -183,7 +183,8 @@ ngx_ipc_wake_handler(ngx_event_t *rev)
                             "read() from the wake-up eventfd failed");
     }
 
-    w->endpoint->flush();
+    /* the inboxes that woke us (their turn to take our backlog for them) */
+    w->endpoint->flush_ready();
     ngx_ipc_space_freed(w);
     ngx_ipc_backlog_watch(w);
 
@@ -226,11 +227,14 @@ ngx_ipc_space_freed(ngx_ipc_worker_t *w)
 
 /*
  * A backlog moves when its destination frees room or the holder of its
- * inbox's lock unlocks: both wake us. A holder that was killed while it
- * held the lock never unlocks; only a look at its slot tells (a syscall,
- * so not at every wake-up): this timer's, every 100 ms while the
- * backlog waits. The other endpoint's backlog (the reload bridge's) counts
- * in the same queued_bytes.
+ * inbox's lock unlocks: both wake us (one waiter at a time, in turn). A
+ * holder that was killed while it held the lock never unlocks, and a
+ * waiter woken in its turn that never runs (killed, or its event loop
+ * stuck) never passes the turn on: this timer, every 100 ms while a
+ * backlog waits, looks at each waiting destination (Endpoint::retry_all:
+ * loads first, a syscall only for a holder that held the lock a whole
+ * tick). The other endpoint's backlog (the reload bridge's) counts in the
+ * same queued_bytes.
  */
 void
 ngx_ipc_backlog_watch(ngx_ipc_worker_t *w)
@@ -246,8 +250,8 @@ ngx_ipc_retry_handler(ngx_event_t *ev)
 {
     ngx_ipc_worker_t  *w = (ngx_ipc_worker_t *) ev->data;
 
-    w->endpoint->flush(true);
-    ngx_ipc_bridge_flush(w, true);
+    w->endpoint->retry_all();
+    ngx_ipc_bridge_retry_all(w);
     ngx_ipc_space_freed(w);
     ngx_ipc_backlog_watch(w);
 }

@@ -298,32 +298,30 @@ bool Endpoint::process_alive(std::int32_t pid) {
   return ::kill(pid, 0) == 0 || errno != ESRCH;  // EPERM: alive, not ours
 }
 
-bool Endpoint::retry_all() {
-  if (outbox_.idle()) return true;
+// Each destination with a backlog, in slot order: fn(k), or the backlog
+// dropped if k's process exited cleanly (nobody will read it). True if
+// every fn(k) was.
+template <typename Fn>
+bool Endpoint::each_backlog(Fn fn) {
+  if (outbox_.idle()) return true;  // no O(n) walk when nothing waits
   bool all = true;
   for (std::uint32_t k = 0; k < nslots_; ++k) {
     if (outbox_.backlog_empty(k)) continue;
     if (k != self_ && slot_exited(k)) {
-      outbox_.drop_backlog(k);  // its process exited cleanly: nobody will read it
+      outbox_.drop_backlog(k);
       continue;
     }
-    all = outbox_.retry(k) && all;
+    all = fn(k) && all;
   }
   return all;
 }
 
+bool Endpoint::retry_all() {
+  return each_backlog([this](std::uint32_t k) { return outbox_.retry(k); });
+}
+
 bool Endpoint::flush(bool probe) {
-  if (outbox_.idle()) return true;  // no O(n) walk at every wake-up
-  bool all = true;
-  for (std::uint32_t k = 0; k < nslots_; ++k) {
-    if (outbox_.backlog_empty(k)) continue;
-    if (k != self_ && slot_exited(k)) {
-      outbox_.drop_backlog(k);  // its process exited cleanly: nobody will read it
-      continue;
-    }
-    all = outbox_.flush(k, probe) && all;
-  }
-  return all;
+  return each_backlog([this, probe](std::uint32_t k) { return outbox_.flush(k, probe); });
 }
 
 }  // namespace ngx_ipc

@@ -93,12 +93,12 @@ TEST(Layout, FloorPow2) {
 }
 
 TEST(Layout, DefaultRingSizeSharesTheBudget) {
-  // 32 MiB shared by n inboxes, each a power of two in [64 KiB, 16 MiB]:
+  // 32 MiB shared by n inboxes, each a power of two in [64 KiB, 8 MiB]:
   // up to 512 workers each sender has as much room in an inbox as a ring
   // per pair had (32 MiB / n / n), and 64 KiB each beyond.
-  EXPECT_EQ(default_ring_size(0), 16 * MiB);  // as for 1
-  EXPECT_EQ(default_ring_size(1), 16 * MiB);  // 32 MiB / 1, clamped
-  EXPECT_EQ(default_ring_size(2), 16 * MiB);
+  EXPECT_EQ(default_ring_size(0), 8 * MiB);  // as for 1
+  EXPECT_EQ(default_ring_size(1), 8 * MiB);  // 32 MiB / 1, clamped
+  EXPECT_EQ(default_ring_size(2), 8 * MiB);  // 16 MiB, clamped
   EXPECT_EQ(default_ring_size(3), 8 * MiB);  // 10.7 MiB -> 8 MiB
   EXPECT_EQ(default_ring_size(4), 8 * MiB);
   EXPECT_EQ(default_ring_size(8), 4 * MiB);
@@ -176,7 +176,7 @@ TEST(Layout, OffsetsAlignedAndDisjoint) {
 
 TEST(Layout, DefaultTotalSizes) {
   // What the master maps for a configuration with no ipc_ring_size: the
-  // inboxes take 16 to 32 MiB up to 512 workers, 64 MiB at 1024, and what
+  // inboxes take 8 MiB at 1 worker, 16 at 2, 24 to 32 MiB up to 512, 64 MiB at 1024, and what
   // the slots, the control blocks, the waiter and the ready bits add stays
   // under a MiB.
   struct Expect {
@@ -185,7 +185,7 @@ TEST(Layout, DefaultTotalSizes) {
     std::uint64_t rest;  // data_offset: header, slots, control blocks, waiter and ready bits
   };
   const Expect expect[] = {
-      {1, 16 * MiB, 4 * KiB},    {2, 32 * MiB, 4 * KiB},     {3, 24 * MiB, 4 * KiB},
+      {1, 8 * MiB, 4 * KiB},     {2, 16 * MiB, 4 * KiB},     {3, 24 * MiB, 4 * KiB},
       {4, 32 * MiB, 4 * KiB},    {24, 24 * MiB, 16 * KiB},   {64, 32 * MiB, 44 * KiB},
       {128, 32 * MiB, 84 * KiB}, {512, 32 * MiB, 324 * KiB}, {1024, 64 * MiB, 836 * KiB},
   };

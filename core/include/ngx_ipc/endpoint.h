@@ -192,6 +192,8 @@ class Endpoint {
 
  private:
   bool slot_exited(std::uint32_t k) const;
+  template <typename Fn>
+  bool each_backlog(Fn fn);
   Status deliver_all(const MessageMeta& meta, const std::uint32_t* incarnations,
                      const unsigned char* name, const unsigned char* data, std::size_t data_len);
   int find_slot(std::int32_t pid) const;

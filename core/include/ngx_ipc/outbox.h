@@ -103,7 +103,9 @@ class Outbox {
     bool room_wait = false;         // our bit may be set in its room waiters
   };
 
-  bool lock(std::uint32_t k, bool probe);
+  // `spin`: a unicast's first try, which waits a little (kLockSpins
+  // loads, bounded, never blocking) for a holder that is copying.
+  bool lock(std::uint32_t k, bool probe, bool spin = false);
   void unlock(std::uint32_t k, bool published);
   std::uint64_t write_backlog(std::uint32_t k);
   void wait_for_room(std::uint32_t k);

@@ -132,5 +132,8 @@ clean:
 	rm -rf --one-file-system $(BUILD)
 
 # floors, ngx_ipc and every bench/baselines/*: docs/BENCHMARKS.md, docs/benchmarks.png
+# NGX_LUA_IPC_MODULE=/path/to/ngx_lua_ipc_module.so (built by hand from
+# slact/ngx_lua_ipc) adds it to bench/scale.py's broadcast table
 bench: $(MODULE)
 	/usr/bin/python3 bench/run.py
+	/usr/bin/python3 bench/scale.py

@@ -432,7 +432,7 @@ def test_ipc_directives_change_across_reloads(nginx):
         ("ipc_ring_size 64k; ipc_max_message 1m;", 64 << 10, 1 << 20),
         ("ipc_ring_size 1m; ipc_max_message 3m;", 1 << 20, 3 << 20),
         ("ipc_ring_size 4k; ipc_max_message 100k;", 4 << 10, 100 << 10),
-        ("", 16 << 20, 64 << 20),  # the defaults for 2 workers
+        ("", 8 << 20, 64 << 20),  # the defaults for 2 workers
     ]
     n = nginx(workers=2, init=gen_init(1), main=settings[0][0],
               init_worker=ANNOUNCE + RECORDERS + PROBE + """

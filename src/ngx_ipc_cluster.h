@@ -32,7 +32,11 @@
 namespace ngx_ipc_cluster_zone {
 
 constexpr std::uint64_t kClusterMagic = 0x72756c6370696e67ULL;  /* "gnipclur" */
-constexpr std::uint32_t kClusterVersion = 2;
+/* Bumped with every change of ClusterShared's layout: a zone of another
+ * layout is never read (ngx_ipc_cluster_shared) nor taken over by a
+ * reload (ngx_ipc_cluster_init_zone). 3: Text.at_ms, connect_ms,
+ * connect_error_version. */
+constexpr std::uint32_t kClusterVersion = 3;
 constexpr std::uint32_t kOutMagic = 0x6f757462;                   /* "btuo" */
 constexpr std::uint32_t kOutPad = 0x64617062;                     /* "bpad" */
 constexpr std::size_t kTextMax = NGX_IPC_FFI_CLUSTER_TEXT_MAX;
@@ -53,11 +57,13 @@ struct OutRecord {
 
 static_assert(sizeof(OutRecord) == 32, "OutRecord is 32 bytes");
 
-/* A short text (the last stream id, the last error) under a sequence lock:
- * the agent writes it, any worker reads it (odd version: being written). */
+/* A short text (the last stream id, the last error) and when it was set,
+ * under a sequence lock: the agent writes it, any worker reads it (odd
+ * version: being written). */
 struct Text {
     std::atomic<std::uint32_t> version;
     std::uint32_t              len;
+    std::uint64_t              at_ms;     /* wall clock, ms since 1970 */
     char                       data[kTextMax];
 };
 
@@ -101,6 +107,12 @@ struct alignas(64) ClusterShared {
 
     Text                                    last_id;
     Text                                    last_error;
+
+    /* the agent's last connection to Redis (ngx_ipc_ffi_cluster_connected):
+     * its wall-clock time, and last_error's version then; a last_error
+     * still of that version is older than the connection */
+    std::atomic<std::uint64_t>              connect_ms;
+    std::atomic<std::uint32_t>              connect_error_version;
 
     alignas(64) unsigned char               data[];
 };
@@ -163,6 +175,18 @@ ngx_ipc_cluster_now_ms(void)
     struct timespec  ts;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (std::uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+
+/* the wall clock, for times shown to people (the status page); leases
+ * and timeouts use the monotonic clock above */
+static inline std::uint64_t
+ngx_ipc_cluster_wall_ms(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
     return (std::uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 

@@ -4,7 +4,7 @@
  * cluster's configuration, the last stream id and error, the counters.
  *
  * Owns: ClusterShared's agent_pid, heartbeat_ms, counters, last_id and
- * last_error.
+ * last_error (with its time), connect_ms and connect_error_version.
  */
 
 #include "ngx_ipc_cluster.h"
@@ -133,19 +133,15 @@ ngx_ipc_cluster_text(ClusterShared *cs, int which)
 }
 
 
-int
-ngx_ipc_ffi_cluster_get_text(int which, char *buf, int size)
+/* A text, its time and its version, read under its sequence lock: its
+ * length, or -1 if the writer kept it busy for 1000 tries. buf holds
+ * kTextMax bytes. */
+static int
+ngx_ipc_cluster_read_text(Text *t, char *buf, std::uint64_t *at_ms,
+    std::uint32_t *version)
 {
-    ClusterShared  *cs;
-    Text           *t;
-    std::uint32_t   v1, v2, len;
-
-    cs = ngx_ipc_cluster_shared();
-    if (cs == NULL || size < (int) kTextMax) {
-        return -1;
-    }
-
-    t = ngx_ipc_cluster_text(cs, which);
+    std::uint32_t  v1, v2, len;
+    std::uint64_t  at;
 
     for (int i = 0; i < 1000; i++) {
         v1 = t->version.load(std::memory_order_acquire);
@@ -158,16 +154,67 @@ ngx_ipc_ffi_cluster_get_text(int which, char *buf, int size)
         if (len > kTextMax) {
             len = kTextMax;
         }
+        at = t->at_ms;
         ngx_memcpy(buf, t->data, len);
 
         std::atomic_thread_fence(std::memory_order_acquire);
         v2 = t->version.load(std::memory_order_relaxed);
         if (v1 == v2) {
+            *at_ms = at;
+            *version = v1;
             return (int) len;
         }
     }
 
     return -1;
+}
+
+
+int
+ngx_ipc_ffi_cluster_get_text(int which, char *buf, int size)
+{
+    ClusterShared  *cs;
+    std::uint64_t   at;
+    std::uint32_t   v;
+
+    cs = ngx_ipc_cluster_shared();
+    if (cs == NULL || size < (int) kTextMax) {
+        return -1;
+    }
+
+    return ngx_ipc_cluster_read_text(ngx_ipc_cluster_text(cs, which), buf,
+                                     &at, &v);
+}
+
+
+/* The last error, its time, and whether it is older than the agent's last
+ * connection while the link is up: the state a reader would otherwise
+ * have to guess from "connected" beside an error text. */
+int
+ngx_ipc_ffi_cluster_link(ngx_ipc_cluster_link_t *out, char *buf, int size)
+{
+    ClusterShared  *cs;
+    std::uint32_t   v;
+    int             len;
+
+    cs = ngx_ipc_cluster_shared();
+    if (cs == NULL || size < (int) kTextMax) {
+        return NGX_ERROR;
+    }
+
+    len = ngx_ipc_cluster_read_text(&cs->last_error, buf, &out->error_ms, &v);
+    if (len < 0) {
+        len = 0;                      /* being rewritten: shown as none */
+        out->error_ms = 0;
+    }
+
+    out->error_len = len;
+    out->connect_ms = cs->connect_ms.load(std::memory_order_relaxed);
+    out->error_old = len > 0
+        && cs->counters[kConnected].load(std::memory_order_relaxed) != 0
+        && v == cs->connect_error_version.load(std::memory_order_relaxed);
+
+    return NGX_OK;
 }
 
 
@@ -194,8 +241,30 @@ ngx_ipc_ffi_cluster_set_text(int which, const char *text, size_t len)
     std::atomic_thread_fence(std::memory_order_release);
     ngx_memcpy(t->data, text, len);
     t->len = (std::uint32_t) len;
+    if (which == NGX_IPC_FFI_CLUSTER_LAST_ERROR) {
+        t->at_ms = ngx_ipc_cluster_wall_ms();
+    }
     /* Release: publishes the text to readers that see the even version. */
     t->version.store(v + 2, std::memory_order_release);
+}
+
+
+/* the agent only, after each connection its reader or writer makes: the
+ * errors set so far are older than it (last_error's version now, even:
+ * the agent is its only writer, and it is not writing) */
+void
+ngx_ipc_ffi_cluster_connected(void)
+{
+    ClusterShared  *cs = ngx_ipc_cluster_shared();
+
+    if (cs == NULL) {
+        return;
+    }
+
+    cs->connect_error_version.store(
+        cs->last_error.version.load(std::memory_order_relaxed),
+        std::memory_order_relaxed);
+    cs->connect_ms.store(ngx_ipc_cluster_wall_ms(), std::memory_order_relaxed);
 }
 
 

@@ -270,7 +270,24 @@ ngx_ipc_cluster_init_zone(ngx_shm_zone_t *zone, void *data)
 
     if (data != NULL || zone->shm.exists) {
         /* a reload kept the zone (sp->data is set): keep its lease,
-         * position and outbox */
+         * position and outbox. nginx keeps a zone whose name, size and
+         * tag (this module's address) match, so it was made by this very
+         * code; should another layout ever come through (a module of
+         * another kClusterVersion loaded at the same address), the reload
+         * fails rather than read it as this one. */
+        cs = (ClusterShared *) sp->data;
+        if (cs == NULL || cs->magic != kClusterMagic
+            || cs->version != kClusterVersion)
+        {
+            ngx_log_error(NGX_LOG_EMERG, zone->shm.log, 0,
+                          "ipc_cluster: the zone \"%V\" kept from the "
+                          "running configuration has another layout "
+                          "(version %uD, this module's %uD): restart nginx",
+                          &zone->shm.name, cs ? cs->version : 0,
+                          kClusterVersion);
+            return NGX_ERROR;
+        }
+
         return NGX_OK;
     }
 

@@ -34,7 +34,7 @@ extern "C" {
 enum {
     /* Bumped whenever a declaration below changes; lib/ngx/ipc.lua refuses
      * to run against a module that reports another version. */
-    NGX_IPC_FFI_VERSION = 7,
+    NGX_IPC_FFI_VERSION = 8,
 
     /* a send's run-time failures (ngx_ipc::Status, ngx_ipc_cluster_*) */
     NGX_IPC_FFI_E_NO_SUCH_WORKER = 1,    /* "no such worker" */
@@ -187,6 +187,18 @@ typedef struct {
     int                   secret;      /* 1: entries carry a MAC (secret=) */
 } ngx_ipc_cluster_info_t;
 
+/* the link's last error and last connection, read together
+ * (ngx_ipc_ffi_cluster_link): what ipc.cluster() and ipc_status show */
+typedef struct {
+    uint64_t  error_ms;      /* wall clock (ms since 1970) when the last
+                                error was set; 0: none yet */
+    uint64_t  connect_ms;    /* wall clock of the agent's last connection
+                                to Redis (reader or writer); 0: none yet */
+    int       error_len;     /* bytes of the error's text, in buf */
+    int       error_old;     /* 1: connected, and no error was set since
+                                the last connection */
+} ngx_ipc_cluster_link_t;
+
 /* an outbox entry handed to the agent (pointers into the zone, valid until
  * it commits past them) */
 typedef struct {
@@ -249,7 +261,16 @@ uint64_t ngx_ipc_ffi_cluster_queued(void);
 void ngx_ipc_ffi_cluster_commit(uint64_t end);
 int ngx_ipc_ffi_cluster_arm(uint64_t from);
 int ngx_ipc_ffi_cluster_get_text(int which, char *buf, int size);
+/* setting LAST_ERROR stamps it with the wall clock */
 void ngx_ipc_ffi_cluster_set_text(int which, const char *text, size_t len);
+/* the agent made a connection to Redis: stamps it, and marks the errors
+ * set so far as older than it */
+void ngx_ipc_ffi_cluster_connected(void);
+/* the last error into buf (NGX_IPC_FFI_CLUSTER_TEXT_MAX bytes at least)
+ * and its time, read together, with the last connection's: NGX_OK, or
+ * NGX_ERROR (no ipc_cluster, or size too small) */
+int ngx_ipc_ffi_cluster_link(ngx_ipc_cluster_link_t *out, char *buf,
+    int size);
 uint64_t *ngx_ipc_ffi_cluster_counters(void);
 void ngx_ipc_ffi_cluster_count(int which, int64_t n);
 void ngx_ipc_ffi_cluster_gauge(int which, uint64_t v);

@@ -23,7 +23,7 @@ def test_ffi_layout_matches_the_module(nginx):
     types = {r[0] for r in rows}
     assert {"ngx_ipc_msg_t", "ngx_ipc_stats_t", "ngx_ipc_worker_status_t",
             "ngx_ipc_exit_t", "ngx_ipc_cluster_info_t",
-            "ngx_ipc_cluster_entry_t"} <= types
+            "ngx_ipc_cluster_entry_t", "ngx_ipc_cluster_link_t"} <= types
 
 
 def test_ffi_constants_come_from_the_header(nginx):

@@ -128,7 +128,6 @@ function _M.state()
         connected = counters[K_CONNECTED] ~= 0,
         agent = C.ngx_ipc_ffi_cluster_agent(),   -- 0: none now
         last_id = link:get_text(C.NGX_IPC_FFI_CLUSTER_LAST_ID),
-        last_error = link:get_text(C.NGX_IPC_FFI_CLUSTER_LAST_ERROR),
         lag_ms = tonumber(counters[K_LAG_MS]),
         queued_bytes = tonumber(C.ngx_ipc_ffi_cluster_queued()),
     }
@@ -137,9 +136,10 @@ function _M.state()
         t[name] = tonumber(counters[i])
     end
 
-    if t.last_error == "" then
-        t.last_error = nil
-    end
+    -- last_error (nil: none), its time, whether the link connected since
+    -- (last_error_old), and the last connection's time
+    t.last_error, t.last_error_at, t.last_error_old, t.connected_at =
+        link:link_state()
 
     return t
 end

@@ -40,6 +40,7 @@ local _M = { GAP_NAME = GAP_NAME, IN_NAME = IN_NAME }
 local mt = { __index = _M }
 
 local text_buf = ffi_new("char[?]", C.NGX_IPC_FFI_CLUSTER_TEXT_MAX)
+local link_state = ffi_new("ngx_ipc_cluster_link_t")
 
 
 -- The link of this worker, or nil without ipc_cluster. api: what ngx.ipc
@@ -112,6 +113,32 @@ end
 
 function _M.set_text(self, which, s)
     C.ngx_ipc_ffi_cluster_set_text(which, s, #s)
+end
+
+
+-- The agent made a connection to Redis (its reader or its writer): the
+-- zone notes when, and that the last error, if any, came before it.
+function _M.connected(self)
+    C.ngx_ipc_ffi_cluster_connected()
+end
+
+
+-- The last error and the last connection, as ipc.cluster() shows them:
+-- the error's text (nil: none), when it was set and when the agent last
+-- connected (unix seconds, with milliseconds; nil: not yet), and whether
+-- the link is up again since that error (it is then history).
+function _M.link_state(self)
+    if C.ngx_ipc_ffi_cluster_link(link_state, text_buf,
+                                  C.NGX_IPC_FFI_CLUSTER_TEXT_MAX) ~= errors.OK
+    then
+        return nil, nil, false, nil
+    end
+
+    local s = link_state
+    local err = s.error_len > 0 and ffi_string(text_buf, s.error_len) or nil
+    local err_at = s.error_ms ~= 0 and tonumber(s.error_ms) / 1000 or nil
+    local conn_at = s.connect_ms ~= 0 and tonumber(s.connect_ms) / 1000 or nil
+    return err, err and err_at, err ~= nil and s.error_old ~= 0, conn_at
 end
 
 

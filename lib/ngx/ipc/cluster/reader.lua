@@ -185,6 +185,7 @@ function _M.run(link)
                 first = false
                 pos.start_id = pos.start_id or pos.cursor
                 backoff = BACKOFF_MIN
+                link:connected()
                 link:gauge(K_CONNECTED, 1)
             end
 

@@ -115,6 +115,7 @@ function _M.run(link)
         elseif not conn then
             conn, err = resp.connect(cfg, cfg.client_name .. "writer")
             if conn then
+                link:connected()
                 local theirs, ours = conn:time_ms()
                 clock = theirs and theirs - ours or 0
             else

@@ -4,8 +4,9 @@
  * format 0.0.4, the default) or JSON (?format=json, or Accept:
  * application/json); GET and HEAD only, as stub_status does.
  *
- * It only loads what the workers store (ngx_ipc/status.h): a request costs
- * the workers nothing but the cache lines it reads.
+ * It only loads what the workers store (ngx_ipc/status.h), and the cluster
+ * link's figures from its zone: a request costs the workers nothing but
+ * the cache lines it reads.
  */
 
 #include "ngx_ipc_status.h"
@@ -129,7 +130,8 @@ ngx_http_ipc_status_handler(ngx_http_request_t *r)
 
     /* generous bounds: a line is under 160 bytes */
     size = 16384 + st.n * (ngx_http_ipc_status_nfields + 12) * 160
-           + st.ninboxes * 4 * 160 + st.npeers * 2 * 160;
+           + st.ninboxes * 4 * 160 + st.npeers * 2 * 160
+           + ngx_http_ipc_status_cluster_size(&st.cluster);
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
@@ -272,6 +274,8 @@ ngx_http_ipc_status_read(ngx_http_request_t *r, ngx_ipc_worker_t *w,
             st->inbox_ids[st->ninboxes++] = i;
         }
     }
+
+    ngx_http_ipc_status_read_cluster(&st->cluster);
 
     return NGX_OK;
 }

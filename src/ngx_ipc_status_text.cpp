@@ -1,6 +1,7 @@
 /*
  * ngx_ipc status: the page's text, Prometheus (exposition format 0.0.4) or
- * JSON, written from what ngx_ipc_status.cpp read from the slots.
+ * JSON, written from what ngx_ipc_status.cpp read from the slots; the
+ * cluster link's part is ngx_ipc_status_cluster.cpp's.
  */
 
 #include "ngx_ipc_status.h"
@@ -57,7 +58,7 @@ ngx_http_ipc_status_value(const ngx_ipc::WorkerStatus *ws, ngx_uint_t f)
 }
 
 
-static u_char *
+u_char *
 ngx_http_ipc_status_family(u_char *p, u_char *last, const char *name,
     const char *type, const char *help)
 {
@@ -199,6 +200,10 @@ ngx_http_ipc_status_prometheus(u_char *p, u_char *last,
         }
     }
 
+    /* the cluster link (ngx_ipc_status_cluster.cpp) */
+
+    p = ngx_http_ipc_status_cluster_prometheus(p, last, &st->cluster);
+
     /* the inboxes with traffic */
 
     if (st->ninboxes == 0) {
@@ -285,7 +290,9 @@ ngx_http_ipc_status_json(u_char *p, u_char *last, ngx_http_ipc_status_t *st)
                          st->peers[k].worker, st->peers[k].pid);
     }
 
-    p = ngx_slprintf(p, last, "]}\n");
+    p = ngx_slprintf(p, last, "],\n\"cluster\":");
+    p = ngx_http_ipc_status_cluster_json(p, last, &st->cluster);
+    p = ngx_slprintf(p, last, "}\n");
 
     return p;
 }

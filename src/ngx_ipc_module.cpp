@@ -10,8 +10,6 @@
 
 #include "ngx_ipc_module.h"
 
-#include <sys/eventfd.h>
-#include <sys/resource.h>
 #include <sys/mman.h>
 
 
@@ -213,49 +211,6 @@ ngx_ipc_init_conf(ngx_cycle_t *cycle, void *data)
 }
 
 
-/*
- * The master holds, per worker, one eventfd of ours and nginx's two
- * channel sockets; every process inherits the eventfds. With many workers
- * that passes the usual soft limit of 1024 open files, so the master
- * raises its soft limit as far as the hard one lets it (the workers inherit
- * it; worker_rlimit_nofile still sets theirs). Beyond the hard limit,
- * eventfd() fails and the message says what to raise.
- */
-#define NGX_IPC_NOFILE(n)  (4 * (n) + 1024)
-
-static void
-ngx_ipc_raise_nofile(ngx_cycle_t *cycle, ngx_uint_t n)
-{
-    rlim_t         want;
-    struct rlimit  rl;
-
-    want = (rlim_t) NGX_IPC_NOFILE(n);
-
-    if (getrlimit(RLIMIT_NOFILE, &rl) == -1 || rl.rlim_cur >= want) {
-        return;
-    }
-
-    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
-        want = rl.rlim_max;
-    }
-
-    if (want <= rl.rlim_cur) {
-        return;
-    }
-
-    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
-                  "ngx_ipc: %ui workers: open files limit raised from %uL "
-                  "to %uL", n, (uint64_t) rl.rlim_cur, (uint64_t) want);
-
-    rl.rlim_cur = want;
-
-    if (setrlimit(RLIMIT_NOFILE, &rl) == -1) {
-        ngx_log_error(NGX_LOG_WARN, cycle->log, ngx_errno,
-                      "ngx_ipc: setrlimit(RLIMIT_NOFILE) failed");
-    }
-}
-
-
 /* The configuration's shared mapping and one eventfd per worker slot, made
  * before the master forks the workers, freed with the cycle's pool. */
 static ngx_int_t
@@ -311,18 +266,8 @@ ngx_ipc_create_shared(ngx_cycle_t *cycle, ngx_ipc_conf_t *conf, ngx_uint_t n)
     cln->handler = ngx_ipc_cleanup;
     cln->data = conf;
 
-    ngx_ipc_raise_nofile(cycle, n);
-
-    for (i = 0; i < n; i++) {
-        conf->fds[i] = eventfd(0, EFD_NONBLOCK|EFD_CLOEXEC);
-        if (conf->fds[i] == -1) {
-            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                          "ngx_ipc: eventfd() failed for worker slot %ui of "
-                          "%ui: with %ui workers raise the open files limit "
-                          "(ulimit -n, systemd's LimitNOFILE=) to at least "
-                          "%ui", i, n, n, NGX_IPC_NOFILE(n));
-            return NGX_ERROR;
-        }
+    if (ngx_ipc_open_eventfds(cycle, conf->fds, n) != NGX_OK) {
+        return NGX_ERROR;   /* the cleanup closes those it opened */
     }
 
     ngx_ipc_previous_conf = ngx_ipc_current_conf;

@@ -90,6 +90,9 @@ extern "C" ngx_module_t  ngx_ipc_module;
 
 /* ngx_ipc_module.cpp: the configuration a worker forked now attaches to */
 ngx_ipc_conf_t *ngx_ipc_conf_current(void);
+/* ngx_ipc_fds.cpp: one eventfd per worker slot, after raising the master's
+ * open files limit */
+ngx_int_t ngx_ipc_open_eventfds(ngx_cycle_t *cycle, int *fds, ngx_uint_t n);
 
 /* ngx_ipc_worker.cpp: attaches this process to its slot on first use; NULL
  * if this process is not a worker of a configuration that has ngx_ipc

@@ -242,6 +242,7 @@ bool Outbox::flush_ready() {
     while (b != 0) {
       std::uint32_t k = i * 64 + static_cast<std::uint32_t>(__builtin_ctzll(b));
       b &= b - 1;
+      if (k >= shm_->nslots) break;  // past the last slot: written by no waker of ours
       if (out_[k].backlog.empty()) {
         wakeup_->pass_on(k);  // our turn, but nothing to write: the next one's
         continue;

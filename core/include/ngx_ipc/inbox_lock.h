@@ -132,13 +132,18 @@ class InboxLock {
     std::atomic<std::uint32_t>& cursor = wake_cursor(c, w);
     std::uint32_t start = cursor.load(std::memory_order_relaxed);
     if (start >= n) start = 0;
+    // Bits past the last slot are no sender: whatever another process wrote
+    // there is ignored, never woken nor taken for a waiter still waiting.
+    auto valid = [n, words](std::uint32_t wi) {
+      return wi + 1 < words || n % 64 == 0 ? ~std::uint64_t{0} : (std::uint64_t{1} << (n % 64)) - 1;
+    };
     int woken = -1;
     bool more = false;
     // Words from the cursor's on, wrapping, and the cursor's word once
     // more at the end for its bits before the cursor.
     for (std::uint32_t i = 0; i <= words && woken < 0; ++i) {
       std::uint32_t wi = (start / 64 + i) % words;
-      std::uint64_t b = bits[wi].load(std::memory_order_relaxed);
+      std::uint64_t b = bits[wi].load(std::memory_order_relaxed) & valid(wi);
       std::uint64_t from = std::uint64_t{1} << (start % 64);
       if (i == 0) b &= ~(from - 1);
       if (i == words) b &= from - 1;
@@ -147,14 +152,14 @@ class InboxLock {
         std::uint64_t old = bits[wi].fetch_and(~m, std::memory_order_relaxed);
         if (old & m) {
           woken = static_cast<int>(wi * 64 + static_cast<std::uint32_t>(__builtin_ctzll(m)));
-          more = (old & ~m) != 0;
+          more = (old & ~m & valid(wi)) != 0;
         }
         b &= ~m;  // (another waker took that one)
       }
     }
     if (woken < 0) return -1;
     for (std::uint32_t i = 0; i < words && !more; ++i) {
-      more = bits[i].load(std::memory_order_relaxed) != 0;
+      more = (bits[i].load(std::memory_order_relaxed) & valid(i)) != 0;
     }
     cursor.store(static_cast<std::uint32_t>(woken) + 1, std::memory_order_relaxed);
     // Before the wake-up: the sender that reads it (after its read of the

@@ -2,7 +2,8 @@
 // bits, their flags, the cursors, the ready bits) hold garbage: every bit
 // set, past the last slot too, and a cursor out of range. Nobody is woken
 // who is not a slot, nothing is written past the ready bits, no endpoint
-// reads past its own destinations (ASan), and messages go on.
+// reads past its own destinations (ASan), and messages go on. A lock word
+// that names no writer is taken over by the retry sweep's probe.
 
 #include <gtest/gtest.h>
 
@@ -99,6 +100,25 @@ TEST(WakeupHostile, BitsPastTheLastSlotAloneWakeNobody) {
   EXPECT_EQ(w.shm().flag(0, WaitFor::kLock), 0u);
   EXPECT_TRUE(tail_is_zero(w));
   EXPECT_EQ(test::drain(w.ep(0)).size(), 1u);
+}
+
+TEST(WakeupHostile, ALockWordThatNamesNoWriterIsTakenOverByAProbe) {
+  // Garbage in receiver 0's lock word: a slot past the last. A send keeps
+  // its message (no probe on the send path); the retry sweep's probe finds
+  // no such writer and takes the lock over; everything arrives.
+  World w(3, 4096);
+  for (std::uint64_t garbage : {make_writer(1000, 7), ~std::uint64_t{0}}) {
+    SCOPED_TRACE(garbage);
+    w.shm().ctl(0)->lock.store(garbage);
+    ASSERT_EQ(test::send_str(w.ep(1), w.pid(0), "m", "held"), Status::kOk);
+    EXPECT_GT(w.ep(1).stats().queued_bytes, 0u) << "not written past a held lock";
+    EXPECT_FALSE(w.ep(1).retry_all()) << "first sweep: a new holder, left alone";
+    EXPECT_TRUE(w.ep(1).retry_all()) << "the same word a whole tick: probed, taken over";
+    std::vector<Received> got = test::drain(w.ep(0));
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].data, "held");
+    EXPECT_EQ(w.shm().ctl(0)->lock.load(), 0u);
+  }
 }
 
 }  // namespace

@@ -19,6 +19,7 @@ esac
 nginx_tests=(
   "$nginx" nginx-dev libnginx-mod-http-lua lua-resty-core
   g++ make python3-pytest curl "$promtool" redis-server lua-nginx-redis
+  redis-sentinel openssl
 )
 # the core's tests, sanitizers, fuzzing, bench charts, the Debian 13 root
 others=(

@@ -8,11 +8,18 @@
         r.kill()                                # SIGKILL by PID, mid-anything
         r.restart()                             # same port, same dir, same AOF
 
+    def test_tls(redis_server, tls_certs):      # tls_certs.py's fixture
+        r = redis_server(tls=tls_certs)         # also on r.tls_port, over TLS
+        r.tls_client().command("PING")          # verifies with tls_certs.ca
+
 `RedisServer` runs /usr/bin/redis-server in the foreground as a child process,
 bound to 127.0.0.1 on a free port, with its own temporary directory as
 `--dir` and the append-only file on (`--appendfsync always` by default, so
 that a write Redis acknowledged survives SIGKILL), no RDB snapshots.  It is
 stopped by its PID only: SIGTERM, then SIGKILL after a bounded wait.
+With `tls=` (a tls_certs.TlsCerts) it also listens TLS on `tls_port`; the
+plain `port` stays, for the harness's own commands.  With `replicaof=` it
+starts as a replica (redis_sentinel.py builds Sentinel sets from these).
 
 The `redis_server` fixture is a factory, like conftest.py's `nginx`: each call
 starts one more server; at teardown every server it started is stopped by PID
@@ -20,10 +27,9 @@ and its directory deleted (kept when NGX_TEST_KEEP=1), whether the test passed
 or not.  pytest loads fixtures only from conftest.py and the test module, so a
 test module imports the fixture by name.
 
-The RESP client (`RespClient`, `RedisServer.command`) speaks RESP2 over a plain
-socket: no redis-py.  Replies come back as Python values: simple strings as
-str, bulk strings as bytes (None for a null bulk), integers as int, arrays as
-lists; an error reply raises `RedisReplyError` carrying Redis's message.
+The RESP client (`RespClient`, `RedisServer.command`) is resp_client.py's:
+RESP2 over a plain socket or TLS, no redis-py; an error reply raises
+`RedisReplyError`.
 
 Also usable without pytest (bench/cluster.py imports it): pytest is optional.
 """
@@ -37,6 +43,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# the client lives in resp_client.py; these names stay importable from here
+from resp_client import (RedisReplyError, RedisServerError, RespClient,  # noqa: F401
+                         encode_command)
+
 try:
     import pytest
 except ImportError:  # benchmarks run with the standard library only
@@ -47,126 +57,6 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 10.0  # seconds for redis-server to answer PING
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 KEEP = os.environ.get("NGX_TEST_KEEP") == "1"
-
-
-class RedisReplyError(Exception):
-    """Redis answered with an error reply (-ERR ..., -NOAUTH ..., -WRONGPASS ...)."""
-
-
-class RedisServerError(Exception):
-    """redis-server failed to start, to answer or to stop."""
-
-
-def _encode(arg):
-    if isinstance(arg, bytes):
-        return arg
-    if isinstance(arg, str):
-        return arg.encode()
-    if isinstance(arg, (int, float)):
-        return str(arg).encode()
-    raise TypeError(f"cannot send {type(arg).__name__} to Redis")
-
-
-def encode_command(*args):
-    """The RESP2 array of bulk strings for one command."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = _encode(arg)
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-class RespClient:
-    """One connection to a Redis server, one command at a time.
-
-    Every socket operation is bounded by `timeout` seconds.  After an error
-    reply the connection stays usable; after a socket error it is closed and
-    the next command reconnects.
-    """
-
-    def __init__(self, port, host=HOST, password=None, username=None, timeout=5.0):
-        self.host, self.port = host, port
-        self.password, self.username = password, username
-        self.timeout = timeout
-        self._sock = None
-        self._buf = b""
-
-    def connect(self):
-        self.close()
-        self._sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        self._buf = b""
-        if self.password is not None:
-            auth = ("AUTH", self.username, self.password) if self.username \
-                else ("AUTH", self.password)
-            self.command(*auth)
-        return self
-
-    def close(self):
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
-
-    def command(self, *args):
-        """Send one command, return its parsed reply (raises RedisReplyError)."""
-        if self._sock is None:
-            self.connect()
-        try:
-            self._sock.sendall(encode_command(*args))
-            reply = self._read_reply()
-        except OSError:
-            self.close()
-            raise
-        if isinstance(reply, RedisReplyError):
-            raise reply
-        return reply
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    # -- RESP2 parsing -----------------------------------------------------
-
-    def _fill(self):
-        data = self._sock.recv(65536)
-        if not data:
-            raise ConnectionError("Redis closed the connection")
-        self._buf += data
-
-    def _line(self):
-        while True:
-            end = self._buf.find(b"\r\n")
-            if end >= 0:
-                line, self._buf = self._buf[:end], self._buf[end + 2:]
-                return line
-            self._fill()
-
-    def _exact(self, size):
-        while len(self._buf) < size + 2:
-            self._fill()
-        data, self._buf = self._buf[:size], self._buf[size + 2:]
-        return data
-
-    def _read_reply(self):
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            # returned, not raised, so that an error inside an array is kept
-            return RedisReplyError(rest.decode(errors="replace"))
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else self._exact(size)
-        if kind == b"*":
-            count = int(rest)
-            return None if count < 0 else [self._read_reply() for _ in range(count)]
-        raise RedisServerError(f"unexpected RESP line {line[:80]!r}")
 
 
 def free_port():
@@ -182,16 +72,28 @@ class RedisServer:
                   "everysec" or "no"; None turns the append-only file off
     password      set `requirepass` (clients then AUTH as the default user)
     extra         more command-line arguments, e.g. ("--maxmemory", "10mb")
+    tls           a tls_certs.TlsCerts: also listen TLS on `tls_port` with
+                  its server certificate (and its client one for replication)
+    tls_auth_clients  "optional" (default: a client certificate, if any, must
+                  verify with the CA), "yes" (required) or "no"
+    tls_replication   replicate over TLS, and announce the TLS port to the
+                  primary (so that Sentinel knows the server by its TLS port)
+    replicaof     (host, port): start as a replica of that server
     """
 
     def __init__(self, appendfsync="always", password=None, extra=(),
-                 start_timeout=START_TIMEOUT):
+                 start_timeout=START_TIMEOUT, tls=None, tls_auth_clients="optional",
+                 tls_replication=False, replicaof=None):
         self.appendfsync = appendfsync
         self.password = password
         self.extra = tuple(extra)
         self.start_timeout = start_timeout
+        self.tls, self.tls_auth_clients = tls, tls_auth_clients
+        self.tls_replication = tls_replication
+        self.replicaof = replicaof
         self.dir = None
         self.port = None
+        self.tls_port = None
         self.proc = None
         self._client = None
 
@@ -202,6 +104,8 @@ class RedisServer:
         self.dir = Path(tempfile.mkdtemp(prefix="ngx-ipc-redis-"))
         for attempt in range(3):  # another process may take the free port
             self.port = free_port()
+            if self.tls is not None:
+                self.tls_port = free_port()
             self._spawn()
             try:
                 self._wait_ready()
@@ -239,6 +143,12 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         if self.password is not None:
             args += ["--requirepass", self.password]
+        if self.tls is not None:
+            for name, value in self.tls.redis_config(
+                    self.tls_port, self.tls_auth_clients, self.tls_replication):
+                args += ["--" + name, value]
+        if self.replicaof is not None:
+            args += ["--replicaof", str(self.replicaof[0]), str(self.replicaof[1])]
         return args + list(self.extra)
 
     def _spawn(self):
@@ -308,10 +218,17 @@ class RedisServer:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
-    def url(self, db=None):
-        """The address for `ipc_cluster`: redis://[default:PASSWORD@]127.0.0.1:PORT[/DB]."""
+    def url(self, db=None, tls=False):
+        """The address for `ipc_cluster`: redis://[default:PASSWORD@]127.0.0.1:PORT[/DB],
+        or rediss://...:TLS_PORT with tls=True."""
         auth = f"default:{self.password}@" if self.password is not None else ""
-        return f"redis://{auth}{HOST}:{self.port}" + (f"/{db}" if db is not None else "")
+        scheme, port = ("rediss", self.tls_port) if tls else ("redis", self.port)
+        return f"{scheme}://{auth}{HOST}:{port}" + (f"/{db}" if db is not None else "")
+
+    @property
+    def announced_port(self):
+        """The port a primary (so Sentinel) knows this server by."""
+        return self.tls_port if self.tls_replication else self.port
 
     def client(self, password=..., timeout=5.0):
         """A new RespClient (connected on first command); password defaults to
@@ -320,11 +237,35 @@ class RedisServer:
             password = self.password
         return RespClient(self.port, password=password, timeout=timeout)
 
+    def tls_client(self, ca=None, cert=None, key=None, server_hostname=...,
+                   password=..., timeout=5.0):
+        """A new RespClient to `tls_port` verifying the server with `ca` (the
+        TlsCerts CA by default) against `server_hostname` ("redis.test" by
+        default); `cert`/`key`: a client certificate to present."""
+        ctx = self.tls.client_context(ca, cert, key)
+        if server_hostname is ...:
+            server_hostname = self.tls.server_name
+        if password is ...:
+            password = self.password
+        return RespClient(self.tls_port, password=password, timeout=timeout,
+                          ssl_context=ctx, server_hostname=server_hostname)
+
     def command(self, *args):
         """One command on a kept connection (reconnects after kill/restart)."""
         if self._client is None:
             self._client = self.client()
         return self._client.command(*args)
+
+    def role(self):
+        """The first element of ROLE: "master", "slave" (or "sentinel")."""
+        role = self.command("ROLE")[0]
+        return role.decode() if isinstance(role, bytes) else role
+
+    def info(self, section="replication"):
+        """INFO <section> as a dict of str (e.g. info()["master_link_status"])."""
+        text = self.command("INFO", section).decode(errors="replace")
+        return dict(line.split(":", 1) for line in text.splitlines()
+                    if ":" in line and not line.startswith("#"))
 
     def log(self):
         try:
@@ -341,8 +282,9 @@ if pytest is not None:
     def redis_server():
         """Factory: redis_server(**kwargs) starts and returns a RedisServer.
 
-        kwargs are those of RedisServer: appendfsync, password, extra.  Every
-        server is stopped by PID and its directory removed after the test."""
+        kwargs are those of RedisServer: appendfsync, password, extra, tls,
+        tls_auth_clients, tls_replication, replicaof.  Every server is stopped
+        by PID and its directory removed after the test."""
         servers = []
 
         def start(**kwargs):

@@ -35,8 +35,8 @@ constexpr std::uint64_t kClusterMagic = 0x72756c6370696e67ULL;  /* "gnipclur" */
 /* Bumped with every change of ClusterShared's layout: a zone of another
  * layout is never read (ngx_ipc_cluster_shared) nor taken over by a
  * reload (ngx_ipc_cluster_init_zone). 3: Text.at_ms, connect_ms,
- * connect_error_version. */
-constexpr std::uint32_t kClusterVersion = 3;
+ * connect_error_version. 4: primary. */
+constexpr std::uint32_t kClusterVersion = 4;
 constexpr std::uint32_t kOutMagic = 0x6f757462;                   /* "btuo" */
 constexpr std::uint32_t kOutPad = 0x64617062;                     /* "bpad" */
 constexpr std::size_t kTextMax = NGX_IPC_FFI_CLUSTER_TEXT_MAX;
@@ -107,6 +107,7 @@ struct alignas(64) ClusterShared {
 
     Text                                    last_id;
     Text                                    last_error;
+    Text                                    primary;  /* "host:port" */
 
     /* the agent's last connection to Redis (ngx_ipc_ffi_cluster_connected):
      * its wall-clock time, and last_error's version then; a last_error
@@ -131,6 +132,16 @@ using namespace ngx_ipc_cluster_zone;
 typedef struct {
     ngx_flag_t       enabled;
     ngx_str_t        url;        /* as written, for messages: no password */
+    ngx_flag_t       tls;        /* rediss:// or rediss+sentinel:// */
+    ngx_str_t        sentinels;  /* redis+sentinel://: "H:P,H:P", else "" */
+    ngx_str_t        master;     /* the Sentinels' master name */
+    ngx_str_t        sentinel_password;
+    ngx_str_t        tls_name;   /* SNI and the name verified: tls_name=,
+                                    else the host */
+    ngx_str_t        tls_cert;   /* tls_cert= and tls_key=: PEM, read by
+                                    the master */
+    ngx_str_t        tls_key;
+    ngx_uint_t       replicas;   /* replicas=N: WAIT N before "added" */
     ngx_str_t        host;
     ngx_str_t        user;
     ngx_str_t        password;
@@ -153,9 +164,17 @@ extern "C" ngx_module_t  ngx_ipc_cluster_module;
  * NULL without ipc_cluster */
 ngx_ipc_cluster_conf_t *ngx_ipc_cluster_conf(void);
 ClusterShared *ngx_ipc_cluster_shared(void);
-/* ngx_ipc_cluster_url.cpp: fills ccf's host, port, db, user, password */
+/* ngx_ipc_cluster_url.cpp: fills ccf's tls, sentinels, master, host, port,
+ * db, user, password, url */
 char *ngx_ipc_cluster_parse_url(ngx_conf_t *cf, ngx_ipc_cluster_conf_t *ccf,
     ngx_str_t *url);
+/* ngx_ipc_cluster_tls.cpp: the link's parameters beyond the stream's
+ * (replicas=, sentinel_password=, tls_name=, tls_cert=, tls_key=):
+ * NGX_OK if it took name=v, NGX_DECLINED if name is not one of them,
+ * NGX_ERROR (logged) if v is wrong; and the check of them all once read */
+ngx_int_t ngx_ipc_cluster_link_param(ngx_conf_t *cf,
+    ngx_ipc_cluster_conf_t *ccf, ngx_str_t *name, ngx_str_t *v);
+char *ngx_ipc_cluster_check_link(ngx_conf_t *cf, ngx_ipc_cluster_conf_t *ccf);
 /* ngx_ipc_cluster_secret.cpp: secret=PATH, the key every entry's MAC is
  * made with (read now, by the master) */
 char *ngx_ipc_cluster_read_secret(ngx_conf_t *cf, ngx_ipc_cluster_conf_t *ccf,

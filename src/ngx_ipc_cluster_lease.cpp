@@ -43,6 +43,22 @@ ngx_ipc_ffi_cluster_info(ngx_ipc_cluster_info_t *out)
     out->max_message = ccf->max_message;
     out->epoch = cs->epoch;
     out->secret = ccf->secret != NULL;
+    out->tls = (int) ccf->tls;
+    out->replicas = (int) ccf->replicas;
+    out->where = ccf->url.data;
+    out->where_len = ccf->url.len;
+    out->sentinels = ccf->sentinels.data;
+    out->sentinels_len = ccf->sentinels.len;
+    out->master = ccf->master.data;
+    out->master_len = ccf->master.len;
+    out->sentinel_password = ccf->sentinel_password.data;
+    out->sentinel_password_len = ccf->sentinel_password.len;
+    out->tls_name = ccf->tls_name.data;    /* "": the host connected to */
+    out->tls_name_len = ccf->tls_name.len;
+    out->tls_cert = ccf->tls_cert.data;
+    out->tls_cert_len = ccf->tls_cert.len;
+    out->tls_key = ccf->tls_key.data;
+    out->tls_key_len = ccf->tls_key.len;
 
     return NGX_OK;
 }
@@ -129,7 +145,8 @@ static Text *
 ngx_ipc_cluster_text(ClusterShared *cs, int which)
 {
     return which == NGX_IPC_FFI_CLUSTER_LAST_ID ? &cs->last_id
-                                                : &cs->last_error;
+           : which == NGX_IPC_FFI_CLUSTER_PRIMARY ? &cs->primary
+           : &cs->last_error;
 }
 
 

@@ -93,9 +93,10 @@ ngx_ipc_cluster_init_conf(ngx_cycle_t *cycle, void *conf)
 }
 
 
-/* ipc_cluster redis://[user:password@]HOST:PORT[/DB] [stream=NAME]
- *             [node=NAME] [maxlen=N] [max_message=SIZE] [queue=SIZE]
- *             [secret=PATH]; */
+/* ipc_cluster URL [stream=NAME] [node=NAME] [maxlen=N] [max_message=SIZE]
+ *             [queue=SIZE] [secret=PATH] [replicas=N] [sentinel_password=P]
+ *             [tls_name=NAME] [tls_cert=PATH tls_key=PATH];
+ * (the URL's forms: ngx_ipc_cluster_url.cpp) */
 static char *
 ngx_ipc_cluster(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -178,8 +179,19 @@ ngx_ipc_cluster(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             ccf->queue = sz;
 
         } else {
-            goto invalid;
+            switch (ngx_ipc_cluster_link_param(cf, ccf, &name, &v)) {
+            case NGX_OK:
+                break;
+            case NGX_DECLINED:
+                goto invalid;
+            default:
+                return (char *) NGX_CONF_ERROR;
+            }
         }
+    }
+
+    if (ngx_ipc_cluster_check_link(cf, ccf) != NGX_CONF_OK) {
+        return (char *) NGX_CONF_ERROR;
     }
 
     /* one message of the largest size must always fit, twice over */
@@ -233,8 +245,9 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid ipc_cluster parameter \"%V\" (expected "
                        "stream=NAME, node=NAME (1 to 255 bytes, no control "
-                       "character), maxlen=N, max_message=SIZE, queue=SIZE "
-                       "or secret=PATH)",
+                       "character), maxlen=N, max_message=SIZE, queue=SIZE, "
+                       "secret=PATH, replicas=N, sentinel_password=PASSWORD, "
+                       "tls_name=NAME, tls_cert=PATH or tls_key=PATH)",
                        &value[i]);
     return (char *) NGX_CONF_ERROR;
 }

@@ -357,6 +357,8 @@ static const ngx_ipc_layout_t  ngx_ipc_layout[] = {
     NGX_IPC_FIELD(ngx_ipc_cluster_info_t, port),
     NGX_IPC_FIELD(ngx_ipc_cluster_info_t, maxlen),
     NGX_IPC_FIELD(ngx_ipc_cluster_info_t, epoch),
+    NGX_IPC_FIELD(ngx_ipc_cluster_info_t, replicas),
+    NGX_IPC_FIELD(ngx_ipc_cluster_info_t, tls_key_len),
     NGX_IPC_SIZE(ngx_ipc_cluster_link_t),
     NGX_IPC_FIELD(ngx_ipc_cluster_link_t, connect_ms),
     NGX_IPC_FIELD(ngx_ipc_cluster_link_t, error_len),

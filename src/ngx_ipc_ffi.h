@@ -34,7 +34,7 @@ extern "C" {
 enum {
     /* Bumped whenever a declaration below changes; lib/ngx/ipc.lua refuses
      * to run against a module that reports another version. */
-    NGX_IPC_FFI_VERSION = 8,
+    NGX_IPC_FFI_VERSION = 9,
 
     /* a send's run-time failures (ngx_ipc::Status, ngx_ipc_cluster_*) */
     NGX_IPC_FFI_E_NO_SUCH_WORKER = 1,    /* "no such worker" */
@@ -77,6 +77,7 @@ enum {
     NGX_IPC_FFI_CLUSTER_TEXT_MAX = 128,
     NGX_IPC_FFI_CLUSTER_LAST_ID = 0,
     NGX_IPC_FFI_CLUSTER_LAST_ERROR = 1,
+    NGX_IPC_FFI_CLUSTER_PRIMARY = 2,     /* host:port the agent writes to */
 
     NGX_IPC_FFI_CLUSTER_PUBLISHED = 0,   /* cluster broadcasts accepted */
     NGX_IPC_FFI_CLUSTER_REFUSED = 1,     /* refused: queue full, too large */
@@ -185,6 +186,24 @@ typedef struct {
     uint64_t              max_message;
     uint64_t              epoch;
     int                   secret;      /* 1: entries carry a MAC (secret=) */
+    int                   tls;         /* 1: rediss:// (TLS, verified) */
+    int                   replicas;    /* replicas=: WAIT for them */
+    const unsigned char  *where;       /* the URL for messages: no user,
+                                          no password */
+    size_t                where_len;
+    const unsigned char  *sentinels;   /* "H:P,H:P" (validated), or "" */
+    size_t                sentinels_len;
+    const unsigned char  *master;      /* the Sentinels' master name */
+    size_t                master_len;
+    const unsigned char  *sentinel_password;
+    size_t                sentinel_password_len;
+    const unsigned char  *tls_name;    /* SNI and the name verified, or ""
+                                          (the host connected to) */
+    size_t                tls_name_len;
+    const unsigned char  *tls_cert;    /* PEM, read by the master, or "" */
+    size_t                tls_cert_len;
+    const unsigned char  *tls_key;
+    size_t                tls_key_len;
 } ngx_ipc_cluster_info_t;
 
 /* the link's last error and last connection, read together

@@ -26,8 +26,9 @@ typedef struct {
     ngx_uint_t                 enabled;    /* 0: no ipc_cluster; the rest
                                               is unset */
     ngx_str_t                  node;
-    ngx_str_t                  host;       /* never the user or password */
-    ngx_uint_t                 port;
+    ngx_str_t                  redis;      /* host:port the agent writes
+                                              to (Sentinel: found), never
+                                              the user or password */
     ngx_str_t                  stream;
     int32_t                    agent_pid;  /* 0: none holds the lease */
     uint64_t                   outbox_bytes;
@@ -38,6 +39,7 @@ typedef struct {
     ngx_str_t                  last_error;
     u_char                     last_id_buf[NGX_IPC_FFI_CLUSTER_TEXT_MAX];
     u_char                     last_error_buf[NGX_IPC_FFI_CLUSTER_TEXT_MAX];
+    u_char                     redis_buf[NGX_IPC_FFI_CLUSTER_TEXT_MAX + 8];
 } ngx_http_ipc_status_cluster_t;
 
 

@@ -2,14 +2,14 @@
  * ngx_ipc status: the cluster link on the ipc_status page, read from the
  * node's cluster zone (ngx_ipc_cluster.h) by whichever worker serves the
  * request: whether it is up, which worker is the agent, where it goes
- * (node, Redis host and port, stream), the outbox's fill, the counters,
- * the last stream id, and the last error with its time and whether the
- * link connected since (it is then history).
+ * (node, the Redis primary's host and port, stream), the outbox's fill,
+ * the counters, the last stream id, and the last error with its time and
+ * whether the link connected since (it is then history).
  *
  * Owns: the page's "cluster" object (JSON) and its ngx_ipc_cluster_*
  * families (Prometheus), and the escaping of the texts they carry: node
- * and stream come from the configuration, the host from the URL, the last
- * error from Redis.
+ * and stream come from the configuration, the primary from the URL or
+ * from Sentinel, the last error from Redis.
  */
 
 #include "ngx_ipc_status.h"
@@ -83,8 +83,13 @@ ngx_http_ipc_status_read_cluster(ngx_http_ipc_status_cluster_t *c)
 
     c->enabled = 1;
     c->node = ccf->node;
-    c->host = ccf->host;
-    c->port = ccf->port;
+    /* the primary the agent found, else (not yet, or no Sentinel) the URL's */
+    n = ngx_ipc_ffi_cluster_get_text(NGX_IPC_FFI_CLUSTER_PRIMARY,
+                                     (char *) c->redis_buf, kTextMax);
+    c->redis.data = c->redis_buf;
+    c->redis.len = n > 0 ? n : ccf->sentinels.len ? 0
+                   : ngx_snprintf(c->redis_buf, sizeof(c->redis_buf), "%V:%ui",
+                                  &ccf->host, ccf->port) - c->redis_buf;
     c->stream = ccf->stream;
     c->agent_pid = cs->agent_pid.load(std::memory_order_relaxed);
 
@@ -123,7 +128,7 @@ ngx_http_ipc_status_cluster_size(ngx_http_ipc_status_cluster_t *c)
         return 256;
     }
 
-    return 8192 + NGX_IPC_ESCAPED_MAX * (c->node.len + c->host.len
+    return 8192 + NGX_IPC_ESCAPED_MAX * (c->node.len + c->redis.len
                                          + c->stream.len + c->last_id.len
                                          + c->last_error.len);
 }
@@ -151,8 +156,8 @@ ngx_http_ipc_status_cluster_prometheus(u_char *p, u_char *last,
     p = ngx_slprintf(p, last, "ngx_ipc_cluster_info{node=\"");
     p = ngx_http_ipc_status_escape(p, last, &c->node, 0);
     p = ngx_slprintf(p, last, "\",redis=\"");
-    p = ngx_http_ipc_status_escape(p, last, &c->host, 0);
-    p = ngx_slprintf(p, last, ":%ui\",stream=\"", c->port);
+    p = ngx_http_ipc_status_escape(p, last, &c->redis, 0);
+    p = ngx_slprintf(p, last, "\",stream=\"");
     p = ngx_http_ipc_status_escape(p, last, &c->stream, 0);
     p = ngx_slprintf(p, last, "\"} 1\n");
 
@@ -242,8 +247,8 @@ ngx_http_ipc_status_cluster_json(u_char *p, u_char *last,
     p = ngx_slprintf(p, last, "\"node\":\"");
     p = ngx_http_ipc_status_escape(p, last, &c->node, 1);
     p = ngx_slprintf(p, last, "\",\"redis\":\"");
-    p = ngx_http_ipc_status_escape(p, last, &c->host, 1);
-    p = ngx_slprintf(p, last, ":%ui\",\"stream\":\"", c->port);
+    p = ngx_http_ipc_status_escape(p, last, &c->redis, 1);
+    p = ngx_slprintf(p, last, "\",\"stream\":\"");
     p = ngx_http_ipc_status_escape(p, last, &c->stream, 1);
 
     p = ngx_slprintf(p, last, "\",\n\"lag_ms\":%uL,\"outbox_bytes\":%uL,"

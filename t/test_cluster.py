@@ -465,7 +465,8 @@ def test_bad_redis_is_logged_clearly_and_local_ipc_goes_on(redis_server, nginx, 
     if case == "wrong port":
         from redis_server import free_port
         url = f"redis://127.0.0.1:{free_port()}"
-        want = r"cannot connect: connection refused \(redis://127\.0\.0\.1:\d+/0\)"
+        want = (r"cannot connect to 127\.0\.0\.1:\d+: connection refused "
+                r"\(redis://127\.0\.0\.1:\d+/0\)")
     elif case == "wrong password":
         url = f"redis://wrong-one@127.0.0.1:{r.port}"
         want = r"authentication failed: WRONGPASS"

@@ -5,6 +5,7 @@
 -- workers, gap reports).
 
 local ffi = require "ffi"
+local dial = require "ngx.ipc.cluster.dial"
 local errors = require "ngx.ipc.errors"
 local limiter = require "ngx.ipc.limiter"
 
@@ -65,8 +66,20 @@ function _M.new(api)
         epoch = (str_gsub(tostring(info.epoch), "ULL$", "")),
         secret = info.secret ~= 0,
         timeout_ms = TIMEOUT_MS,
+        where = ffi_string(info.where, info.where_len),
+        tls = info.tls ~= 0,
+        replicas = info.replicas,
+        master = ffi_string(info.master, info.master_len),
+        sentinel_password = ffi_string(info.sentinel_password,
+                                       info.sentinel_password_len),
+        tls_name = ffi_string(info.tls_name, info.tls_name_len),
+        tls_cert = ffi_string(info.tls_cert, info.tls_cert_len),
+        tls_key = ffi_string(info.tls_key, info.tls_key_len),
     }
-    cfg.where = "redis://" .. cfg.host .. ":" .. cfg.port .. "/" .. cfg.db
+    if info.sentinels_len > 0 then
+        cfg.sentinel_list = dial.sentinels(ffi_string(info.sentinels,
+                                                      info.sentinels_len))
+    end
     cfg.entry_bytes = 2 * cfg.max_message + ENTRY_SLACK
     cfg.read_count = math_min(512, math_max(1, math_floor(READ_BUDGET
                                                        / cfg.entry_bytes)))
@@ -79,6 +92,7 @@ function _M.new(api)
         api = api,
         counters = C.ngx_ipc_ffi_cluster_counters(),
         agent = false,           -- this worker runs the agent's threads
+        sentinel_state = {},     -- dial.lua's: the Sentinel to ask first
         lines = limiter.new(LOG_PERIOD, 1),  -- a line per kind per period
     }, mt)
 end
@@ -160,11 +174,25 @@ function _M.log(self, level, kind, ...)
 end
 
 
--- A failure of the link: counted, kept as the last error, logged.
+-- A failure of the link: counted, kept as the last error, logged (at most
+-- one line per LOG_PERIOD of each kind: "reader", "writer", and dial.lua's
+-- "connect", "tls" and "sentinel", which the reader and writer share).
 function _M.fail(self, kind, msg)
     self:count(C.NGX_IPC_FFI_CLUSTER_ERRORS)
     self:set_text(C.NGX_IPC_FFI_CLUSTER_LAST_ERROR, msg)
     self:log(ngx_ERR, kind, msg, " (", self.cfg.where, ")")
+end
+
+
+-- A connection to the primary for the agent's reader or writer (`role`):
+-- conn, or nil after logging why (dial.lua).
+function _M.dial(self, role)
+    local conn, err, kind = dial.primary(self, self.cfg.client_name .. role)
+    if not conn then
+        self:fail(kind or role, err)
+        return nil
+    end
+    return conn
 end
 
 

@@ -9,7 +9,6 @@
 local ffi = require "ffi"
 local entry = require "ngx.ipc.cluster.entry"
 local position = require "ngx.ipc.cluster.position"
-local resp = require "ngx.ipc.cluster.resp"
 local window = require "ngx.ipc.cluster.window"
 local xread = require "ngx.ipc.cluster.xread"
 
@@ -114,17 +113,16 @@ function _M.on_entry(self, id, fields, nf, problem)
 end
 
 
--- Connects, syncs the clock and resumes; nil, err on failure.
+-- Connects, syncs the clock and resumes; nil, err on failure (nil alone
+-- when the dial failed: link:dial logged it).
 function _M.connect(self)
-    local conn, err = resp.connect(self.cfg, self.cfg.client_name
-                                             .. "reader")
+    local conn = self.link:dial("reader")
     if not conn then
-        return nil, err
+        return nil
     end
 
     self.conn, self.pos.conn = conn, conn
-    local ok
-    ok, err = self.pos:sync_clock()
+    local ok, err = self.pos:sync_clock()
     if ok then
         ok, err = self.pos:resume()
         if not ok then
@@ -172,7 +170,9 @@ function _M.run(link)
             local ok, err = self:connect()
             if not ok then
                 link:gauge(K_CONNECTED, 0)
-                link:fail("reader", err)
+                if err then
+                    link:fail("reader", err)
+                end
                 link:pause(backoff)
                 backoff = math_min(backoff * 2, BACKOFF_MAX)
 
@@ -180,7 +180,8 @@ function _M.run(link)
                 if not first then
                     link:count(K_RECONNECTS)
                     ngx_log(ngx_NOTICE, "ngx_ipc cluster: connected again to ",
-                            cfg.where, ", resuming after ", pos.cursor)
+                            cfg.where, " (", self.conn.where, "), resuming ",
+                            "after ", pos.cursor)
                 end
                 first = false
                 pos.start_id = pos.start_id or pos.cursor

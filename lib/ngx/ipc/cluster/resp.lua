@@ -16,7 +16,6 @@
 -- is closed then).
 
 local ngx_now = ngx.now
-local ngx_socket_tcp = ngx.socket.tcp
 local ngx_sleep = ngx.sleep
 local update_time = ngx.update_time
 local setmetatable = setmetatable
@@ -268,26 +267,23 @@ function _M.close(self)
 end
 
 
--- A connection: authenticated, on the right database, named for CLIENT
--- LIST. cfg: host, port, user, password, db, timeout_ms; name: the client
--- name. Returns conn or nil, err.
-function _M.connect(cfg, name)
-    local sock = ngx_socket_tcp()
-    sock:settimeouts(cfg.timeout_ms, cfg.timeout_ms, cfg.timeout_ms)
+-- A connection over sock (connected, and through TLS if the link uses
+-- it: dial.lua).
+function _M.wrap(sock)
+    return setmetatable({ sock = sock }, mt)
+end
 
-    local ok, err = sock:connect(cfg.host, cfg.port)
-    if not ok then
-        return nil, "cannot connect: " .. tostring(err)
-    end
 
-    local self = setmetatable({ sock = sock }, mt)
-
-    if cfg.password ~= "" then
-        local res
-        if cfg.user ~= "" then
-            res, err = self:command("AUTH", cfg.user, cfg.password)
+-- Logs in: authenticated (user and password, or password, if not ""), on
+-- database db (if not 0), named `name` for CLIENT LIST (if given). Returns
+-- self, or nil, err (closed then).
+function _M.login(self, user, password, db, name)
+    local res, err
+    if password ~= "" then
+        if user ~= "" then
+            res, err = self:command("AUTH", user, password)
         else
-            res, err = self:command("AUTH", cfg.password)
+            res, err = self:command("AUTH", password)
         end
         if not res then
             self:close()
@@ -295,20 +291,20 @@ function _M.connect(cfg, name)
         end
     end
 
-    if cfg.db ~= 0 then
-        local res
-        res, err = self:command("SELECT", cfg.db)
+    if db ~= 0 then
+        res, err = self:command("SELECT", db)
         if not res then
             self:close()
-            return nil, "SELECT " .. cfg.db .. " failed: " .. tostring(err)
+            return nil, "SELECT " .. db .. " failed: " .. tostring(err)
         end
     end
 
-    local res
-    res, err = self:command("CLIENT", "SETNAME", name)
-    if not res then
-        self:close()
-        return nil, "CLIENT SETNAME failed: " .. tostring(err)
+    if name then
+        res, err = self:command("CLIENT", "SETNAME", name)
+        if not res then
+            self:close()
+            return nil, "CLIENT SETNAME failed: " .. tostring(err)
+        end
     end
 
     return self

@@ -12,16 +12,25 @@
 -- stream and does nothing), and adds its batch again to the new stream.
 -- Readers find their position ahead of the new stream and read it from
 -- its start (reader.lua).
+--
+-- With replicas=N, a batch counts as added (and leaves the outbox) only
+-- once WAIT says N replicas have it: Redis acknowledged it, and a failover
+-- to one of those replicas keeps it. While fewer answer, the writer waits
+-- on the same connection (nothing is sent twice), saying so at a bounded
+-- rate, and dials again if the Sentinels name another primary meanwhile;
+-- the batch then goes again to the new one, and readers drop the copies.
+-- A -READONLY reply (the server is a replica now) makes it dial again too.
 
 local ffi = require "ffi"
+local dial = require "ngx.ipc.cluster.dial"
 local entry = require "ngx.ipc.cluster.entry"
-local resp = require "ngx.ipc.cluster.resp"
 
 local C = ffi.C
 local ffi_new = ffi.new
 local math_floor = math.floor
 local math_min = math.min
 local tostring = tostring
+local type = type
 local unpack = unpack
 local ngx = ngx
 local ngx_WARN = ngx.WARN
@@ -33,6 +42,7 @@ local BATCH = 1024               -- messages per stream entry, at most (and
 local FUTURE_MS = 10 * 60 * 1000 -- a last id further ahead is poisoned
 local QUARANTINE_MS = 24 * 3600 * 1000    -- how long Redis keeps it
 local BACKOFF_MIN, BACKOFF_MAX = 0.1, 5   -- seconds between retries
+local WAIT_MS = 1000             -- replicas=: one WAIT's timeout
 
 local K_ADDED = C.NGX_IPC_FFI_CLUSTER_ADDED
 
@@ -63,6 +73,36 @@ local _M = {}
 
 local batch = ffi_new("ngx_ipc_cluster_entry_t[?]", BATCH)
 local peek_end = ffi_new("uint64_t[1]")
+
+
+-- replicas=N: true once N replicas have what conn wrote; nil when conn
+-- failed, or the Sentinels name another primary, or the agent stops (conn
+-- is closed then, but for the last).
+local function replicated(link, conn)
+    local want = link.cfg.replicas
+    while link:active() do
+        local n, err = conn:command("WAIT", want, WAIT_MS)
+        if type(n) ~= "number" then
+            conn:close()
+            link:fail("writer", "WAIT failed on " .. conn.where .. ": "
+                                .. tostring(err))
+            return nil
+        end
+
+        if n >= want then
+            return true
+        end
+
+        link:log(ngx_WARN, "replicas", "only ", n, " of ", want,
+                 " replicas of ", conn.where, " acknowledged a batch within ",
+                 WAIT_MS, " ms: it stays in the outbox until they do")
+        if dial.moved(link, conn) then
+            conn:close()
+            return nil
+        end
+    end
+    return nil
+end
 
 
 -- An XADD refused because the stream's last id cannot grow.
@@ -113,13 +153,12 @@ function _M.run(link)
             end
 
         elseif not conn then
-            conn, err = resp.connect(cfg, cfg.client_name .. "writer")
+            conn = link:dial("writer")
             if conn then
                 link:connected()
                 local theirs, ours = conn:time_ms()
                 clock = theirs and theirs - ours or 0
             else
-                link:fail("writer", err)
                 link:pause(backoff)
                 backoff = math_min(backoff * 2, BACKOFF_MAX)
             end
@@ -144,6 +183,14 @@ function _M.run(link)
                 conn = nil
                 link:fail("writer", "XADD failed: " .. tostring(err))
 
+            elseif not res and tostring(err):find("^READONLY") then
+                -- a replica now (a failover): dial the primary again
+                conn:close()
+                conn = nil
+                link:fail("writer", "XADD refused: " .. tostring(err))
+                link:pause(backoff)
+                backoff = math_min(backoff * 2, BACKOFF_MAX)
+
             elseif not res then
                 -- Redis refused it (false, its error): nothing is
                 -- committed, it goes again, at once if the stream was
@@ -166,6 +213,11 @@ function _M.run(link)
                 then
                     link:pause(backoff)
                     backoff = math_min(backoff * 2, BACKOFF_MAX)
+                end
+
+            elseif cfg.replicas > 0 and not replicated(link, conn) then
+                if not conn:open() then
+                    conn = nil         -- the batch goes again on a new one
                 end
 
             else

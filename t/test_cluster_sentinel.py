@@ -19,6 +19,7 @@ import pytest
 from conftest import start_fails
 from harness import wait_for
 from redis_sentinel import sentinel_set  # noqa: F401 (the fixture)
+from test_cluster_tls import certs  # noqa: F401 (the fixture)
 from test_cluster import (FLOOD, LOCAL, RECORD, REDIS_TROUBLE,
                           assert_exactly_once_in_order, assert_local_ipc_works,
                           cluster_state, count_lines, handled, seqs, wait_all,
@@ -176,3 +177,34 @@ def test_the_sentinels_asked_in_turn_and_a_wrong_master_name(sentinel_set, nginx
 def test_bad_sentinel_directive_refuses_to_start(args, message):
     log = start_fails(f"ipc_cluster {args};")
     assert "[emerg]" in log and message in log, log
+
+
+def test_rediss_sentinel_follows_a_failover_over_tls(sentinel_set, nginx, certs):
+    """rediss+sentinel://: the Sentinels and the primary all over TLS,
+    verified as redis.test; a failover is followed the same way."""
+    s = sentinel_set(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD, tls=certs)
+    url = s.url(tls=True, sentinel_tls=True)
+    assert url.startswith("rediss+sentinel://")
+
+    def tls_node(name):
+        return nginx(workers=2,
+                     main=f"ipc_cluster {url} stream=t node={name} tls_name=redis.test "
+                          f"sentinel_password={SENTINEL_PASSWORD};",
+                     http=f"lua_ssl_trusted_certificate {certs.ca};",
+                     init_worker=RECORD + LOCAL, locations=STATUS,
+                     allow_log=FAILOVER_TROUBLE)
+
+    a, b = tls_node("a"), tls_node("b")
+    wait_linked(a, b)
+    assert redis_of(a) == f"127.0.0.1:{s.primary().tls_port}"
+    a.lua('for i = 1, 100 do assert(ipc.broadcast("c", "t " .. i, { scope = "cluster" })) end')
+    wait_all([a, b], "a", "t", 100)
+    old = s.kill_primary()
+    new, _ = s.wait_failover(old.port)
+    wait_for(lambda: redis_of(a) == f"127.0.0.1:{new.tls_port}"
+             and cluster_state(a)["connected"] and cluster_state(b)["connected"],
+             timeout=FOLLOW_BOUND + 20, what="both agents on the new primary")
+    a.lua('for i = 101, 200 do assert(ipc.broadcast("c", "t " .. i, { scope = "cluster" })) end')
+    wait_all([a, b], "a", "t", 200)
+    assert_exactly_once_in_order([a, b], "a", "t", 200)
+    assert PASSWORD not in a.error_log() and SENTINEL_PASSWORD not in a.error_log()

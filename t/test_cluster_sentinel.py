@@ -12,12 +12,14 @@ whatever a node missed is told by its gap hook. Every wait is a bounded
 poll; the times measured are printed (pytest -s) for the closing note.
 """
 
+import os
+import signal
 import time
 
 import pytest
 
 from conftest import start_fails
-from harness import wait_for
+from harness import digest, pattern, wait_for
 from redis_sentinel import sentinel_set  # noqa: F401 (the fixture)
 from test_cluster_tls import certs  # noqa: F401 (the fixture)
 from test_cluster import (FLOOD, LOCAL, RECORD, REDIS_TROUBLE,
@@ -34,12 +36,12 @@ COUNT = 1500          # broadcasts per node in the flood
 FAILOVER_TROUBLE = REDIS_TROUBLE + [r"\[warn\].*ngx_ipc cluster: "]
 
 
-def node(nginx, s, name, extra="", **kwargs):
+def node(nginx, s, name, extra="", allow_log=(), **kwargs):
     return nginx(workers=2,
                  main=f"ipc_cluster {s.url()} stream=t node={name} "
                       f"sentinel_password={SENTINEL_PASSWORD} {extra};",
                  init_worker=RECORD + LOCAL, locations=STATUS,
-                 allow_log=FAILOVER_TROUBLE, **kwargs)
+                 allow_log=FAILOVER_TROUBLE + list(allow_log), **kwargs)
 
 
 def redis_of(n):
@@ -75,29 +77,89 @@ def fail_over_mid_flood(s, a, b):
     return old, new, promoted, followed
 
 
+BIG_COUNT, BIG_SIZE = 100, 128 * 1024   # 12.5 MiB: more than loopback's
+                                        # buffers, less than the outbox
+# a stopped reader's XREAD times out when it resumes
+STOPPED_TROUBLE = [r"\[error\].*lua tcp socket read timed out"]
+
+
+def kill_primary_behind_a_stopped_replica(s, a, b, added):
+    """On loopback a replica gets everything in time, even when stopped (the
+    kernel buffers the stream for it). So the replica and every process of
+    node b are stopped (SIGSTOP) while node a publishes more than the
+    buffers hold, and the primary is killed with part of it still in its
+    output buffer for the replica; all resume (SIGCONT). `added`: the
+    count of a's that must be in the primary before the kill. Returns the
+    new primary and how many of a's messages it kept."""
+    replica = next(x for x in s.servers if x is not s.primary())
+    stopped = [replica.pid] + list(b.pids)
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        assert a.lua("""
+            for i = 1, %d do
+                local data = T.pattern(%d, i)
+                local deadline = ngx.now() + 30
+                while true do
+                    local ok, err = ipc.broadcast("big", data, { scope = "cluster" })
+                    if ok then break end
+                    assert(err == "queue full" and ngx.now() < deadline, err)
+                    ngx.sleep(0.005)
+                end
+            end
+            return true
+        """ % (BIG_COUNT, BIG_SIZE), timeout=60) == [True]
+        primary = s.primary()
+        wait_for(lambda: in_stream(primary) >= added, timeout=30,
+                 what=f"{added} of a's in the primary")
+        old = s.kill_primary()
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    new, _ = s.wait_failover(old.port)
+    return old, new, in_stream(new)
+
+
+def in_stream(server):
+    """Messages in stream t of server (the entries' counts)."""
+    return sum(int(dict(zip(f[::2], f[1::2]))[b"c"])
+               for _, f in server.command("XRANGE", "t", "-", "+"))
+
+
+def big_handled(n, pid):
+    order = {digest(pattern(BIG_SIZE, i)): i for i in range(1, BIG_COUNT + 1)}
+    assert len(order) == BIG_COUNT
+    return [order[item.split(b" ", 1)[1]] for item in n.results(f"big:{pid}")]
+
+
 def test_failover_with_replicas_1_loses_nothing(sentinel_set, nginx):
     s = sentinel_set(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD)
     a = node(nginx, s, "a", "replicas=1")
-    b = node(nginx, s, "b", "replicas=1")
-    old, new, _, _ = fail_over_mid_flood(s, a, b)
-
-    # the new primary has no replica until the old one comes back: a batch
-    # is not "added" before a replica has it, so the outbox holds it
+    b = node(nginx, s, "b", "replicas=1", allow_log=STOPPED_TROUBLE)
+    wait_linked(a, b)
+    # a batch is not added while its replica does not have it
+    old, new, kept = kill_primary_behind_a_stopped_replica(s, a, b, 1)
+    assert cluster_state(a)["added"] < BIG_COUNT
+    assert kept < BIG_COUNT, "the promoted replica has them all: no loss was made"
+    wait_for(lambda: redis_of(a) == redis_of(b) == f"127.0.0.1:{new.port}",
+             timeout=FOLLOW_BOUND + 20, what="both agents on the new primary")
+    # the new primary has no replica until the old one comes back as one:
+    # until then the outbox holds what it has not added
     rejoined = s.restart_old(old)
-    print(f"old primary back as a replica in {rejoined:.2f} s")
+    print(f"\nold primary back as a replica in {rejoined:.2f} s")
     assert old.role() == "slave"
-
-    wait_for(lambda: flood_done(a, "f") == COUNT and flood_done(b, "g") == COUNT,
-             timeout=60, what="both floods to finish")
-    wait_all([a, b], "a", "f", COUNT, timeout=60)
-    wait_all([a, b], "b", "g", COUNT, timeout=60)
-    assert_exactly_once_in_order([a, b], "a", "f", COUNT)
-    assert_exactly_once_in_order([a, b], "b", "g", COUNT)
+    a.lua('for i = 1, 10 do assert(ipc.broadcast("c", "p " .. i, { scope = "cluster" })) end')
+    wait_all([b], "a", "p", 10, timeout=60)
     for n in (a, b):
-        wait_for(lambda: cluster_state(n)["added"] == COUNT, what="all added")
         for pid in n.pids:
+            wait_for(lambda: len(big_handled(n, pid)) >= BIG_COUNT, timeout=30,
+                     what=f"every message in {pid}")
+            assert big_handled(n, pid) == list(range(1, BIG_COUNT + 1))
             assert n.results(f"gap:{pid}") == [], (pid, n.results(f"gap:{pid}"))
-
+    assert_exactly_once_in_order([b], "a", "p", 10)
+    wait_for(lambda: cluster_state(a)["added"] == BIG_COUNT + 10, what="all added")
+    print(f"replicas=1: the promoted replica had {kept} of {BIG_COUNT}; "
+          f"all {BIG_COUNT} arrived, in order, once")
     # nobody writes to the old primary, now a replica: no client of ours on it
     assert [c for c in old.command("CLIENT", "LIST").decode().splitlines()
             if "name=ngx_ipc:" in c] == []
@@ -106,34 +168,48 @@ def test_failover_with_replicas_1_loses_nothing(sentinel_set, nginx):
     promtool_check(status_prometheus(a))
 
 
-def test_failover_without_replicas_reports_what_was_lost(sentinel_set, nginx):
+def test_failover_mid_flood_is_followed_by_both_agents(sentinel_set, nginx):
     s = sentinel_set(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD)
     a = node(nginx, s, "a")
     b = node(nginx, s, "b")
     fail_over_mid_flood(s, a, b)
     wait_for(lambda: flood_done(a, "f") == COUNT and flood_done(b, "g") == COUNT,
              timeout=60, what="both floods to finish")
-    # each node's own broadcasts reach its own workers at once, all of them
-    for n, tag in ((a, "f"), (b, "g")):
-        for pid in n.pids:
-            assert seqs(handled(n, pid), n is a and "a" or "b", tag) == \
-                list(range(1, COUNT + 1))
-    # across nodes: in order, each once; whatever is missing was told
-    lost = 0
+    # the last messages come after the failover: every worker gets them, in
+    # order, once, and anything before them is there or told
     for n, other, tag in ((a, "b", "g"), (b, "a", "f")):
-        wait_for(lambda: cluster_state(n)["received"] > 0, what="entries read")
-        # the last one always comes (it was added after the failover)
-        wait_all([n], other, tag, 1)
         for pid in n.pids:
             wait_for(lambda: seqs(handled(n, pid), other, tag)[-1:] == [COUNT],
                      timeout=60, what=f"the last of {tag} in {pid}")
             got = seqs(handled(n, pid), other, tag)
             assert got == sorted(set(got)), "out of order or twice"
-            missing = COUNT - len(got)
-            lost = max(lost, missing)
-            if missing:
-                assert n.results(f"gap:{pid}"), (pid, missing)
-    print(f"\nwithout replicas=: {lost} broadcasts lost in the failover (told)")
+            assert len(got) == COUNT or n.results(f"gap:{pid}")
+
+
+def test_failover_without_replicas_reports_what_was_lost(sentinel_set, nginx):
+    s = sentinel_set(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD)
+    a = node(nginx, s, "a")
+    b = node(nginx, s, "b", allow_log=STOPPED_TROUBLE)
+    wait_linked(a, b)
+    old, new, kept = kill_primary_behind_a_stopped_replica(s, a, b, BIG_COUNT)
+    assert kept < BIG_COUNT, "the promoted replica has them all: no loss was made"
+    wait_for(lambda: redis_of(a) == redis_of(b) == f"127.0.0.1:{new.port}",
+             timeout=FOLLOW_BOUND + 20, what="both agents on the new primary")
+    a.lua('for i = 1, 10 do assert(ipc.broadcast("c", "p " .. i, { scope = "cluster" })) end')
+    wait_all([b], "a", "p", 10, timeout=30)
+    assert_exactly_once_in_order([b], "a", "p", 10)
+    # a's own workers have every one (the local path); b lacks what was lost
+    for pid in a.pids:
+        assert big_handled(a, pid) == list(range(1, BIG_COUNT + 1))
+    for pid in b.pids:
+        got = big_handled(b, pid)
+        assert got == sorted(set(got)), "out of order or twice"
+        assert len(got) < BIG_COUNT
+        gaps = b.results(f"gap:{pid}")
+        assert gaps, (pid, BIG_COUNT - len(got))
+    assert cluster_state(b)["gaps"] >= 1
+    print(f"\nwithout replicas=: the promoted replica kept {kept} of {BIG_COUNT}; "
+          f"b lost {BIG_COUNT - len(got)}, told to its gap hook ({gaps[0].decode()!r})")
 
 
 def test_the_sentinels_asked_in_turn_and_a_wrong_master_name(sentinel_set, nginx):

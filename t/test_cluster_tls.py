@@ -30,7 +30,7 @@ PASSWORD = "tls-sesame"
 # lua-nginx-module's own line for a refused handshake, beside ours
 # (with TLS 1.3 a refused client certificate shows at the first write or read)
 TLS_TROUBLE = REDIS_TROUBLE + [r"\[error\].*lua ssl certificate",
-                               r"\[error\].*SSL_(do_handshake|write|read)\(\) failed"]
+                               r"\[(error|crit)\].*SSL_(do_handshake|write|read)\(\) failed"]
 
 
 @pytest.fixture

@@ -572,17 +572,22 @@ def write_doc(res, systems, baselines, cfg, took, has_chart):
     if res.cluster:
         doc += ["## Cluster: node to node through Redis", "",
                 "`bench/cluster.py`, run by `make bench` once per Redis durability "
-                "setting: three nginx nodes (A, B, C, 2 workers each) and one "
-                "redis-server on 127.0.0.1; ngx_ipc's `ipc_cluster`, the same "
-                "with `secret=` (every entry signed and checked: "
-                "`ngx_ipc_secret`), beside `redis_pubsub`, what users build "
-                "today (every worker SUBSCRIBEs with lua-resty-redis, "
-                "bench/baselines/redis_pubsub). Goals (issue 12): p50 under "
-                "300 us, p99 under 2 ms, at least 100,000 messages/s from one "
-                "node to two others.", ""]
+                "setting: three nginx nodes (A, B, C, 2 workers each) and, per "
+                "system, a fresh redis-server on 127.0.0.1; ngx_ipc's "
+                "`ipc_cluster` over plain TCP (`ngx_ipc`), the same with "
+                "`secret=` (every entry signed and checked: `ngx_ipc_secret`), "
+                "over TLS (`rediss://`: `ngx_ipc_tls`) and with `replicas=1` "
+                "and one replica attached (`WAIT 1 1000` after every batch: "
+                "`ngx_ipc_replicas`; readers see an entry once the primary has "
+                "it: WAIT holds back the writer's next batch, not the readers), "
+                "beside `redis_pubsub`, what users build today (every worker "
+                "SUBSCRIBEs with lua-resty-redis, bench/baselines/redis_pubsub). "
+                "Goals (issue 12): p50 under 300 us, p99 under 2 ms, at least "
+                "100,000 messages/s from one node to two others.", ""]
         for run in res.cluster:
+            when = " (%s)" % run["date"] if run.get("date") else ""
             doc += ["### appendfsync %s" % run["appendfsync"], "",
-                    "`%s`" % run["command"], "", run["output"].strip(), ""]
+                    "`%s`%s" % (run["command"], when), "", run["output"].strip(), ""]
     with open(DOC, "w") as f:
         f.write("\n".join(doc))
 
@@ -679,7 +684,9 @@ def run_cluster(cfg):
             out = p.stdout
         except subprocess.TimeoutExpired as e:
             out = (e.stdout or "") + "\n(timed out after 600 s)"
-        runs.append({"appendfsync": fsync, "command": " ".join(cmd), "output": out})
+        runs.append({"appendfsync": fsync, "command": " ".join(cmd), "output": out,
+                     "date": datetime.datetime.now(datetime.timezone.utc)
+                     .strftime("%Y-%m-%d %H:%M UTC")})
         print(out)
     return runs
 

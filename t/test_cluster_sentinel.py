@@ -21,6 +21,7 @@ import pytest
 from conftest import start_fails
 from harness import digest, pattern, wait_for
 from redis_sentinel import sentinel_set  # noqa: F401 (the fixture)
+from redis_server import free_port
 from test_cluster_tls import certs  # noqa: F401 (the fixture)
 from test_cluster import (FLOOD, LOCAL, RECORD, REDIS_TROUBLE,
                           assert_exactly_once_in_order, assert_local_ipc_works,
@@ -77,23 +78,22 @@ def fail_over_mid_flood(s, a, b):
     return old, new, promoted, followed
 
 
-BIG_COUNT, BIG_SIZE = 100, 128 * 1024   # 12.5 MiB: more than loopback's
-                                        # buffers, less than the outbox
+BIG_COUNT, BIG_SIZE = 100, 128 * 1024   # 12.5 MiB: less than the outbox
 # a stopped reader's XREAD times out when it resumes
 STOPPED_TROUBLE = [r"\[error\].*lua tcp socket read timed out"]
 
 
-def kill_primary_behind_a_stopped_replica(s, a, b, added):
-    """On loopback a replica gets everything in time, even when stopped (the
-    kernel buffers the stream for it). So the replica and every process of
-    node b are stopped (SIGSTOP) while node a publishes more than the
-    buffers hold, and the primary is killed with part of it still in its
-    output buffer for the replica; all resume (SIGCONT). `added`: the
-    count of a's that must be in the primary before the kill. Returns the
-    new primary and how many of a's messages it kept."""
+def kill_primary_behind_a_cut_off_replica(s, a, b, added):
+    """The replica is cut off from the primary (REPLICAOF to a port where
+    nothing listens: it keeps its data and answers Sentinel as before) and
+    every process of node b is stopped (SIGSTOP) while node a publishes;
+    the primary is killed once it holds `added` of a's messages, b resumes
+    (SIGCONT), and the Sentinels promote the replica, which lacks them.
+    Returns the old primary, the new one and how many of a's the new one
+    kept."""
     replica = next(x for x in s.servers if x is not s.primary())
-    stopped = [replica.pid] + list(b.pids)
-    for pid in stopped:
+    replica.command("REPLICAOF", "127.0.0.1", str(free_port()))
+    for pid in b.pids:
         os.kill(pid, signal.SIGSTOP)
     try:
         assert a.lua("""
@@ -114,7 +114,7 @@ def kill_primary_behind_a_stopped_replica(s, a, b, added):
                  what=f"{added} of a's in the primary")
         old = s.kill_primary()
     finally:
-        for pid in stopped:
+        for pid in b.pids:
             os.kill(pid, signal.SIGCONT)
     new, _ = s.wait_failover(old.port)
     return old, new, in_stream(new)
@@ -138,7 +138,7 @@ def test_failover_with_replicas_1_loses_nothing(sentinel_set, nginx):
     b = node(nginx, s, "b", "replicas=1", allow_log=STOPPED_TROUBLE)
     wait_linked(a, b)
     # a batch is not added while its replica does not have it
-    old, new, kept = kill_primary_behind_a_stopped_replica(s, a, b, 1)
+    old, new, kept = kill_primary_behind_a_cut_off_replica(s, a, b, 1)
     assert cluster_state(a)["added"] < BIG_COUNT
     assert kept < BIG_COUNT, "the promoted replica has them all: no loss was made"
     wait_for(lambda: redis_of(a) == redis_of(b) == f"127.0.0.1:{new.port}",
@@ -155,7 +155,11 @@ def test_failover_with_replicas_1_loses_nothing(sentinel_set, nginx):
             wait_for(lambda: len(big_handled(n, pid)) >= BIG_COUNT, timeout=30,
                      what=f"every message in {pid}")
             assert big_handled(n, pid) == list(range(1, BIG_COUNT + 1))
-            assert n.results(f"gap:{pid}") == [], (pid, n.results(f"gap:{pid}"))
+            # no message is missing; a node whose position the new primary
+            # never had may be told a trim it cannot rule out (README: the
+            # gap rule may fire once too many, never once too few)
+            for gap in n.results(f"gap:{pid}"):
+                assert b"missing" not in gap and b"trimmed past" in gap, gap
     assert_exactly_once_in_order([b], "a", "p", 10)
     wait_for(lambda: cluster_state(a)["added"] == BIG_COUNT + 10, what="all added")
     print(f"replicas=1: the promoted replica had {kept} of {BIG_COUNT}; "
@@ -191,7 +195,7 @@ def test_failover_without_replicas_reports_what_was_lost(sentinel_set, nginx):
     a = node(nginx, s, "a")
     b = node(nginx, s, "b", allow_log=STOPPED_TROUBLE)
     wait_linked(a, b)
-    old, new, kept = kill_primary_behind_a_stopped_replica(s, a, b, BIG_COUNT)
+    old, new, kept = kill_primary_behind_a_cut_off_replica(s, a, b, BIG_COUNT)
     assert kept < BIG_COUNT, "the promoted replica has them all: no loss was made"
     wait_for(lambda: redis_of(a) == redis_of(b) == f"127.0.0.1:{new.port}",
              timeout=FOLLOW_BOUND + 20, what="both agents on the new primary")

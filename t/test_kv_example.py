@@ -1,153 +1,23 @@
-"""The example configuration examples/kv/nginx.conf, as shipped.
-
-The example is a whole nginx.conf with its own listen, pid and error_log
-lines, so it does not fit harness.Nginx: this file renders it (filling in
-@LOAD_MODULES@, @PORT@ and @WORKERS@ only) under a temporary prefix, runs
-`nginx -p PREFIX/ -c conf/nginx.conf -g "daemon off;"` itself, waits
-(bounded) until every worker answers, and stops it by PID (SIGQUIT, then
-SIGKILL) before deleting the prefix.  Traffic goes to 127.0.0.1 only.
+"""The example configuration examples/kv/nginx.conf, as shipped: run by
+example_runner (rendered under a temporary prefix, every worker's keys
+answering before a test starts, stopped by PID). Traffic goes to 127.0.0.1
+only.
 """
 
-import http.client
-import os
 import random
 import re
-import shutil
-import signal
-import subprocess
-import tempfile
 import threading
 import time
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from conftest import require_ipc_module
-from harness import (BAD_LOG_LINE, EXTRA_LUA_PATH, NGINX_BIN, REPO, child_pids,
-                     read_logs, is_nginx_worker, kill_pid, load_module_lines,
-                     free_port, wait_for)
+from example_runner import EXAMPLES, examples_fixture
+from harness import wait_for
 
-EXAMPLE = REPO / "examples" / "kv" / "nginx.conf"
-KEEP = os.environ.get("NGX_TEST_KEEP") == "1"
-
-
-class Example:
-    """examples/kv/nginx.conf running under a temporary prefix."""
-
-    def __init__(self, workers):
-        self.workers = workers
-        self.prefix = Path(tempfile.mkdtemp(prefix="ngx-ipc-kv-"))
-        self.prefix.chmod(0o755)  # workers may run as another user
-        for sub in ("conf", "logs"):
-            (self.prefix / sub).mkdir()
-        self.port = None
-        self.proc = None
-        self.pids = []
-
-    def start(self, timeout=10.0):
-        for attempt in range(3):  # another process may take the free port
-            self.port = free_port()
-            text = EXAMPLE.read_text()
-            for placeholder in ("@LOAD_MODULES@", "@PORT@", "@WORKERS@"):
-                assert placeholder in text, placeholder
-            text = (text.replace("\n@LOAD_MODULES@\n", f"\n{load_module_lines()}\n")
-                    .replace("@PORT@", str(self.port))
-                    .replace("@WORKERS@", str(self.workers)))
-            if EXTRA_LUA_PATH:  # where this nginx finds resty.core
-                text = text.replace("\nhttp {\n", "\nhttp {\n    lua_package_path "
-                                    f'"{EXTRA_LUA_PATH.rstrip(";")};;";\n', 1)
-            (self.prefix / "conf" / "nginx.conf").write_text(text)
-            with open(self.prefix / "logs" / "stderr.log", "ab") as err:
-                self.proc = subprocess.Popen(
-                    [NGINX_BIN, "-p", f"{self.prefix}/", "-c", "conf/nginx.conf",
-                     "-g", "daemon off;"],
-                    stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-            try:
-                self._wait_ready(timeout)
-                return self
-            except AssertionError:
-                if self.proc.poll() is not None and attempt < 2 and \
-                        "Address already in use" in self.error_log():
-                    (self.prefix / "logs" / "error.log").unlink(missing_ok=True)
-                    continue
-                raise
-
-    def _wait_ready(self, timeout):
-        """Every worker runs and every worker owns a key that answers."""
-        deadline = time.monotonic() + timeout
-
-        def ready():
-            assert self.proc.poll() is None, \
-                f"nginx exited with status {self.proc.returncode}:\n{self.log_tail()}"
-            self.pids = child_pids(self.proc.pid)
-            if len(self.pids) != self.workers:
-                return False
-            # a key owned by each worker: 404 (unknown) once its owner is in
-            # ipc.pids() of the worker serving the request
-            for owner in range(self.workers):
-                try:
-                    status, _, _ = self.request(probe_key(owner, self.workers),
-                                                timeout=max(deadline - time.monotonic(), 0.1))
-                except (OSError, http.client.HTTPException):
-                    return False
-                if status != 404:
-                    return False
-            return True
-
-        try:
-            wait_for(ready, timeout, what="the kv example to answer")
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n{self.log_tail()}") from None
-
-    def request(self, path, timeout=10.0):
-        """GET on a new connection -> (status, body, headers)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request("GET", path, headers={"Connection": "close"})
-            response = conn.getresponse()
-            return response.status, response.read(), dict(response.getheaders())
-        finally:
-            conn.close()
-
-    def stop(self, timeout=10.0):
-        """SIGQUIT the master, SIGKILL by PID after `timeout`; -> problem or None."""
-        if self.proc is None:
-            return None
-        problem = None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                status = self.proc.wait(timeout)
-                if status != 0:
-                    problem = f"nginx exited with status {status}"
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGSTOP)  # no respawn meanwhile
-                for pid in child_pids(self.proc.pid):
-                    kill_pid(pid)
-                self.proc.kill()
-                self.proc.wait(timeout)
-                problem = f"nginx did not exit within {timeout} s of SIGQUIT"
-        elif self.proc.returncode != 0:
-            problem = f"nginx had exited with status {self.proc.returncode}"
-        for pid in self.pids:  # workers that outlived their master
-            if is_nginx_worker(pid):
-                kill_pid(pid)
-                problem = (problem or "") + f"; worker {pid} outlived the master"
-        return problem
-
-    def error_log(self):
-        return read_logs(self.prefix)
-
-    def log_tail(self, lines=40):
-        return "\n".join(self.error_log().splitlines()[-lines:])
-
-    def cleanup(self):
-        shutil.rmtree(self.prefix, ignore_errors=True)
-
-
+EXAMPLE = EXAMPLES / "kv" / "nginx.conf"
 
 
 def owner_of(key, workers):
@@ -164,37 +34,14 @@ def probe_key(owner, workers):
     raise AssertionError("no probe key")
 
 
-@pytest.fixture
-def example(request):
-    """Factory: example(workers) starts the kv example and returns it."""
-    started = []
+def every_owner_answers(kv):
+    """Every worker owns a key that answers: 404 (unknown) once its owner
+    is in ipc.pids() of the worker serving the request."""
+    return all(kv.request(probe_key(owner, kv.workers), timeout=2.0)[0] == 404
+               for owner in range(kv.workers))
 
-    def start(workers):
-        require_ipc_module()
-        instance = Example(workers)
-        started.append(instance)
-        return instance.start()
 
-    yield start
-
-    problems = []
-    for instance in started:
-        problem = instance.stop()
-        if problem:
-            problems.append(problem)
-        bad = [line for line in instance.error_log().splitlines()
-               if BAD_LOG_LINE.search(line)]
-        if bad:
-            problems.append(f"{len(bad)} bad line(s) in the error log, first:\n"
-                            + "\n".join(bad[:20]))
-        if problems or KEEP:
-            print(f"--- {instance.prefix}/logs (last lines) ---\n{instance.log_tail()}")
-        if KEEP:
-            print(f"kept {instance.prefix}")
-        else:
-            instance.cleanup()
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+example = examples_fixture(EXAMPLE, ready=every_owner_answers)
 
 
 KEYS = [f"key{i:02d}" for i in range(20)]

@@ -5,6 +5,7 @@ goes to 127.0.0.1 only; every loop is bounded in count and time.
 """
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -46,16 +47,12 @@ stream = examples_fixture(STREAM, ready=lambda ex: ex.request("/results")[0] == 
 ROWS = 100000
 
 
-def row_line(i):
-    return (f"{i}\trow-{i}\t{i * 7919 % 1000}\tt{i % 7}\tu{i % 11}\t"
-            + chr(97 + i % 26) * (100 + i % 300) + "\n")
-
-
 def table_md5(rows):
     """What recipe.digest() computes for recipe.build(rows)."""
     md5 = hashlib.md5()
     for i in range(1, rows + 1):
-        md5.update(row_line(i).encode())
+        md5.update(f"{i}\trow-{i}\t{i * 7919 % 1000}\tt{i % 7}\tu{i % 11}\t".encode()
+                   + bytes([97 + i % 26]) * (100 + i % 300) + b"\n")
     return md5.hexdigest()
 
 
@@ -68,7 +65,7 @@ def row_answer(i, rows):
 def results(ex):
     """/results -> {worker id: (pid, verdict)}"""
     status, body, _ = ex.request("/results")
-    assert status == 200
+    assert status == 200, body
     return {int(w): (int(pid), text) for w, pid, text in
             re.findall(r"^worker (\d+) \(pid (\d+)\): (.*)$", body.decode(), re.M)}
 
@@ -136,31 +133,33 @@ def test_without_wait_a_full_inbox_refuses_and_the_receiver_drops_it(stream):
 
 
 def test_a_stuck_receiver_times_the_sender_out(stream):
-    """Worker 1 stopped (SIGSTOP): the sender waits 0.5 s for room, gives
-    up with "timeout", and its abort cannot get through either."""
+    """The receiver stopped (SIGSTOP): the sender waits 0.5 s for room,
+    gives up with "timeout", and its abort cannot get through either."""
     ex = stream(2, RING_SIZE="64k")
-    stuck = results(ex)[1][0]
-    os.kill(stuck, signal.SIGSTOP)
+    # one kept-alive connection: the worker that answers /results on it
+    # serves /send too, while the other one is stopped
+    conn = http.client.HTTPConnection("127.0.0.1", ex.port, timeout=30)
     try:
-        # connections that land on the stopped worker's socket wait there
-        deadline = time.monotonic() + 60
-        for attempt in range(20):
-            assert time.monotonic() < deadline, "worker 0 never took /send"
-            try:
-                status, body, _ = ex.request("/send?to=1&rows=20000&wait=0.5", timeout=8)
-                break
-            except TimeoutError:
-                continue
-        else:
-            raise AssertionError("worker 0 never took /send")
+        conn.request("GET", "/results")
+        response = conn.getresponse()
+        response.read()
+        sender = int(response.getheader("X-Worker-Pid"))
+        target, stuck = next((w, pid) for w, (pid, _) in results(ex).items() if pid != sender)
+        os.kill(stuck, signal.SIGSTOP)
+        try:
+            conn.request("GET", f"/send?to={target}&rows=20000&wait=0.5")
+            response = conn.getresponse()
+            status, body = response.status, response.read()
+        finally:
+            os.kill(stuck, signal.SIGCONT)
     finally:
-        os.kill(stuck, signal.SIGCONT)
+        conn.close()
     m = re.fullmatch(rb"transfer (\S+) stopped at chunk \d+ of 20: timeout; "
                      rb"abort not sent: timeout\n", body)
     assert status == 503 and m, body
-    # what was queued before arrives: worker 1 holds the partial transfer
-    wait_for(lambda: results(ex)[1][1] == f"{m.group(1).decode()} receiving",
-             what="the partial transfer in worker 1")
+    # what was queued before arrives: the receiver holds the partial transfer
+    wait_for(lambda: results(ex)[target][1] == f"{m.group(1).decode()} receiving",
+             what="the partial transfer in the receiver")
 
 
 # -- examples/cluster-purge ---------------------------------------------------

@@ -1,6 +1,6 @@
 """The recipes of docs/RECIPES.md that work between the workers of one
-nginx, each run as shipped by example_runner: examples/cache-purge and
-examples/sharding. Traffic goes to 127.0.0.1
+nginx, each run as shipped by example_runner: examples/cache-purge,
+examples/sharding and examples/init-worker-call. Traffic goes to 127.0.0.1
 only; the only processes signalled are this test's own nginx workers, by
 PID (SIGCONT in a finally after every SIGSTOP).
 """
@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import itertools
 import os
+import re
 import signal
 import threading
 import time
@@ -314,3 +315,86 @@ def test_sharding_reloads_under_traffic_keep_one_writer(sharding, workers):
     for pids in seen.values():
         assert all(pids & generation for generation in generations), (seen, generations)
 
+
+# --- init-worker-call -----------------------------------------------------
+
+init_worker_call = examples_fixture(
+    EXAMPLES / "init-worker-call" / "nginx.conf", allowed=[r"exited on signal 9"],
+    ready=lambda ex: ex.request("/snapshot", timeout=3.0)[0] == 200)
+
+BUILT = re.compile(rb"built by worker 0 \(pid (\d+)\) at \d+\.\d{3}\n")
+ROUTES = b"".join(b"route-%d backend-%d\n" % (i, i * 7 % 13) for i in range(1, 101))
+
+
+def one_snapshot(ex, started):
+    """Waits (bounded) until every worker serves a snapshot; checks they
+    all serve the same one, copied from another worker except where it was
+    built -> (its text, the PID that built it)."""
+    def every_worker_has_one():
+        seen = by_worker(ex, "/snapshot", each=1)
+        return seen if all(a[-1][0] == 200 for a in seen.values()) else None
+    seen = wait_for(every_worker_has_one, timeout=20, what="a snapshot in every worker")
+
+    texts = {answers[-1][1] for answers in seen.values()}
+    assert len(texts) == 1, texts
+    text = texts.pop()
+    built = BUILT.fullmatch(text[:-len(ROUTES)])
+    assert built and text.endswith(ROUTES), text[:200]
+    builder = int(built.group(1))
+    assert builder in started
+    for pid, answers in seen.items():
+        source = answers[-1][2]["X-Snapshot-From"]
+        assert source == "built here" if pid == builder else \
+            int(source) in started - {pid}, (pid, source, started)
+    return text, builder
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_init_worker_call_every_worker_gets_the_snapshot(init_worker_call, workers):
+    ex = init_worker_call(workers)
+    started = set(ex.pids)
+    text, builder = one_snapshot(ex, started)
+    assert ex.request("/route/route-7")[:2] == (200, b"backend-10\n")
+    assert ex.request("/route/route-999")[0] == 404
+
+    # a worker killed, then worker 0 (the builder) itself: each replacement
+    # copies the snapshot from a worker still running, none builds one
+    for victim in ([p for p in ex.pids if p != builder][0], builder):
+        started.add(replace_worker(ex, victim))
+        assert one_snapshot(ex, started) == (text, builder)
+
+    # a reload: the new generation's worker 0 builds a new one, and the
+    # other new workers copy it
+    old = set(ex.pids)
+    ex.reload()
+    assert not old & set(ex.pids)
+    new_text, new_builder = one_snapshot(ex, set(ex.pids))
+    assert new_text != text and new_builder in ex.pids
+    assert ex.request("/route/route-7")[:2] == (200, b"backend-10\n")
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_init_worker_call_retries_while_peers_do_not_answer(init_worker_call, workers):
+    """Worker 0 killed while every other worker is stopped: its replacement
+    cannot tell whether they hold a snapshot (their calls time out), so it
+    builds none and asks again until they answer."""
+    ex = init_worker_call(workers)
+    started = set(ex.pids)
+    text, builder = one_snapshot(ex, started)
+    others = [pid for pid in ex.pids if pid != builder]
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        replacement = replace_worker(ex, builder)
+        # every stopped worker was asked once, and did not answer
+        timed_out = [re.compile(rf"#{replacement}: .*snapshot: worker pid {pid} did "
+                                r"not answer: timeout") for pid in others]
+        wait_for(lambda: all(t.search(ex.error_log()) for t in timed_out), timeout=20,
+                 what="the replacement's calls to the stopped workers to time out")
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+    assert one_snapshot(ex, started | {replacement}) == (text, builder)
+    status, _, headers = by_worker(ex, "/snapshot", each=1)[replacement][-1]
+    assert status == 200 and int(headers["X-Snapshot-Attempts"]) >= 2
+    assert int(headers["X-Snapshot-From"]) in others

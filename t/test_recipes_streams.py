@@ -47,7 +47,8 @@ def each_worker(ex, path, pids, want=lambda status, body, headers: True, timeout
 # -- examples/stream-table ----------------------------------------------------
 
 STREAM = EXAMPLES / "stream-table" / "nginx.conf"
-stream = examples_fixture(STREAM, ready=lambda ex: ex.request("/results")[0] == 200)
+# ready: every worker is in ipc.pids() (its slot says running)
+stream = examples_fixture(STREAM, ready=lambda ex: len(results(ex)) == ex.workers)
 
 ROWS = 100000
 
@@ -291,8 +292,11 @@ def test_a_purge_while_redis_is_down_waits_in_the_outbox(redis_server, purge):
 # -- examples/prometheus ------------------------------------------------------
 
 PROM = EXAMPLES / "prometheus"
-prom = examples_fixture(PROM / "nginx.conf", ready=lambda ex: ex.request("/metrics")[0] == 200,
-                        allowed=[r"\[error\].* access forbidden by rule, client: 127\.0\.0\.2,"])
+# ready: every worker's slot says running (ipc.pids() lists it)
+prom = examples_fixture(
+    PROM / "nginx.conf",
+    ready=lambda ex: scrape(ex).count(b'state="running"} 1\n') == ex.workers,
+    allowed=[r"\[error\].* access forbidden by rule, client: 127\.0\.0\.2,"])
 HELLO, ECHO = 5, 3   # the known load: broadcasts of "hi", calls of "abc"
 
 

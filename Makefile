@@ -20,7 +20,8 @@ DEMO_PORT ?= 8080
 PYTEST    ?= /usr/bin/python3 -m pytest
 
 .PHONY: all deps demo demo-stop demo-cluster demo-cluster-stop test test-core test-nginx \
-        check-sanitizers fuzz soak format clean help bench test-trixie bench-trixie
+        check-sanitizers fuzz soak format clean help bench test-trixie bench-trixie \
+        deb test-packages
 
 all: $(MODULE)
 
@@ -29,6 +30,8 @@ help:
 	@echo "make deps         apt-get install what the build and tests need"
 	@echo "make test-core    GoogleTest suite of the C++ core"
 	@echo "make test-nginx   integration tests against real nginx (t/)"
+	@echo "make deb          the Debian package libnginx-mod-http-ipc, in build/deb/"
+	@echo "make test-packages  the package installed in clean Debian 12 and 13 roots: t/ there"
 	@echo "make test-trixie  t/ in a Debian 13 root, with its nginx and lua module"
 	@echo "make bench-trixie make bench's table in that Debian 13 root"
 	@echo "make check-sanitizers  core tests under ASan+UBSan and TSan"
@@ -77,9 +80,11 @@ demo-cluster: deps $(MODULE)
 demo-cluster-stop:
 	@examples/cluster/demo.sh stop
 
-# everything: the core (plain, ASan+UBSan, TSan), real nginx, a short fuzz
-# run, and t/ again on Debian 13's packages
-test: deps $(MODULE) test-core test-nginx check-sanitizers fuzz test-trixie
+# everything: the core (plain, ASan+UBSan, TSan), a short fuzz run, and
+# real nginx: t/ against the package installed on Debian 12 and on Debian 13
+# (test-nginx, t/ against the module built from source here, is the quick
+# loop while developing)
+test: deps $(MODULE) test-core check-sanitizers fuzz test-packages
 
 test-core:
 	cmake -S core -B $(BUILD)/core -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
@@ -95,6 +100,15 @@ test-trixie:
 
 bench-trixie:
 	scripts/trixie.sh bench
+
+# libnginx-mod-http-ipc for this machine's nginx (debian/, lintian-checked)
+deb:
+	scripts/deb.sh $(BUILD)/deb
+
+# build, install in a clean root, nginx -t, a broadcast, t/, purge: per release
+test-packages:
+	scripts/package-test.sh bookworm
+	scripts/package-test.sh trixie
 
 check-sanitizers:
 	cmake -S core -B $(BUILD)/core-address -DNGX_IPC_SANITIZE=address > /dev/null

@@ -314,13 +314,19 @@ def scrape(ex):
 
 
 def settled(ex):
-    """The page once every message is handled and its inbox space freed."""
+    """The page once every message is counted by its sender and its
+    receiver and its inbox space freed (a sender counts a message just
+    after it wrote it, so its receiver may count it first)."""
     def done():
         samples, _ = parse_prometheus(scrape(ex).decode())
-        got = sum(v for (name, _), v in samples.items() if name == "ngx_ipc_received_total")
-        used = sum(v for (name, _), v in samples.items() if name == "ngx_ipc_inbox_used_bytes")
-        return samples if (got, used) == (HELLO * ex.workers + 2 * ECHO, 0) else None
-    return wait_for(done, what="every message handled")
+
+        def total(metric):
+            return sum(v for (name, _), v in samples.items() if name == metric)
+        want = (HELLO * ex.workers + 2 * ECHO,) * 2 + (0,)
+        got = tuple(total(f"ngx_ipc_{m}") for m in ("sent_total", "received_total",
+                                                     "inbox_used_bytes"))
+        return samples if got == want else None
+    return wait_for(done, what="every message counted")
 
 
 @pytest.mark.parametrize("workers", [2, 4])

@@ -44,6 +44,25 @@ def each_worker(ex, path, pids, want=lambda status, body, headers: True, timeout
     raise AssertionError(f"{path}: workers {set(pids) - set(got)} never answered")
 
 
+def pinned(ex, avoid=()):
+    """A kept-alive connection and the PID of the worker that serves it
+    (none of `avoid`; asked with stream-table's /results): requests on it
+    go to that worker, never to a stopped worker's socket."""
+    for _ in range(50):
+        conn = http.client.HTTPConnection("127.0.0.1", ex.port, timeout=30)
+        pid = int(get(conn, "/results")[2])
+        if pid not in avoid:
+            return conn, pid
+        conn.close()
+    raise AssertionError(f"every connection went to {avoid}")
+
+
+def get(conn, path):
+    conn.request("GET", path)
+    response = conn.getresponse()
+    return response.status, response.read(), response.getheader("X-Worker-Pid")
+
+
 # -- examples/stream-table ----------------------------------------------------
 
 STREAM = EXAMPLES / "stream-table" / "nginx.conf"
@@ -60,12 +79,6 @@ def table_md5(rows):
         md5.update(f"{i}\trow-{i}\t{i * 7919 % 1000}\tt{i % 7}\tu{i % 11}\t".encode()
                    + bytes([97 + i % 26]) * (100 + i % 300) + b"\n")
     return md5.hexdigest()
-
-
-def row_answer(i, rows):
-    """/row/<i> of a worker holding the table of `rows` rows."""
-    return (f"{i} row-{i} {i * 7919 % 1000} t{i % 7} u{i % 11} "
-            f"{100 + i % 300} of {rows}\n").encode()
 
 
 def results(ex):
@@ -101,33 +114,29 @@ def test_table_reaches_every_other_worker_equal(stream, workers, ring):
     # every worker holds the same table (the sender its own copy)
     for i in (1, 54321, ROWS):
         got = each_worker(ex, f"/row/{i}", ex.pids)
-        assert set(got.values()) == {(200, row_answer(i, ROWS))}, got
-
-
-def send_to_another(ex, query, timeout=60):
-    """/send?to=<a worker that is not the one serving the request>&query
-    -> (target worker id, status, body)."""
-    for attempt in range(40):
-        target = 1 + attempt % (ex.workers - 1)
-        status, body, _ = ex.request(f"/send?to={target}&{query}", timeout=timeout)
-        if status != 400:
-            return target, status, body
-    raise AssertionError("every /send was served by its own target")
+        assert set(got.values()) == {(200, f"{i} row-{i} {i * 7919 % 1000} t{i % 7} "
+                                      f"u{i % 11} {100 + i % 300} of {ROWS}\n".encode())}
 
 
 def test_without_wait_a_full_inbox_refuses_and_the_receiver_drops_it(stream):
     ex = stream(4, RING_SIZE="64k")
-    target, status, body = send_to_another(ex, "wait=0")
-    # the inbox holds 64 KiB and the backlog 1 MiB: a few 300 KiB chunks
-    m = re.fullmatch(rb"transfer (\S+) stopped at chunk (\d+) of 100: queue full\n", body)
-    assert status == 503 and m, body
-    transfer, seq = m.group(1).decode(), int(m.group(2))
-    assert 2 <= seq <= 8, seq
-    wait_for(lambda: results(ex)[target][1] == f"{transfer} aborted by the sender "
-             f"at chunk {seq} of 100", what="the abort")
+    conn, sender = pinned(ex)
+    target = next(w for w, (pid, _) in results(ex).items() if pid != sender)
+    try:
+        status, body, _ = get(conn, f"/send?to={target}&wait=0")
+        # the inbox holds 64 KiB and the backlog 1 MiB: a few 300 KiB chunks
+        m = re.fullmatch(rb"transfer (\S+) stopped at chunk (\d+) of 100: queue full\n",
+                         body)
+        assert status == 503 and m, body
+        transfer, seq = m.group(1).decode(), int(m.group(2))
+        assert 2 <= seq <= 8, seq
+        wait_for(lambda: results(ex)[target][1] == f"{transfer} aborted by the sender "
+                 f"at chunk {seq} of 100", what="the abort")
 
-    # then with wait: the next transfer to the same worker arrives whole
-    target, status, body = send_to_another(ex, "rows=20000")
+        # then with wait: the next transfer to the same worker arrives whole
+        status, body, _ = get(conn, f"/send?to={target}&rows=20000")
+    finally:
+        conn.close()
     assert status == 200, body
     transfer, rows, _, chunks, md5 = SENT.match(body).groups()
     assert (int(rows), int(chunks), md5.decode()) == (20000, 20, table_md5(20000))
@@ -138,34 +147,44 @@ def test_without_wait_a_full_inbox_refuses_and_the_receiver_drops_it(stream):
         assert ex.request(f"/send?{query}")[0] == 400, query
 
 
-def test_a_stuck_receiver_times_the_sender_out(stream):
+stream_killed = examples_fixture(STREAM, ready=lambda ex: len(results(ex)) == ex.workers,
+                                 allowed=[r"\[alert\].* exited on signal 9"])
+
+
+def test_a_stuck_receiver_then_a_dead_sender(stream_killed):
     """The receiver stopped (SIGSTOP): the sender waits 0.5 s for room,
-    gives up with "timeout", and its abort cannot get through either."""
-    ex = stream(2, RING_SIZE="64k")
-    # one kept-alive connection: the worker that answers /results on it
-    # serves /send too, while the other one is stopped
-    conn = http.client.HTTPConnection("127.0.0.1", ex.port, timeout=30)
+    gives up with "timeout", and its abort cannot get through either; the
+    receiver keeps the partial transfer until the next one begins, which
+    drops it once its sender is gone (SIGKILL)."""
+    ex = stream_killed(2, RING_SIZE="64k")
+    conn, sender = pinned(ex)
+    target, stuck = next((w, pid) for w, (pid, _) in results(ex).items() if pid != sender)
+    os.kill(stuck, signal.SIGSTOP)
     try:
-        conn.request("GET", "/results")
-        response = conn.getresponse()
-        response.read()
-        sender = int(response.getheader("X-Worker-Pid"))
-        target, stuck = next((w, pid) for w, (pid, _) in results(ex).items() if pid != sender)
-        os.kill(stuck, signal.SIGSTOP)
-        try:
-            conn.request("GET", f"/send?to={target}&rows=20000&wait=0.5")
-            response = conn.getresponse()
-            status, body = response.status, response.read()
-        finally:
-            os.kill(stuck, signal.SIGCONT)
+        status, body, _ = get(conn, f"/send?to={target}&rows=20000&wait=0.5")
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+        conn.close()
+    assert status == 503 and re.fullmatch(
+        rb"transfer %d\.1 stopped at chunk \d+ of 20: timeout; abort not sent: timeout\n"
+        % sender, body), body
+    # what was queued before arrives: the receiver holds the partial transfer
+    wait_for(lambda: results(ex)[target][1] == f"{sender}.1 receiving",
+             what="the partial transfer in the receiver")
+
+    os.kill(sender, signal.SIGKILL)
+    wait_for(lambda: len(results(ex)) == 2 and sender not in
+             [pid for pid, _ in results(ex).values()], what="the sender respawned")
+    ex.pids = sorted(pid for pid, _ in results(ex).values())
+    conn, respawned = pinned(ex, avoid=(stuck,))
+    try:
+        status, body, _ = get(conn, f"/send?to={target}&rows=1000")
     finally:
         conn.close()
-    m = re.fullmatch(rb"transfer (\S+) stopped at chunk \d+ of 20: timeout; "
-                     rb"abort not sent: timeout\n", body)
-    assert status == 503 and m, body
-    # what was queued before arrives: the receiver holds the partial transfer
-    wait_for(lambda: results(ex)[target][1] == f"{m.group(1).decode()} receiving",
-             what="the partial transfer in the receiver")
+    assert status == 200 and body.startswith(f"transfer {respawned}.1: 1000 rows".encode())
+    wait_for(lambda: results(ex)[target][1] ==
+             f"{respawned}.1 ok 1000 rows md5 {table_md5(1000)}", what="the new transfer")
+    assert f"transfer {sender}.1 dropped: its sender is gone" in ex.error_log()
 
 
 # -- examples/cluster-purge ---------------------------------------------------
@@ -425,10 +444,6 @@ def test_prometheus_scrapes_it_with_the_shipped_job(prom, tmp_path):
         assert len(queries) == 4, queries
         for expr in queries:
             query(expr)
-    finally:   # by its PID: SIGTERM, SIGKILL after 10 s
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+    finally:   # by its PID
+        server.kill()
+        server.wait(10)

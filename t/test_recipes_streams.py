@@ -391,6 +391,12 @@ def test_the_page_passes_promtool_and_counts_a_known_load(prom, workers):
     finally:
         conn.close()
 
+    # a reload: a new configuration, its counters from zero (a counter reset)
+    ex.reload()
+    samples, _ = parse_prometheus(scrape(ex).decode())
+    assert samples[("ngx_ipc_generation", frozenset())] == 2
+    assert {v for (name, _), v in samples.items() if name == "ngx_ipc_received_total"} == {0}
+
 
 def test_prometheus_scrapes_it_with_the_shipped_job(prom, tmp_path):
     """A real Prometheus, with examples/prometheus/prometheus.yml (its

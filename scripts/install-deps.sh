@@ -33,7 +33,7 @@ nginx_tests=(
 # the package's build: debian/control's Build-Depends, dpkg-buildpackage,
 # and lintian, which `make deb` runs on what it built
 deb=(
-  debhelper dpkg-dev nginx-dev libnginx-mod-http-lua lua-resty-core g++ make
+  build-essential debhelper dpkg-dev nginx-dev libnginx-mod-http-lua lua-resty-core g++ make
   lintian
 )
 # the core's tests, sanitizers, fuzzing, bench charts, the Debian roots

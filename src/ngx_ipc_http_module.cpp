@@ -6,6 +6,7 @@
  * as `config` lists them (NGX_IPC_LUA_PACKAGES). So is the C ABI's header,
  * src/ngx_ipc_ffi.h: the loader of "ngx.ipc.ffi" hands its text to
  * lib/ngx/ipc/ffi.lua, which declares it with ffi.cdef.
+ * "ipc_events_compat on" adds aliases: src/ngx_ipc_http_compat.cpp.
  */
 
 extern "C" {
@@ -16,6 +17,7 @@ extern "C" {
 
 #include <dlfcn.h>
 
+#include "ngx_ipc_http_compat.h"
 #include "ngx_ipc_lua_path.h"   /* written by ./config:
                                    NGX_IPC_LUA_PACKAGES, NGX_IPC_FFI_H_PATH */
 
@@ -128,8 +130,8 @@ static ngx_http_module_t  ngx_http_ipc_module_ctx = {
     NULL,                                  /* preconfiguration */
     ngx_http_ipc_postconfiguration,        /* postconfiguration */
 
-    NULL,                                  /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_ipc_create_main_conf,         /* create main configuration */
+    ngx_http_ipc_init_main_conf,           /* init main configuration */
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
@@ -144,7 +146,7 @@ extern "C" {
 ngx_module_t  ngx_http_ipc_module = {
     NGX_MODULE_V1,
     &ngx_http_ipc_module_ctx,              /* module context */
-    NULL,                                  /* module directives */
+    ngx_http_ipc_commands,                 /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     NULL,                                  /* init module */
@@ -200,6 +202,7 @@ ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
     void        *fn;
     lua_State   *L;
     ngx_uint_t   i;
+    const char  *alias;
 
     for (i = 0; i < sizeof(ngx_http_ipc_lua_symbols)
                     / sizeof(ngx_http_ipc_symbol_t); i++)
@@ -241,6 +244,12 @@ ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
         }
     }
 
+    for (i = 0; (alias = ngx_http_ipc_alias(cf, i)) != NULL; i++) {
+        if (ngx_ipc_add_preload(cf, alias, ngx_http_ipc_lua_loader) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
     return NGX_OK;
 }
 
@@ -250,11 +259,11 @@ static int
 ngx_http_ipc_lua_loader(lua_State *L)
 {
     int                      main_vm;
-    size_t                   len;
+    size_t                   len, n;
     ngx_uint_t               i;
-    const char              *name;
+    const char              *name, *target;
     ngx_http_ipc_package_t  *p;
-    u_char                   chunk[128];
+    u_char                   chunk[128], src[128];
 
     name = ngx_ipc_lua_tolstring(L, 1, &len);
     if (name == NULL) {
@@ -299,6 +308,16 @@ ngx_http_ipc_lua_loader(lua_State *L)
                                  (const char *) chunk,
                                  ngx_strcmp(p->name, "ngx.ipc.ffi") == 0
                                  ? ngx_ipc_ffi_h_source : NULL);
+    }
+
+    /* an alias ("resty.events"): the same table as its package's */
+    target = ngx_http_ipc_alias_target(name, len);
+    if (target != NULL) {
+        *ngx_snprintf(chunk, sizeof(chunk) - 1, "=%s", name) = '\0';
+        n = ngx_snprintf(src, sizeof(src), "return require \"%s\"", target)
+            - src;
+        return ngx_http_ipc_load(L, (const char *) src, n,
+                                 (const char *) chunk, NULL);
     }
 
     ngx_ipc_lua_pushstring(L, "ngx_ipc: no such embedded package");

@@ -1,0 +1,95 @@
+"""ipc_events_compat: the names of Kong's event libraries, as aliases.
+
+With `ipc_events_compat on;` (http), `require "resty.events"`,
+`"resty.events.compat"` and `"resty.worker.events"` load ngx_ipc's
+implementations of those APIs (the same tables as `ngx.ipc.events`,
+`ngx.ipc.events_compat` and `ngx.ipc.worker_events`), ahead of any file of
+those names on lua_package_path. Off (the default), nothing changes: the
+library on the path, if any, is what loads. The APIs themselves are tested
+in t/test_compat_events.py and t/test_compat_worker_events.py.
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import start_fails
+
+ALIASES = {
+    "resty.events": "ngx.ipc.events",
+    "resty.events.compat": "ngx.ipc.events_compat",
+    "resty.worker.events": "ngx.ipc.worker_events",
+}
+
+SAME_TABLES = " and ".join(
+    f'require("{alias}") == require("{target}")' for alias, target in ALIASES.items())
+
+
+@pytest.fixture
+def fake_libraries():
+    """A lua_package_path directory holding the three libraries' names,
+    each returning a table that says it is the one from the path."""
+    root = Path(tempfile.mkdtemp(prefix="ngx-ipc-fake-lua-"))
+    root.chmod(0o755)
+    for alias in ALIASES:
+        path = root / (alias.replace(".", "/") + ".lua")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o755)
+        path.write_text(f'return {{ from_path = "{alias}" }}\n')
+        path.chmod(0o644)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def on_path(root, code):
+    """`code` run with `root` first on package.path (what lua_package_path
+    sets; the harness sets that directive itself)."""
+    return f'package.path = "{root}/?.lua;" .. package.path\n{code}'
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_on_the_aliases_load_ngx_ipcs_modules(nginx, workers):
+    n = nginx(workers=workers, http="ipc_events_compat on;")
+    for worker in range(workers):
+        assert n.lua(f"return {SAME_TABLES}", worker=worker) == [True]
+        # loaded either way round: the target first, then the alias
+        assert n.lua('package.loaded["resty.worker.events"] = nil; '
+                     'return require("resty.worker.events") '
+                     '== package.loaded["ngx.ipc.worker_events"]', worker=worker) == [True]
+
+
+def test_on_the_aliases_win_over_lua_package_path(nginx, fake_libraries):
+    n = nginx(http="ipc_events_compat on;")
+    assert n.lua(on_path(fake_libraries, f"return {SAME_TABLES}")) == [True]
+    for alias in ALIASES:
+        assert n.lua(on_path(fake_libraries,
+                             f'return require("{alias}").from_path == nil')) == [True]
+
+
+def test_off_by_default_the_path_decides(nginx, fake_libraries):
+    n = nginx()
+    for alias in ALIASES:
+        assert n.lua(on_path(fake_libraries, f'return require("{alias}").from_path')) == [alias]
+    # and the aliases are not preloaded at all
+    assert n.lua('return package.preload["resty.events"] == nil '
+                 'and package.preload["resty.worker.events"] == nil') == [True]
+
+
+def test_off_without_the_libraries_require_fails_as_usual(nginx):
+    n = nginx(http="ipc_events_compat off;")
+    (err,) = n.lua('local ok, err = pcall(require, "resty.events"); return err')
+    assert "module 'resty.events' not found" in err
+
+
+@pytest.mark.parametrize("http, message", [
+    ("ipc_events_compat maybe;",
+     'invalid value "maybe" in "ipc_events_compat" directive, it must be "on" or "off"'),
+    ("ipc_events_compat on; ipc_events_compat on;",
+     '"ipc_events_compat" directive is duplicate'),
+    ("server { listen 127.0.0.1:1; ipc_events_compat on; }",
+     '"ipc_events_compat" directive is not allowed here'),
+])
+def test_bad_configuration_is_refused(http, message):
+    assert message in start_fails(http=http)

@@ -17,6 +17,7 @@ then SIGKILL) before deleting the prefix. Traffic goes to 127.0.0.1 only.
 import http.client
 import os
 import shutil
+import time
 import signal
 import subprocess
 import tempfile
@@ -201,3 +202,21 @@ def examples_fixture(conf, ready=None, allowed=()):
             pytest.fail("\n".join(problems), pytrace=False)
 
     return fixture
+
+
+def each_worker(ex, path, pids, want=lambda status, body, headers: True, timeout=30):
+    """GET `path` on new connections until every PID in `pids` answered
+    (listen ... reuseport spreads them; X-Worker-Pid names the worker) with
+    an answer `want` accepts. -> {pid: (status, body)}"""
+    got = {}
+    deadline = time.monotonic() + timeout
+    for _ in range(2000):
+        status, body, headers = ex.request(path)
+        pid = int(headers["X-Worker-Pid"])
+        if pid in pids and want(status, body, headers):
+            got[pid] = (status, body)
+        if set(got) == set(pids):
+            return got
+        assert time.monotonic() < deadline, \
+            f"{path}: no wanted answer from {set(pids) - set(got)} in {timeout} s"
+    raise AssertionError(f"{path}: workers {set(pids) - set(got)} never answered")

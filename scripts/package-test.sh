@@ -85,7 +85,7 @@ in_root "$inst" sh -c "cd /tmp/pkg && apt-get install -y -q ./$(basename "$deb")
   tail -30 "$roots/$dist/apt.log"
   exit 1
 }
-grep -E '^(Setting up|The following NEW)' "$roots/$dist/apt.log" | sed 's/^/  /' | tail -25
+sed -n '/^The following NEW packages/,/^[0-9]* upgraded/p' "$roots/$dist/apt.log" | sed 's/^/  /'
 in_root "$inst" dpkg-query -W -f='  ${Package} ${Version}\n' nginx-common \
   libnginx-mod-http-lua lua-resty-core libnginx-mod-http-ipc
 

@@ -288,19 +288,21 @@ function _M.new(opts)
         _started = false,
     }, _MT)
 
-    -- registered at once, so that what reaches this worker before
-    -- init_worker() is kept (up to max_queue_len) for its handlers, as
-    -- lua-resty-events' broker keeps it until the worker connects
-    local handlers = {
+    -- registered at once (the master's are inherited by the workers), so
+    -- that what reaches a worker before its init_worker() is kept (up to
+    -- max_queue_len) for its handlers, as lua-resty-events' broker keeps
+    -- it until the worker connects. ngx.ipc delivers to a worker once its
+    -- Lua called ngx.ipc (init_worker() does, else see README).
+    self._handlers = {
         [self._name_ev] = function(data) on_event(self, data) end,
         [self._name_pub] = function(data) broker_accept(self, data) end,
     }
     if get_phase() == "init" then
-        for k, v in pairs(handlers) do    -- the master: workers inherit it
+        for k, v in pairs(self._handlers) do
             ipc.handlers[k] = v
         end
-    else
-        ipc.receive(handlers)
+    elseif get_worker_id() ~= -1 then
+        ipc.receive(self._handlers)
     end
 
     return self
@@ -365,6 +367,10 @@ function _M:init_worker()
     end
     self._started = true
     self._worker_id = worker_id
+
+    if worker_id ~= -1 then
+        ipc.receive(self._handlers)     -- attaches this worker's delivery
+    end
 
     -- ready once this phase is over (lua-resty-events: once connected)
     assert(timer_at(0, connected, self))

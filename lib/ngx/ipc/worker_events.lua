@@ -50,6 +50,9 @@ local new_timer = ngx.timer.at
 -- the library's keys in the shared dict
 local KEY_LAST_ID = "events-last"   -- id of the last event posted
 local KEY_ONE     = "events-one:"   -- who handles a unique event
+local KEY_DATA    = "events-data:"  -- "" there: an id its poster gave up
+
+local GIVEN_UP_TTL = 60   -- seconds a given-up id's mark stays in the dict
 
 local MESSAGE = "ngx.ipc.worker_events"   -- the ipc message name
 
@@ -145,7 +148,7 @@ local function drain()
 end
 
 
--- the ipc handler: "<id> <json>", or "<id> " for an id given up
+-- the ipc handler: "<id> <json>"
 local function on_message(data)
     if not _order then
         return      -- posted before this worker configured: not its event
@@ -224,9 +227,10 @@ _M.post = function(source, event, data, unique)
         if ok then
             return true
         end
-        -- the id is taken: tell the others not to wait for it (if even this
-        -- cannot be sent, they wait wait_max and log that they drop it)
-        ipc.broadcast(MESSAGE, id .. " ")
+        -- the id is taken: tell the others not to wait for it, through the
+        -- dict (their queues may be what is full); if even this fails,
+        -- they wait wait_max and log that they drop it
+        _dict:set(KEY_DATA .. id, "", GIVEN_UP_TTL)
     end
 
     err = 'failed posting event "' .. event .. '" by "' .. source .. '"; '

@@ -7,7 +7,8 @@
 -- increments it, then broadcasts), so an event may arrive ahead of a
 -- smaller id that another worker took a moment earlier: it waits for it.
 -- A missing id is also looked up where the library would have stored it
--- ("events-data:<id>" in the dict); after `wait_max` seconds it is dropped
+-- ("events-data:<id>" in the dict; "" there: its poster gave it up, as
+-- post() marks an id it could not broadcast); after `wait_max` seconds it is dropped
 -- with the library's log line, and the next one goes on.
 
 local setmetatable = setmetatable
@@ -51,8 +52,7 @@ function _M.see(self, id)
 end
 
 
--- A received event ("" for an id its poster gave up). False when its id
--- is already behind.
+-- A received event. False when its id is already behind.
 function _M.add(self, id, json)
     if id <= self.last then
         return false

@@ -29,7 +29,6 @@
 -- it had accepted and not yet rebroadcast die with it, as they do in
 -- lua-resty-events.
 
-local ipc = require "ngx.ipc"
 local callback = require "ngx.ipc.events_callback"
 local outbox = require "ngx.ipc.events_outbox"
 local lrucache = require "resty.lrucache"
@@ -37,7 +36,6 @@ local semaphore = require "ngx.semaphore"
 local cjson = require "cjson.safe"
 
 local type = type
-local pairs = pairs
 local assert = assert
 local pcall = pcall
 local tostring = tostring
@@ -288,21 +286,14 @@ function _M.new(opts)
         _started = false,
     }, _MT)
 
-    -- registered at once (the master's are inherited by the workers), so
-    -- that what reaches a worker before its init_worker() is kept (up to
-    -- max_queue_len) for its handlers, as lua-resty-events' broker keeps
-    -- it until the worker connects. ngx.ipc delivers to a worker once its
-    -- Lua called ngx.ipc (init_worker() does, else see README).
+    -- ngx.ipc is for workers: required there only (a preload of the
+    -- module is not there yet when init_by_lua* runs)
     self._handlers = {
         [self._name_ev] = function(data) on_event(self, data) end,
         [self._name_pub] = function(data) broker_accept(self, data) end,
     }
-    if get_phase() == "init" then
-        for k, v in pairs(self._handlers) do
-            ipc.handlers[k] = v
-        end
-    elseif get_worker_id() ~= -1 then
-        ipc.receive(self._handlers)
+    if get_phase() ~= "init" and get_worker_id() ~= -1 then
+        require("ngx.ipc").receive(self._handlers)
     end
 
     return self
@@ -369,7 +360,10 @@ function _M:init_worker()
     self._worker_id = worker_id
 
     if worker_id ~= -1 then
-        ipc.receive(self._handlers)     -- attaches this worker's delivery
+        -- what reached this worker before is in its inbox: delivered
+        -- from now on (a worker whose Lua never called ngx.ipc in
+        -- init_worker_by_lua* drops it: README)
+        require("ngx.ipc").receive(self._handlers)
     end
 
     -- ready once this phase is over (lua-resty-events: once connected)

@@ -11,8 +11,6 @@
 -- lua-resty-events' publish queue and its broker's per-worker queues do
 -- while a connection is down.
 
-local ipc = require "ngx.ipc"
-
 local random = math.random
 local setmetatable = setmetatable
 
@@ -24,9 +22,13 @@ local exiting = ngx.worker.exiting
 local timer_at = ngx.timer.at
 local worker_count = ngx.worker.count
 
-local send = ipc.send
-local broadcast = ipc.broadcast
-local ipc_pids = ipc.pids
+-- ngx.ipc, required in a worker on first use (not in init_by_lua*)
+local send, broadcast, ipc_pids
+
+local function load_ipc()
+    local ipc = require "ngx.ipc"
+    send, broadcast, ipc_pids = ipc.send, ipc.broadcast, ipc.pids
+end
 
 
 local RETRY_DELAY = 0.002       -- first pause when the broker is away
@@ -82,6 +84,10 @@ end
 -- One try: true, or nil and the error (retryable or not), and whether a
 -- retry may succeed.
 local function try(self, kind, name, data, opts)
+    if not send then
+        load_ipc()
+    end
+
     if kind == "all" then
         local ok, err = broadcast(name, data, opts)
         return ok, err, err == "queue full" or err == "timeout"

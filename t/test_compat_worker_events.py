@@ -11,11 +11,9 @@ import json
 
 import pytest
 
-from harness import REPO, LuaError, wait_for
+from harness import LuaError, wait_for
 
 HTTP = "lua_shared_dict we 1m;"
-# the library's extra files (ngx.ipc.worker_events.*) from the tree
-INIT = f'package.path = "{REPO}/lib/?.lua;" .. package.path'
 
 RECORD = """
     local we = require "ngx.ipc.worker_events"
@@ -40,7 +38,7 @@ WE = ('local we = require "ngx.ipc.worker_events" '
 
 
 def start(nginx, workers, init_worker=INIT_WORKER, **kw):
-    return nginx(workers=workers, http=HTTP + kw.pop("http", ""), init=INIT,
+    return nginx(workers=workers, http=HTTP + kw.pop("http", ""),
                  init_worker=init_worker, **kw)
 
 

@@ -10,15 +10,19 @@
 -- That is looked for at resume and each time XREAD comes back empty
 -- (idle()); the reader then reads the stream again from its first entry
 -- (rewind()), the workers dropping the copies by sequence number.
--- Trimming is looked for at resume and after a full batch
--- (check_trimmed()). See docs/ARCHITECTURE.md §11.
+-- Trimming is looked for before every XREAD: XINFO STREAM goes in the same
+-- write, so its reply tells the stream as that XREAD finds it (check()).
+-- See docs/ARCHITECTURE.md §11.
 
 local ffi = require "ffi"
 local entry = require "ngx.ipc.cluster.entry"
+local resp = require "ngx.ipc.cluster.resp"
 
 local C = ffi.C
+local concat = table.concat
 local setmetatable = setmetatable
 local type = type
+local id_cmp = entry.id_cmp
 local ngx_WARN = ngx.WARN
 local ngx_now = ngx.now
 
@@ -36,18 +40,29 @@ local mt = { __index = _M }
 
 -- link: the cluster link; window: the reader's window (relaxed after a
 -- trim or a rewind). The reader sets `conn` while it is connected.
+--
+-- `counted`: how many of the entries the stream ever had (XINFO's
+-- entries-added, Redis 7.0 and later) this reader accounted for: added
+-- before it started reading, read since, or told lost; nil when unknown.
+-- It may fall short of the truth (a loss would then be told that was not
+-- one), never exceed it (which could hide one): check().
 function _M.new(link, window)
-    return setmetatable({ link = link, cfg = link.cfg, window = window,
-                          conn = nil, cursor = nil, position = nil,
-                          clock = 0, start_id = nil }, mt)
+    local cfg = link.cfg
+    return setmetatable({
+        link = link, cfg = cfg, window = window, conn = nil,
+        cursor = nil, position = nil, clock = 0, start_id = nil,
+        counted = nil, rewound = false,
+        told_to = nil, told_deleted = nil,    -- losses told already
+        last_seen = nil, added_seen = nil,    -- the last check's stream
+        info_request = resp.request({ "XINFO", "STREAM", cfg.stream }, 3),
+    }, mt)
 end
 
 
--- XINFO STREAM as a table ({} if the stream does not exist), within
--- limits: its first and last entries are whatever was written there.
-function _M.stream_info(self)
-    local res, err = self.conn:command_limited(INFO_LIMITS, "XINFO",
-                                               "STREAM", self.cfg.stream)
+-- An XINFO STREAM reply as a table ({} if the stream does not exist): its
+-- first and last entries are whatever was written there (read within
+-- INFO_LIMITS).
+local function info_table(res, err)
     if res == false and err and err:find("no such key", 1, true) then
         return {}
     end
@@ -63,6 +78,28 @@ function _M.stream_info(self)
         end
     end
     return t
+end
+
+
+function _M.stream_info(self)
+    return info_table(self.conn:command_limited(INFO_LIMITS, "XINFO",
+                                                "STREAM", self.cfg.stream))
+end
+
+
+-- The reply to `info_request`, which the reader sends in the same write as
+-- its XREAD, just ahead of it: Redis runs the two one after the other, so
+-- the reply is the stream as the XREAD finds it. Checked for losses;
+-- true, or nil, err (the connection is closed then).
+function _M.read_info(self)
+    local info, err = info_table(self.conn:read(INFO_LIMITS))
+    if not info then
+        self.conn:close()
+        return nil, err
+    end
+
+    self:check(info)
+    return true
 end
 
 
@@ -98,7 +135,10 @@ function _M.rewind(self, pos, info)
     -- whether messages were lost
     self.window:relax("report")
 
-    self.cursor = "0-0"
+    -- what was read of this stream may be read again: no count holds, and
+    -- what was told of another stream says nothing of this one
+    self.cursor, self.rewound = "0-0", true
+    self.counted, self.told_to, self.told_deleted = nil, nil, nil
     self:save("0-0")
 end
 
@@ -113,52 +153,128 @@ local function ahead(pos, info)
 end
 
 
--- Were entries after `id` trimmed (or deleted) before we read them?
--- Trimming takes the oldest first, so while the stream still holds `id`
--- nothing after it is gone. Once `id` is gone too, Redis cannot tell
--- whether the trim stopped right after it: if the stream's oldest entry
--- (or, empty, its last generated id) is newer, count it a gap. (It may be
--- one too many, never one too few.)
-function _M.check_trimmed(self, id, info)
-    if id == "0-0" then
-        return true
+-- How many entries after the cursor were trimmed before we read them: a
+-- number, or true if Redis cannot count them; nil for none. Trimming takes
+-- the oldest first, so while the stream holds an entry at or before the
+-- cursor nothing after it is gone. Else every entry we accounted for is
+-- gone too, and so are the entries before the oldest one left (or, the
+-- stream empty, up to its last id): those past what we accounted for were
+-- after the cursor, unread. Without a count (Redis before 7.0, a rewind,
+-- another agent's position, a deletion after the cursor), an oldest entry
+-- newer than the cursor is counted a loss: Redis cannot tell whether the
+-- trim stopped right after the cursor (one gap too many, never too few).
+local function trimmed(self, info, first, deleted_after)
+    local cursor = self.cursor
+    if first and id_cmp(first, cursor) ~= 1
+       or self.rewound and cursor == "0-0"  -- a rewind's copies: numbers tell
+    then
+        return nil
     end
 
-    local err
-    if not info then
-        info, err = self:stream_info()
-        if not info then
-            return nil, err
+    local added, counted = self.added_seen, self.counted
+    if counted and added and not deleted_after then
+        local removed = added - info["length"]
+        if removed >= counted then
+            return removed > counted and removed - counted or nil
         end
+        self.counted, self.told_to = nil, nil  -- fewer gone than we read:
+                                               -- another stream
     end
 
+    local edge = first or info["last-generated-id"]
+    local told = self.told_to
+    if id_cmp(edge, cursor) ~= 1 or told and id_cmp(edge, told) ~= 1 then
+        return nil
+    end
+    return true
+end
+
+
+-- Were entries after the cursor trimmed (or deleted) before we read them?
+-- `info`: XINFO STREAM as the next XREAD finds the stream. A loss is
+-- logged, counted and told (ipc:cluster_gap) once.
+function _M.check(self, info)
+    local len = info["length"]
+    if type(len) ~= "number" then             -- no stream
+        self.last_seen, self.added_seen = nil, nil
+        if self.counted ~= 0 then
+            self.counted = nil
+        end
+        return
+    end
+
+    local cursor = self.cursor
+    local added = info["entries-added"]       -- Redis 7.0 and later
+    self.last_seen = info["last-generated-id"]
+    self.added_seen = type(added) == "number" and added or nil
+    if self.counted and self.added_seen and self.added_seen < self.counted
+    then
+        self.counted, self.told_to = nil, nil  -- another stream
+    end
+
+    local reasons = {}
     local deleted = info["max-deleted-entry-id"]
-    local gap = entry.id_cmp(deleted, id) == 1
-
-    if not gap and info["length"] ~= nil then
-        local here
-        here, err = self.conn:command_limited(ID_LIMITS, "XRANGE",
-                                              self.cfg.stream, id, id)
-        if type(here) ~= "table" then
-            return nil, err or "bad XRANGE reply"
-        end
-
-        if #here == 0 then
-            local first = info["first-entry"]
-            local oldest = type(first) == "table" and first[1]
-                           or info["last-generated-id"]
-            gap = entry.id_cmp(oldest, id) == 1
-        end
+    local deleted_after = id_cmp(deleted, cursor) == 1
+    if deleted_after and (self.told_deleted == nil
+                          or id_cmp(deleted, self.told_deleted) == 1)
+    then
+        self.told_deleted = deleted
+        reasons[1] = "entries after " .. cursor .. " were deleted before "
+                     .. "this node read them, the last " .. deleted
     end
 
-    if gap then
+    local first = info["first-entry"]
+    first = type(first) == "table" and type(first[1]) == "string"
+            and first[1] or nil
+
+    local lost = trimmed(self, info, first, deleted_after)
+    if lost then
+        local text = "the stream was trimmed past " .. cursor
+                     .. " before this node read what followed"
+        if lost ~= true then
+            text = text .. ": " .. lost .. " entries after it, "
+                   .. (first and "before " .. first
+                       or "up to " .. self.last_seen) .. ", are gone"
+        end
+        reasons[#reasons + 1] = text
+
+        -- everything before `first` (or up to the last id) is accounted for
+        self.told_to = first or self.last_seen
+        self.counted = self.added_seen and not deleted_after
+                       and self.added_seen - len or nil
+    end
+
+    if deleted_after then
+        self.counted = nil          -- how many went is not known
+    end
+
+    if #reasons > 0 then
         -- what was lost is told once: each node's numbering may jump once
         self.window:relax("quiet")
-        self.link:report_gap("the stream was trimmed past " .. id
-                             .. " before this node read what followed")
+        self.link:report_gap(concat(reasons, "; "))
+    end
+end
+
+
+-- The reader read entry `id`: its new cursor, and one more entry counted
+-- (entries-added at the last check counts all up to that check's last id).
+function _M.advance(self, id)
+    self.cursor, self.rewound = id, false
+
+    local counted = self.counted
+    if counted then
+        counted = counted + 1
     end
 
-    return true
+    local added = self.added_seen
+    local c = added and id_cmp(id, self.last_seen)
+    if c == 0 or c == 1 then
+        local least = c == 0 and added or added + 1
+        if not counted or counted < least then
+            counted = least
+        end
+    end
+    self.counted = counted
 end
 
 
@@ -177,10 +293,18 @@ function _M.resume(self)
             return true
         end
 
-        local ok
-        ok, err = self:check_trimmed(pos, info)
-        if not ok then
-            return nil, err
+        -- (the next XREAD checks for trims.) Our own count holds if this
+        -- is where we were; at 0-0 or the stream's end, it is known
+        local added = info["entries-added"]
+        if pos ~= self.cursor then
+            self.counted, self.rewound = nil, false
+            if pos == "0-0" then
+                self.counted = 0
+            elseif pos == info["last-generated-id"]
+                   and type(added) == "number"
+            then
+                self.counted = added
+            end
         end
 
         self.cursor = pos
@@ -207,6 +331,11 @@ function _M.resume(self)
                              .. " (its last position) were not seen")
     end
 
+    -- every entry the stream ever had came before this node
+    local added = info["entries-added"]
+    self.counted = type(added) == "number" and added
+                   or (info["length"] == nil and 0 or nil)
+    self.rewound = false
     self.cursor = last
     self:save(last)
     return true

@@ -50,7 +50,7 @@ function _M.on_entry(self, id, fields, nf, problem)
     end
 
     local pos = self.pos
-    pos.cursor = id
+    pos:advance(id)
 
     local e, why, kind
     if problem then
@@ -164,6 +164,10 @@ function _M.run(link)
     local on_entry = function(id, fields, nf, problem)
         return self:on_entry(id, fields, nf, problem)
     end
+    -- every XREAD goes with an XINFO STREAM ahead of it: the trim check
+    local on_info = function()
+        return pos:read_info()
+    end
 
     while link:active() do
         if not self.conn then
@@ -193,7 +197,8 @@ function _M.run(link)
         else
             local n, err = xread.each(self.conn, cfg.read_count, BLOCK_MS,
                                       cfg.stream, pos.cursor,
-                                      cfg.entry_bytes, MAX_FIELDS, on_entry)
+                                      cfg.entry_bytes, MAX_FIELDS, on_entry,
+                                      pos.info_request, on_info)
             local idle = n == 0
             if idle then
                 local ok
@@ -208,17 +213,10 @@ function _M.run(link)
                     link:fail("reader", "XREAD failed: " .. tostring(err))
                 end
 
-            elseif not idle then
-                if self.last_ms then
-                    update_time()
-                    local lag = ngx_now() * 1000 + pos.clock - self.last_ms
-                    link:gauge(K_LAG_MS, lag > 0 and lag or 0)
-                end
-
-                -- a full batch: we are behind, and trimming may overtake us
-                if n >= cfg.read_count and self.conn:open() then
-                    pos:check_trimmed(pos.cursor)
-                end
+            elseif not idle and self.last_ms then
+                update_time()
+                local lag = ngx_now() * 1000 + pos.clock - self.last_ms
+                link:gauge(K_LAG_MS, lag > 0 and lag or 0)
             end
 
             -- our position, for the gap check of a later run of this node

@@ -18,15 +18,25 @@ local _M = {}
 -- false to stop (the connection is closed: the rest of the reply is never
 -- read). Returns the number of entries (0 when BLOCK ran out), or nil, err.
 -- An entry is at most `entry_bytes` long and has at most `max_fields`.
+-- `before` (optional) is a request (resp.request) sent in the same write,
+-- ahead of the XREAD, and on_before() reads its reply before the XREAD's
+-- (true, or nil, err).
 function _M.each(conn, count, block_ms, stream, from, entry_bytes,
-                 max_fields, on_entry)
-    local ok, err = conn.sock:send(resp.request({ "XREAD", "COUNT", count,
-                                                  "BLOCK", block_ms,
-                                                  "STREAMS", stream, from },
-                                                8))
+                 max_fields, on_entry, before, on_before)
+    local req = resp.request({ "XREAD", "COUNT", count, "BLOCK", block_ms,
+                               "STREAMS", stream, from }, 8)
+    local ok, err = conn.sock:send(before and { before, req } or req)
     if not ok then
         conn:close()
         return nil, err
+    end
+
+    if on_before then
+        ok, err = on_before()
+        if not ok then
+            conn:close()
+            return nil, err
+        end
     end
 
     local n

@@ -12,6 +12,13 @@
 -- suspect), unless the node's next entry goes on from it. After a trim
 -- gap or a rewind (position.lua), each node's next entry may jump once.
 -- The tables hold at most 1024 (node, epoch) pairs each (seqs.lua).
+--
+-- The first entry of a (node, epoch) that this reader sees is no gap,
+-- whatever its number: the node may have published before this node's
+-- position (it started at the stream's end, or the node is older), and
+-- numbers alone cannot tell those from messages trimmed after it. That a
+-- trim took entries after the position is position.lua's check, by ids
+-- and counts, before every XREAD.
 
 local seqs = require "ngx.ipc.cluster.seqs"
 

@@ -4,7 +4,9 @@
  * and "resty.worker.events", as aliases of ngx_ipc's implementations of
  * their APIs (lib/ngx/ipc/events.lua, events_compat.lua, worker_events.lua).
  * A preload wins over lua_package_path, so code written for those
- * libraries (Kong, APISIX) runs on ngx_ipc unchanged. The loader of
+ * libraries (Kong, APISIX) runs on ngx_ipc unchanged. They are registered
+ * when the directive is read, before lua-nginx-module makes its main VM,
+ * so init_by_lua* finds them as the workers do. The loader of
  * src/ngx_ipc_http_module.cpp loads an alias as `return require "<its
  * package>"`: both names give the same table.
  */
@@ -28,11 +30,15 @@ static const char  *ngx_http_ipc_aliases[][2] = {
     (sizeof(ngx_http_ipc_aliases) / sizeof(ngx_http_ipc_aliases[0]))
 
 
+static char *ngx_http_ipc_events_compat(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+
 ngx_command_t  ngx_http_ipc_commands[] = {
 
     { ngx_string("ipc_events_compat"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
-      ngx_conf_set_flag_slot,
+      ngx_http_ipc_events_compat,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_ipc_main_conf_t, events_compat),
       NULL },
@@ -70,19 +76,26 @@ ngx_http_ipc_init_main_conf(ngx_conf_t *cf, void *conf)
 }
 
 
-const char *
-ngx_http_ipc_alias(ngx_conf_t *cf, ngx_uint_t i)
+static char *
+ngx_http_ipc_events_compat(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_http_ipc_main_conf_t  *imcf;
+    char                      *rv;
+    ngx_uint_t                 i;
+    ngx_http_ipc_main_conf_t  *imcf =
+        static_cast<ngx_http_ipc_main_conf_t *>(conf);
 
-    imcf = static_cast<ngx_http_ipc_main_conf_t *>(
-               ngx_http_conf_get_module_main_conf(cf, ngx_http_ipc_module));
-
-    if (!imcf->events_compat || i >= NGX_HTTP_IPC_NALIASES) {
-        return NULL;
+    rv = ngx_conf_set_flag_slot(cf, cmd, conf);
+    if (rv != NGX_CONF_OK || !imcf->events_compat) {
+        return rv;
     }
 
-    return ngx_http_ipc_aliases[i][0];
+    for (i = 0; i < NGX_HTTP_IPC_NALIASES; i++) {
+        if (ngx_http_ipc_preload(cf, ngx_http_ipc_aliases[i][0]) != NGX_OK) {
+            return static_cast<char *>(NGX_CONF_ERROR);
+        }
+    }
+
+    return NGX_CONF_OK;
 }
 
 

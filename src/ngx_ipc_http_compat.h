@@ -18,9 +18,9 @@ extern ngx_command_t     ngx_http_ipc_commands[];
 void *ngx_http_ipc_create_main_conf(ngx_conf_t *cf);
 char *ngx_http_ipc_init_main_conf(ngx_conf_t *cf, void *conf);
 
-/* the i-th alias to preload in this http block, NULL past the last (or
- * with "ipc_events_compat off") */
-const char *ngx_http_ipc_alias(ngx_conf_t *cf, ngx_uint_t i);
+/* registers `package` as preloaded, loaded by ngx_http_ipc_module's
+ * loader (src/ngx_ipc_http_module.cpp) */
+ngx_int_t ngx_http_ipc_preload(ngx_conf_t *cf, const char *package);
 
 /* the embedded package that an alias loads, or NULL */
 const char *ngx_http_ipc_alias_target(const char *name, size_t len);

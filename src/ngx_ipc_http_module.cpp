@@ -74,6 +74,7 @@ static char  ngx_ipc_main_vm_key;
 static ngx_uint_t  ngx_ipc_main_vm_marked;
 
 
+static ngx_int_t ngx_http_ipc_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_ipc_postconfiguration(ngx_conf_t *cf);
 static int ngx_http_ipc_lua_loader(lua_State *L);
 static int ngx_http_ipc_load(lua_State *L, const char *src, size_t len,
@@ -127,7 +128,7 @@ static ngx_http_ipc_package_t  ngx_http_ipc_packages[] = {
 
 
 static ngx_http_module_t  ngx_http_ipc_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_ipc_preconfiguration,         /* preconfiguration */
     ngx_http_ipc_postconfiguration,        /* postconfiguration */
 
     ngx_http_ipc_create_main_conf,         /* create main configuration */
@@ -196,13 +197,19 @@ static ngx_http_ipc_symbol_t  ngx_http_ipc_lua_symbols[] = {
 };
 
 
+/*
+ * Before the http block is parsed: the preloads are registered as hooks that
+ * lua-nginx-module applies when it makes its main VM, in its own
+ * postconfiguration, before it runs init_by_lua*: so `require "ngx.ipc"`
+ * works there too (ours runs after it). The main VM is marked afterwards;
+ * until then (init_by_lua* of this configuration, in the master) the loader
+ * does not look for the mark.
+ */
 static ngx_int_t
-ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
+ngx_http_ipc_preconfiguration(ngx_conf_t *cf)
 {
     void        *fn;
-    lua_State   *L;
     ngx_uint_t   i;
-    const char  *alias;
 
     for (i = 0; i < sizeof(ngx_http_ipc_lua_symbols)
                     / sizeof(ngx_http_ipc_symbol_t); i++)
@@ -223,6 +230,33 @@ ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
         }
     }
 
+    ngx_ipc_main_vm_marked = 0;
+
+    for (i = 0; i < sizeof(ngx_http_ipc_packages)
+                    / sizeof(ngx_http_ipc_package_t); i++)
+    {
+        if (ngx_http_ipc_preload(cf, ngx_http_ipc_packages[i].name) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_ipc_preload(ngx_conf_t *cf, const char *package)
+{
+    return ngx_ipc_add_preload(cf, package, ngx_http_ipc_lua_loader);
+}
+
+
+static ngx_int_t
+ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
+{
+    lua_State  *L;
+
     /* registry[&ngx_ipc_main_vm_key] = true in the main VM */
     L = ngx_ipc_get_global_state(cf);
     ngx_ipc_main_vm_marked = (L != NULL);
@@ -231,23 +265,6 @@ ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
         ngx_ipc_lua_pushlightuserdata(L, &ngx_ipc_main_vm_key);
         ngx_ipc_lua_pushboolean(L, 1);
         ngx_ipc_lua_rawset(L, NGX_IPC_LUA_REGISTRYINDEX);
-    }
-
-    for (i = 0; i < sizeof(ngx_http_ipc_packages)
-                    / sizeof(ngx_http_ipc_package_t); i++)
-    {
-        if (ngx_ipc_add_preload(cf, ngx_http_ipc_packages[i].name,
-                                ngx_http_ipc_lua_loader)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    for (i = 0; (alias = ngx_http_ipc_alias(cf, i)) != NULL; i++) {
-        if (ngx_ipc_add_preload(cf, alias, ngx_http_ipc_lua_loader) != NGX_OK) {
-            return NGX_ERROR;
-        }
     }
 
     return NGX_OK;

@@ -19,10 +19,6 @@ import pytest
 import harness
 from harness import LuaError, wait_for
 
-LIB = harness.REPO / "lib"
-
-# until the build embeds every file, the modules come from lib/ (a preload,
-# when there, wins over lua_package_path)
 DEBUG_LOG = "error_log logs/debug.log debug;"
 
 RECORD = """
@@ -34,11 +30,6 @@ RECORD = """
         end
     end
 """
-
-
-@pytest.fixture(autouse=True)
-def lib_path(monkeypatch):
-    monkeypatch.setattr(harness, "EXTRA_LUA_PATH", f"{LIB}/?.lua")
 
 
 def start(nginx, workers=2, opts="{}", init_worker="", subscribe=True, **kw):

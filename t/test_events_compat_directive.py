@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import start_fails
+from test_cluster import reload_node
 
 ALIASES = {
     "resty.events": "ngx.ipc.events",
@@ -93,3 +94,30 @@ def test_off_without_the_libraries_require_fails_as_usual(nginx):
 ])
 def test_bad_configuration_is_refused(http, message):
     assert message in start_fails(http=http)
+
+
+INIT_REQUIRES = """
+    -- init_by_lua* runs before ngx_ipc's postconfiguration: the preloads
+    -- must already be there
+    INIT_GOT = table.concat({
+        type(require("ngx.ipc")),
+        tostring(require("resty.events") == require("ngx.ipc.events")),
+        tostring(require("resty.worker.events") == require("ngx.ipc.worker_events")),
+    }, " ")
+"""
+
+
+def test_init_by_lua_finds_the_preloads_and_the_aliases(nginx):
+    n = nginx(workers=2, http="ipc_events_compat on;", init=INIT_REQUIRES)
+    for worker in range(2):
+        assert n.lua("return INIT_GOT", worker=worker) == ["table true true"]
+        # and the workers' ngx.ipc works (its main-VM check passed)
+        assert n.lua('return type(require("ngx.ipc").pids())', worker=worker) == ["table"]
+
+
+def test_init_by_lua_finds_them_again_after_a_reload(nginx):
+    n = nginx(workers=2, http="ipc_events_compat on;", init=INIT_REQUIRES)
+    reload_node(n)  # the master runs init_by_lua* again, in a new VM
+    for worker in range(2):
+        assert n.lua("return INIT_GOT", worker=worker) == ["table true true"]
+        assert n.lua('return type(require("ngx.ipc").pids())', worker=worker) == ["table"]

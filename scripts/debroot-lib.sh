@@ -7,7 +7,8 @@
 #   fresh_root DIST DIR      DIR becomes a fresh copy of that base
 #   ensure_root DIST DIR     the same, only when DIR holds no root yet
 #   mount_root DIST DIR      /proc, /sys (read-only), /dev/shm and the
-#                            release's shared apt cache; unmounted at exit
+#                            release's shared apt cache; unmounted at exit;
+#                            apt's sources: DIST, DIST-updates, DIST-security
 #   unmount_root DIR         (also: what a killed run left mounted)
 #   in_root DIR CMD...       CMD in DIR, with a clean environment
 #   copy_source DIR          the source tree (committed or not, without
@@ -19,6 +20,7 @@
 
 roots=${NGX_IPC_ROOTS_DIR:-$repo/build/roots}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+security_mirror=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 root_mounts=(proc sys dev/shm var/cache/apt/archives)
 mounted_roots=()
 
@@ -84,6 +86,10 @@ mount_root() {
   mounted_roots+=("$dir")
   trap unmount_all_roots EXIT
   cp /etc/resolv.conf "$dir/etc/resolv.conf"
+  # what a Debian install uses: the release, its updates, its security fixes
+  printf 'deb %s %s main\ndeb %s %s-updates main\ndeb %s %s-security main\n' \
+    "$mirror" "$dist" "$mirror" "$dist" "$security_mirror" "$dist" \
+    > "$dir/etc/apt/sources.list"
   mountpoint -q "$dir/proc" || mount -t proc proc "$dir/proc"
   mountpoint -q "$dir/sys" || mount -t sysfs -o ro sysfs "$dir/sys"
   mkdir -p "$dir/dev/shm"

@@ -34,7 +34,7 @@ bookworm | trixie) ;;
 esac
 
 if [ "$(id -u)" -ne 0 ]; then
-  exec sudo --preserve-env=PYTEST_ADDOPTS,NGX_IPC_ROOTS_DIR,DEBIAN_MIRROR "$0" "$@"
+  exec sudo --preserve-env=PYTEST_ADDOPTS,NGX_IPC_ROOTS_DIR,DEBIAN_MIRROR,DEBIAN_SECURITY_MIRROR "$0" "$@"
 fi
 
 # shellcheck source=scripts/debroot-lib.sh
@@ -58,7 +58,8 @@ else
   copy_source "$build"
   mount_root "$dist" "$build"
   log "make deb in $build (log: $roots/$dist/build.log)"
-  in_root "$build" sh -c '/src/scripts/install-deps.sh --deb && make -C /src deb' \
+  in_root "$build" sh -c 'apt-get update -q && apt-get upgrade -y -q &&
+    /src/scripts/install-deps.sh --deb && make -C /src deb' \
     > "$roots/$dist/build.log" 2>&1 || {
     tail -40 "$roots/$dist/build.log"
     exit 1

@@ -24,7 +24,7 @@ base=${NGX_IPC_TRIXIE_DIR:-$repo/build/trixie}
 root=$base/root
 
 if [ "$(id -u)" -ne 0 ]; then
-  exec sudo --preserve-env=PYTEST_ADDOPTS,NGX_IPC_TRIXIE_DIR,NGX_IPC_ROOTS_DIR,DEBIAN_MIRROR \
+  exec sudo --preserve-env=PYTEST_ADDOPTS,NGX_IPC_TRIXIE_DIR,NGX_IPC_ROOTS_DIR,DEBIAN_MIRROR,DEBIAN_SECURITY_MIRROR \
     "$0" "$@"
 fi
 

@@ -151,3 +151,4 @@ clean:
 bench: $(MODULE)
 	/usr/bin/python3 bench/run.py
 	/usr/bin/python3 bench/scale.py
+	/usr/bin/python3 bench/compat/run.py

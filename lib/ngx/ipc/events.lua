@@ -47,7 +47,6 @@ local log = ngx.log
 local ERR = ngx.ERR
 local INFO = ngx.INFO
 local DEBUG = ngx.DEBUG
-local sleep = ngx.sleep
 local exiting = ngx.worker.exiting
 local timer_at = ngx.timer.at
 local get_phase = ngx.get_phase
@@ -205,6 +204,7 @@ function _M.new(opts)
         _q_first = 1,
         _q_last = 0,
         _q_sema = assert(semaphore.new()),
+        _yield_sema = assert(semaphore.new()),
         _worker_id = nil,
         _connected = nil,
         _started = false,
@@ -234,6 +234,17 @@ local function start_events_timer(self)
 end
 
 
+-- One pass of the event loop for requests and timers: a zero-delay timer
+-- posts the semaphore this thread waits on. (Not ngx.sleep(0): without
+-- OpenResty's delayed-events patch it logs a warning every time.)
+local function yield_to_loop(self)
+    local sema = self._yield_sema
+    if timer_at(0, function() sema:post() end) then
+        sema:wait(1)
+    end
+end
+
+
 -- The handlers' light thread: one event at a time, in queue order.
 run_events = function(premature, self)
     if premature then
@@ -250,7 +261,7 @@ run_events = function(premature, self)
                 break
             end
             if count % EVENTS_YIELD_EVERY == 0 then
-                sleep(0)
+                yield_to_loop(self)
             end
 
         elseif err ~= "timeout" then

@@ -40,7 +40,7 @@ help:
 	@echo "make demo-cluster-stop  stop them"
 	@echo "make fuzz         libFuzzer on the record decoder (FUZZ_SECONDS=30)"
 	@echo "make soak         50 reloads, 20 worker kills, 10 min of fuzzing"
-	@echo "make bench        floors, ngx_ipc and the baselines: docs/BENCHMARKS.md"
+	@echo "make bench        floors, ngx_ipc, the baselines, the compat APIs: docs/BENCHMARKS*.md"
 	@echo "make format       clang-format the C++ core"
 
 deps:

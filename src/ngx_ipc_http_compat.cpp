@@ -14,11 +14,6 @@
 #include "ngx_ipc_http_compat.h"
 
 
-typedef struct {
-    ngx_flag_t  events_compat;
-} ngx_http_ipc_main_conf_t;
-
-
 /* each alias, and the embedded package it loads */
 static const char  *ngx_http_ipc_aliases[][2] = {
     { "resty.events",        "ngx.ipc.events" },

@@ -1,6 +1,8 @@
 /*
- * Owns: the "ipc_events_compat" directive of ngx_http_ipc_module and the
- * package names it adds (src/ngx_ipc_http_compat.cpp).
+ * Owns: ngx_http_ipc_module's main configuration: the "ipc_events_compat"
+ * directive and the package names it adds (src/ngx_ipc_http_compat.cpp),
+ * and whether this configuration's main Lua VM is marked
+ * (src/ngx_ipc_http_module.cpp).
  */
 
 #ifndef NGX_IPC_HTTP_COMPAT_H
@@ -11,6 +13,11 @@ extern "C" {
 #include <ngx_core.h>
 #include <ngx_http.h>
 }
+
+typedef struct {
+    ngx_flag_t  events_compat;
+    ngx_uint_t  main_vm_marked;     /* set by the postconfiguration */
+} ngx_http_ipc_main_conf_t;
 
 extern "C" ngx_module_t  ngx_http_ipc_module;
 extern ngx_command_t     ngx_http_ipc_commands[];

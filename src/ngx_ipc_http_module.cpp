@@ -68,10 +68,11 @@ static ngx_ipc_lua_tolstring_pt          ngx_ipc_lua_tolstring;
  * the one that init_by_lua*, init_worker_by_lua* and every request share.
  * With "lua_code_cache off" each request gets a Lua VM of its own, where the
  * mark is missing: ngx.ipc's light threads and handlers live in one VM per
- * worker, so the loader refuses to run there.
+ * worker, so the loader refuses to run there. Whether the mark was set is
+ * kept in the configuration (a reload that fails after our preconfiguration
+ * leaves the running one's as it was).
  */
 static char  ngx_ipc_main_vm_key;
-static ngx_uint_t  ngx_ipc_main_vm_marked;
 
 
 static ngx_int_t ngx_http_ipc_preconfiguration(ngx_conf_t *cf);
@@ -201,15 +202,36 @@ static ngx_http_ipc_symbol_t  ngx_http_ipc_lua_symbols[] = {
  * Before the http block is parsed: the preloads are registered as hooks that
  * lua-nginx-module applies when it makes its main VM, in its own
  * postconfiguration, before it runs init_by_lua*: so `require "ngx.ipc"`
- * works there too (ours runs after it). The main VM is marked afterwards;
- * until then (init_by_lua* of this configuration, in the master) the loader
- * does not look for the mark.
+ * works there too. The main VM is marked in our postconfiguration (after
+ * lua's, with load_module in that order); until then (init_by_lua* of this
+ * configuration, in the master) the loader does not look for the mark.
  */
 static ngx_int_t
 ngx_http_ipc_preconfiguration(ngx_conf_t *cf)
 {
     void        *fn;
     ngx_uint_t   i;
+
+    /*
+     * The lua module must be part of this configuration: after a reload
+     * that dropped its load_module line, the old cycle's copy is still
+     * mapped, and dlsym() would find functions that index this
+     * configuration with its module index.
+     */
+    for (i = 0; cf->cycle->modules[i] != NULL; i++) {
+        if (ngx_strcmp(cf->cycle->modules[i]->name, "ngx_http_lua_module")
+            == 0)
+        {
+            break;
+        }
+    }
+
+    if (cf->cycle->modules[i] == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "ngx_ipc needs ngx_http_lua_module: load it "
+                           "(load_module) before ngx_ipc_module");
+        return NGX_ERROR;
+    }
 
     for (i = 0; i < sizeof(ngx_http_ipc_lua_symbols)
                     / sizeof(ngx_http_ipc_symbol_t); i++)
@@ -229,8 +251,6 @@ ngx_http_ipc_preconfiguration(ngx_conf_t *cf)
             *ngx_http_ipc_lua_symbols[i].fn = fn;
         }
     }
-
-    ngx_ipc_main_vm_marked = 0;
 
     for (i = 0; i < sizeof(ngx_http_ipc_packages)
                     / sizeof(ngx_http_ipc_package_t); i++)
@@ -255,11 +275,14 @@ ngx_http_ipc_preload(ngx_conf_t *cf, const char *package)
 static ngx_int_t
 ngx_http_ipc_postconfiguration(ngx_conf_t *cf)
 {
-    lua_State  *L;
+    lua_State                 *L;
+    ngx_http_ipc_main_conf_t  *imcf;
 
     /* registry[&ngx_ipc_main_vm_key] = true in the main VM */
+    imcf = static_cast<ngx_http_ipc_main_conf_t *>(
+               ngx_http_conf_get_module_main_conf(cf, ngx_http_ipc_module));
     L = ngx_ipc_get_global_state(cf);
-    ngx_ipc_main_vm_marked = (L != NULL);
+    imcf->main_vm_marked = (L != NULL);
 
     if (L != NULL) {
         ngx_ipc_lua_pushlightuserdata(L, &ngx_ipc_main_vm_key);
@@ -281,6 +304,7 @@ ngx_http_ipc_lua_loader(lua_State *L)
     const char              *name, *target;
     ngx_http_ipc_package_t  *p;
     u_char                   chunk[128], src[128];
+    ngx_http_ipc_main_conf_t  *imcf;
 
     name = ngx_ipc_lua_tolstring(L, 1, &len);
     if (name == NULL) {
@@ -299,7 +323,15 @@ ngx_http_ipc_lua_loader(lua_State *L)
             continue;
         }
 
-        if (ngx_ipc_main_vm_marked && ngx_strcmp(p->name, "ngx.ipc") == 0) {
+        /* the running configuration's (init_by_lua*: the one being made) */
+        imcf = static_cast<ngx_http_ipc_main_conf_t *>(
+                   ngx_http_cycle_get_module_main_conf(
+                       const_cast<ngx_cycle_t *>(ngx_cycle),
+                       ngx_http_ipc_module));
+
+        if (imcf != NULL && imcf->main_vm_marked
+            && ngx_strcmp(p->name, "ngx.ipc") == 0)
+        {
             /* "ngx.ipc" itself: only in the main VM (see the key above) */
             ngx_ipc_lua_pushlightuserdata(L, &ngx_ipc_main_vm_key);
             ngx_ipc_lua_rawget(L, NGX_IPC_LUA_REGISTRYINDEX);

@@ -121,3 +121,49 @@ def test_init_by_lua_finds_them_again_after_a_reload(nginx):
     for worker in range(2):
         assert n.lua("return INIT_GOT", worker=worker) == ["table true true"]
         assert n.lua('return type(require("ngx.ipc").pids())', worker=worker) == ["table"]
+
+
+# Without any lua_shared_dict, lua-nginx-module runs init_by_lua* in its
+# own postconfiguration, before ngx_ipc's (with one, later, once the shared
+# memory exists: the harness always declares one). A whole nginx.conf,
+# then, run as the examples are.
+BARE_CONF = """
+@LOAD_MODULES@
+worker_processes @WORKERS@;
+pid logs/nginx.pid;
+error_log logs/error.log notice;
+events { worker_connections 64; }
+http {
+    access_log off;
+    ipc_events_compat on;
+    init_by_lua_block {
+        local ok, err = pcall(function()
+            return type(require("ngx.ipc")) .. " "
+                .. tostring(require("resty.events") == require("ngx.ipc.events"))
+        end)
+        INIT_GOT = tostring(ok) .. " " .. tostring(err)
+    }
+    server {
+        listen 127.0.0.1:@PORT@;
+        location = /init { content_by_lua_block { ngx.print(INIT_GOT) } }
+        location = /pids {
+            content_by_lua_block { ngx.print(#require("ngx.ipc").pids()) }
+        }
+    }
+}
+"""
+
+
+def test_init_by_lua_without_a_shared_dict(tmp_path):
+    from example_runner import ExampleNginx  # noqa: E402 (t/ helpers)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(BARE_CONF)
+    ex = ExampleNginx(conf, 2, ready=lambda e: e.request("/init")[0] == 200)
+    try:
+        ex.start()
+        assert ex.request("/init")[1] == b"true table true"
+        assert ex.request("/pids")[1] == b"2"
+        assert ex.stop() is None
+    finally:
+        ex.stop()
+        ex.cleanup()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Debian package libnginx-mod-http-ipc (debian/) for the nginx
-# of the machine it runs on, into build/deb/: the .deb, its -dbgsym .ddeb,
+# of the machine it runs on, into build/deb/: the .deb, its -dbgsym .deb,
 # the .buildinfo and the .changes. `make deb` runs it.
 #
 #   scripts/deb.sh [OUTDIR]      default OUTDIR: build/deb
@@ -19,14 +19,22 @@ log() { echo "deb: $*"; }
 
 "$repo/scripts/install-deps.sh" --deb
 
-version=$(dpkg-parsechangelog -l "$repo/debian/changelog" -S Version)
+base_version=$(dpkg-parsechangelog -l "$repo/debian/changelog" -S Version)
 source=$(dpkg-parsechangelog -l "$repo/debian/changelog" -S Source)
-tree=$work/$source-${version%-*}
+tree=$work/$source-${base_version%-*}
+
+# The nginx ABI it is built for goes into the version (0.1.0+nginx1.22.1.7-1):
+# a build for another nginx is another version, which apt installs over the
+# old one instead of answering "already the newest version".
+abi=$(sed -n 's/^nginx:abi=nginx-abi-//p' /usr/share/nginx/src/debian/libnginx-mod.abisubstvars)
+[ -n "$abi" ] || { log "no nginx ABI in nginx-dev's libnginx-mod.abisubstvars"; exit 1; }
+version=${base_version%-*}+nginx${abi//-/.}-${base_version##*-}
 
 rm -rf --one-file-system "$work"
 mkdir -p "$tree"
 tar -C "$repo" --exclude=./build --exclude=./.git --exclude=__pycache__ \
   --exclude=.pytest_cache -cf - . | tar -C "$tree" -xf -
+sed -i "1s/($base_version)/($version)/" "$tree/debian/changelog"
 
 log "dpkg-buildpackage $source $version for $(dpkg --print-architecture)," \
   "$(dpkg-query -W -f='nginx-dev ${Version}' nginx-dev) (log: $work/build.log)"

@@ -37,8 +37,9 @@ deb=(
   lintian
 )
 # the core's tests, sanitizers, fuzzing, bench charts, the Debian roots
+# (and ps, which scripts/package-checks.sh runs beside them)
 others=(
-  cmake libgtest-dev clang "$clang_rt" gnuplot-nox debootstrap
+  cmake libgtest-dev clang "$clang_rt" gnuplot-nox debootstrap procps
 )
 
 case "${1:-}" in

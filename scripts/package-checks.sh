@@ -24,7 +24,7 @@ start_nginx() {
     [ -s "$dir/run/nginx.pid" ] && break
     sleep 0.1
   done
-  nginx_master=$(cat "$dir/run/nginx.pid")
+  nginx_master=$(cat "$dir/run/nginx.pid" 2> /dev/null || true)
   [ -n "$nginx_master" ] || { log "nginx wrote no pid file"; return 1; }
   for ((i = 0; i < 100; i++)); do
     get /ping > /dev/null 2>&1 && return 0
@@ -103,14 +103,17 @@ EOF
   step "curl 127.0.0.1:$smoke_port/broadcast?nonce=$nonce"
   get "/broadcast?nonce=$nonce" | sed 's/^/  /'
   for ((i = 0; i < 100; i++)); do
-    seen=$(get "/seen?nonce=$nonce" | tr '\n' ' ')
+    seen=$(get "/seen?nonce=$nonce" | tr '\n' ' ' || true)
     [ "$seen" = "$want" ] && break
     sleep 0.1
   done
   log "the workers that received it: $seen"
   [ "$seen" = "$want" ] || { log "not every worker ($want) received it"; return 1; }
-  grep -E '\[(alert|crit|emerg)\]' "$dir/var/log/nginx/error.log" &&
-    { log "bad lines in error.log"; return 1; }
+  [ -f "$dir/var/log/nginx/error.log" ] || { log "no error.log"; return 1; }
+  if grep -E '\[(alert|crit|emerg)\]' "$dir/var/log/nginx/error.log"; then
+    log "bad lines in error.log"
+    return 1
+  fi
   stop_nginx
 }
 
@@ -120,7 +123,7 @@ check_purge() {
   in_root "$dir" apt-get purge -y -q libnginx-mod-http-ipc 2>&1 | grep -E '^(Removing|Purging)' |
     sed 's/^/  /'
   if [ -e "$dir/usr/lib/nginx/modules/ngx_ipc_module.so" ] ||
-    [ -e "$dir/etc/nginx/modules-enabled/60-mod-http-ipc.conf" ] ||
+    [ -L "$dir/etc/nginx/modules-enabled/60-mod-http-ipc.conf" ] ||
     [ -L "$dir/etc/nginx/modules-enabled/60-mod-http-ipc.conf.removed" ]; then
     log "the purge left the module or its link behind"
     return 1

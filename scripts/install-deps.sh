@@ -28,7 +28,7 @@ test_tools=(
 # the module's build and t/
 nginx_tests=(
   "$nginx" nginx-dev libnginx-mod-http-lua lua-resty-core
-  g++ make lua-nginx-redis "${test_tools[@]}"
+  lua-cjson g++ make lua-nginx-redis "${test_tools[@]}"
 )
 # the package's build: debian/control's Build-Depends, dpkg-buildpackage,
 # and lintian, which `make deb` runs on what it built

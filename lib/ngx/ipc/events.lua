@@ -8,9 +8,9 @@
 --        -- target: "all", "current" or a unique hash
 --   ev:unsubscribe(id); ev:is_ready(); ev:run()
 --
--- Owns: the options, the instance's two message names, publishing, the
--- queue of events waiting for this worker's handlers and the light thread
--- that runs them one at a time, and the broker's part.
+-- Owns: the options, the instance's two message names, publishing, and the
+-- broker's part. The queue of events waiting for this worker's handlers
+-- and the thread that runs them: ngx.ipc.events_queue.
 --
 -- One order for every worker: lua-resty-events sends every event to one
 -- broker worker over a unix socket, which then writes it to every worker;
@@ -33,12 +33,13 @@ local callback = require "ngx.ipc.events_callback"
 local outbox = require "ngx.ipc.events_outbox"
 local check_options = require "ngx.ipc.events_options"
 local lrucache = require "resty.lrucache"
-local semaphore = require "ngx.semaphore"
+local events_queue = require "ngx.ipc.events_queue"
 local cjson = require "cjson.safe"
 
 local type = type
 local assert = assert
 local pcall = pcall
+local select = select
 local tostring = tostring
 local setmetatable = setmetatable
 
@@ -47,7 +48,6 @@ local log = ngx.log
 local ERR = ngx.ERR
 local INFO = ngx.INFO
 local DEBUG = ngx.DEBUG
-local exiting = ngx.worker.exiting
 local timer_at = ngx.timer.at
 local get_phase = ngx.get_phase
 local ngx_worker_id = ngx.worker.id
@@ -56,8 +56,6 @@ local worker_count = ngx.worker.count
 
 local FRAME_MAX_PAYLOAD_LEN = 2^24 - 1          -- their frame's 3-byte length
 local MAX_UNIQUE_EVENTS = 1024
-local EVENTS_POP_LIMIT = 2000   -- events per timer, then a new one
-local EVENTS_YIELD_EVERY = 100  -- events between two yields
 
 
 local _M = {
@@ -93,40 +91,6 @@ end
 
 
 
--- The events waiting for this worker's handlers: a bounded FIFO and the
--- semaphore the handlers' thread waits on (lua-resty-events' queue.lua).
-local function queue_push(self, item)
-    local last = self._q_last
-    if last - self._q_first + 1 >= self.opts.max_queue_len then
-        return nil, "queue overflow"
-    end
-
-    last = last + 1
-    self._q_last = last
-    self._q[last] = item
-    self._q_sema:post()
-    return true
-end
-
-
-local function queue_pop(self)
-    local ok, err = self._q_sema:wait(1)
-    if not ok then
-        return nil, err
-    end
-
-    local first = self._q_first
-    if first > self._q_last then
-        return nil, "queue is empty"
-    end
-
-    local item = self._q[first]
-    self._q[first] = nil
-    self._q_first = first + 1
-    return item
-end
-
-
 -- ipc handler of every worker: an event the broker (re)sent.
 local function on_event(self, str)
     local ok, ev = pcall(decode, str)
@@ -135,7 +99,7 @@ local function on_event(self, str)
         return
     end
 
-    local _, err = queue_push(self, ev)
+    local _, err = self._queue:push(ev)
     if err then
         log(ERR, "failed to store event: ", err, ". data is: ",
             cjson.encode(ev))
@@ -173,7 +137,7 @@ local function broker_accept(self, str)
     if err then
         log(ERR, "failed to publish event to ",
             unique and "a worker" or "all workers", ": ", err,
-            ". data is: ", cjson.encode(decode(payload.data)))
+            ". data is: ", cjson.encode(select(2, pcall(decode, payload.data))))
         return
     end
 
@@ -200,15 +164,13 @@ function _M.new(opts)
         _callback = callback.new(),
         _outbox = outbox.new(opts.broker_id, opts.max_queue_len),
         _uniques = uniques,
-        _q = {},
-        _q_first = 1,
-        _q_last = 0,
-        _q_sema = assert(semaphore.new()),
-        _yield_sema = assert(semaphore.new()),
         _worker_id = nil,
         _connected = nil,
         _started = false,
     }, _MT)
+    local cb = self._callback
+    self._queue = events_queue.new(opts.max_queue_len,
+                                   function(ev) cb:do_event(ev) end)
 
     -- ngx.ipc is for workers: required there only (a preload of the
     -- module is not there yet when init_by_lua* runs)
@@ -221,56 +183,6 @@ function _M.new(opts)
     end
 
     return self
-end
-
-
-local run_events
-
-local function start_events_timer(self)
-    if exiting() then
-        return
-    end
-    assert(timer_at(0, run_events, self))
-end
-
-
--- One pass of the event loop for requests and timers: a zero-delay timer
--- posts the semaphore this thread waits on. (Not ngx.sleep(0): without
--- OpenResty's delayed-events patch it logs a warning every time.)
-local function yield_to_loop(self)
-    local sema = self._yield_sema
-    if timer_at(0, function() sema:post() end) then
-        sema:wait(1)
-    end
-end
-
-
--- The handlers' light thread: one event at a time, in queue order.
-run_events = function(premature, self)
-    if premature then
-        return
-    end
-
-    local count = 0
-    while not exiting() do
-        local ev, err = queue_pop(self)
-        if ev then
-            self._callback:do_event(ev)
-            count = count + 1
-            if count >= EVENTS_POP_LIMIT then
-                break
-            end
-            if count % EVENTS_YIELD_EVERY == 0 then
-                yield_to_loop(self)
-            end
-
-        elseif err ~= "timeout" then
-            log(ERR, "event worker failed to process events (", err, ")")
-            break
-        end
-    end
-
-    start_events_timer(self)
 end
 
 
@@ -303,7 +215,7 @@ function _M:init_worker()
 
     -- ready once this phase is over (lua-resty-events: once connected)
     assert(timer_at(0, connected, self))
-    start_events_timer(self)
+    self._queue:start()
 
     return true
 end
@@ -375,7 +287,7 @@ function _M:publish(target, source, event, data)
 
     local ok, err
     if target == "current" then
-        ok, err = queue_push(self, { source = source, event = event,
+        ok, err = self._queue:push({ source = source, event = event,
                                      data = data })
     else
         ok, err = post_event(self, source, event, data,

@@ -30,9 +30,6 @@ local order = require "ngx.ipc.worker_events.order"
 local options = require "ngx.ipc.worker_events.options"
 
 local assert = assert
-local error = error
-local pairs = pairs
-local setmetatable = setmetatable
 local tonumber = tonumber
 local tostring = tostring
 local type = type
@@ -197,14 +194,13 @@ end
 
 
 _M.post = function(source, event, data, unique)
-    if type(source) ~= "string" or source == "" then
-        return nil, "source is required"
-    end
-    if type(event) ~= "string" or event == "" then
-        return nil, "event is required"
+    local named, err = options.check_names(source, event)
+    if not named then
+        return nil, err
     end
 
-    local json, err = cjson.encode({
+    local json
+    json, err = cjson.encode({
         source = source,
         event = event,
         data = data,
@@ -241,11 +237,9 @@ end
 
 
 _M.post_local = function(source, event, data)
-    if type(source) ~= "string" or source == "" then
-        return nil, "source is required"
-    end
-    if type(event) ~= "string" or event == "" then
-        return nil, "event is required"
+    local named, err = options.check_names(source, event)
+    if not named then
+        return nil, err
     end
 
     _local_queue[#_local_queue + 1] = {
@@ -390,19 +384,7 @@ _M.configured = function()
 end
 
 
--- event_list(source, event...): { _source = source, [event] = event ... };
--- reading an event not in it raises "event 'x' is an unknown event".
-_M.event_list = function(source, ...)
-    local events = { _source = source }
-    for _, event in pairs({ ... }) do
-        events[event] = event
-    end
-    return setmetatable(events, {
-        __index = function(_, key)
-            error("event '" .. tostring(key) .. "' is an unknown event", 2)
-        end,
-    })
-end
+_M.event_list = options.event_list
 
 
 _M.events = _M.event_list(

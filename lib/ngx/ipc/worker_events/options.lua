@@ -1,10 +1,14 @@
--- ngx.ipc.worker_events.options: configure()'s numeric options, checked as
--- Kong/lua-resty-worker-events checks them, in its order, with its
--- messages.
+-- ngx.ipc.worker_events.options: configure()'s numeric options and
+-- post()'s source and event, checked as Kong/lua-resty-worker-events checks
+-- them, in its order, with its messages; and its event_list().
 --
--- Owns: nothing (a pure function). An option left out keeps the value the
+-- Owns: nothing (pure functions). An option left out keeps the value the
 -- last configure() set, or takes the library's default.
 
+local error = error
+local pairs = pairs
+local setmetatable = setmetatable
+local tostring = tostring
 local type = type
 
 local _M = {}
@@ -43,6 +47,33 @@ function _M.check(opts, kept)
         res[o[2]] = v
     end
     return res
+end
+
+
+-- post() and post_local()'s names: true, or nil and the library's error
+function _M.check_names(source, event)
+    if type(source) ~= "string" or source == "" then
+        return nil, "source is required"
+    end
+    if type(event) ~= "string" or event == "" then
+        return nil, "event is required"
+    end
+    return true
+end
+
+
+-- event_list(source, event...): { _source = source, [event] = event ... };
+-- reading an event not in it raises "event 'x' is an unknown event".
+function _M.event_list(source, ...)
+    local events = { _source = source }
+    for _, event in pairs({ ... }) do
+        events[event] = event
+    end
+    return setmetatable(events, {
+        __index = function(_, key)
+            error("event '" .. tostring(key) .. "' is an unknown event", 2)
+        end,
+    })
 end
 
 

@@ -92,10 +92,16 @@ end
 
 
 -- ipc handler of every worker: an event the broker (re)sent.
+-- Any worker's Lua can send under these names: what is not an event as
+-- post_event makes it is logged and dropped, never handed to a handler.
 local function on_event(self, str)
     local ok, ev = pcall(decode, str)
-    if not ok or type(ev) ~= "table" then
-        log(ERR, "failed to decode event data: ", ev)
+    if not ok or type(ev) ~= "table" or type(ev.source) ~= "string"
+       or type(ev.event) ~= "string"
+       or (ev.wid ~= nil and type(ev.wid) ~= "number")
+    then
+        log(ERR, "failed to decode event data: ",
+            ok and "not an event" or tostring(ev))
         return
     end
 
@@ -113,8 +119,10 @@ local function broker_accept(self, str)
     local ok, payload = pcall(decode, str)
     if not ok or type(payload) ~= "table" or type(payload.spec) ~= "table"
        or type(payload.data) ~= "string"
+       or (payload.spec.unique ~= nil and type(payload.spec.unique) ~= "string")
     then
-        log(ERR, "failed to decode event data: ", payload)
+        log(ERR, "failed to decode event data: ",
+            ok and "not an event" or tostring(payload))
         return
     end
 

@@ -151,9 +151,14 @@ local function on_message(data)
         return      -- posted before this worker configured: not its event
     end
 
+    -- Only an id the counter gave out can be waited for: any other (a
+    -- message this module did not send) would hold every later event up,
+    -- wait_max per id up to it.
     local sp = find(data, " ", 1, true)
     local id = sp and tonumber(sub(data, 1, sp - 1))
-    if not id then
+    if not id or id < 1 or id % 1 ~= 0
+       or id > (_dict:get(KEY_LAST_ID) or 0)
+    then
         return log(ERR, "worker-events: malformed event message")
     end
 

@@ -594,6 +594,21 @@ def write_doc(res, systems, baselines, cfg, took, has_chart):
 
 # ----------------------------------------------------------------- main -----
 
+def settings(cfg, script):
+    """The N, repeats and budget every system is measured with (--quick or
+    not), the command line and the date; bench/compat/run.py uses them too."""
+    q = cfg.quick
+    cfg.repeats = cfg.repeats or (1 if q else 3)
+    cfg.pp_n = 2000 if q else 20000
+    cfg.call_n = 2000 if q else 20000
+    cfg.stream_n = ({16: 200000, KiB: 50000, 64 * KiB: 2000, MiB: 200} if q else
+                    {16: 1000000, KiB: 500000, 64 * KiB: 30000, MiB: 2000})
+    cfg.bc_n = 10000 if q else 100000
+    cfg.budget = 1.0 if q else 3.0     # seconds per run of a slow baseline
+    cfg.command = "/usr/bin/python3 " + script + (" --quick" if q else "")
+    cfg.date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small N, 1 repeat, for iterating")
@@ -606,19 +621,11 @@ def main():
     if cfg.report_only:
         return rerender(cfg)
     q = cfg.quick
-    cfg.repeats = cfg.repeats or (1 if q else 3)
+    settings(cfg, "bench/run.py")
     cfg.floor_pp_n = 20000 if q else 100000
     cfg.core16_n = 500000 if q else 2000000
     cfg.core1m_n = 300 if q else 2000
-    cfg.pp_n = 2000 if q else 20000
-    cfg.call_n = 2000 if q else 20000
-    cfg.stream_n = ({16: 200000, KiB: 50000, 64 * KiB: 2000, MiB: 200} if q else
-                    {16: 1000000, KiB: 500000, 64 * KiB: 30000, MiB: 2000})
-    cfg.bc_n = 10000 if q else 100000
     cfg.broadcast_workers = [2, 4] if q else BROADCAST_WORKERS
-    cfg.budget = 1.0 if q else 3.0     # seconds per run of a slow baseline
-    cfg.command = "/usr/bin/python3 bench/run.py" + (" --quick" if q else "")
-    cfg.date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     only = set(cfg.only.split(",")) if cfg.only else None
     t_start = time.monotonic()
 

@@ -22,7 +22,6 @@ to ngx_ipc, the N used, the machine, the date and the command.
 """
 
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -63,20 +62,11 @@ SUMMARY = [
 
 
 def settings(cfg):
-    """bench/run.py's N and budgets (its main()), for --quick or not."""
-    q = cfg.quick
-    cfg.repeats = cfg.repeats or (1 if q else 3)
-    cfg.pp_n = 2000 if q else 20000
-    cfg.call_n = cfg.pp_n           # unused: call is ngx_ipc's alone
-    cfg.stream_n = ({16: 200000, run.KiB: 50000, 64 * run.KiB: 2000, run.MiB: 200} if q else
-                    {16: 1000000, run.KiB: 500000, 64 * run.KiB: 30000, run.MiB: 2000})
-    cfg.bc_n = 10000 if q else 100000
+    """bench/run.py's N and budgets, for --quick or not."""
+    run.settings(cfg, "bench/compat/run.py")
     cfg.broadcast_workers = run.BASELINE_BROADCAST_WORKERS
-    cfg.budget = 1.0 if q else 3.0  # seconds per run of a slow system
-    cfg.command = "/usr/bin/python3 bench/compat/run.py" + (" --quick" if q else "")
-    if cfg.repeats != (1 if q else 3):
+    if cfg.repeats != (1 if cfg.quick else 3):
         cfg.command += " --repeats %d" % cfg.repeats
-    cfg.date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def summary(res, systems):

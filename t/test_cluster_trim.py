@@ -139,6 +139,19 @@ def nodes_with_history(redis_server, nginx, history):
     return r, a, b, nxt
 
 
+def five_trimmed_while_stopped(r, a, b, pos, first, keep):
+    """b stopped, a publishes x first..first+4, the stream trimmed to `keep`
+    entries: the gap text b must tell from position `pos`."""
+    with stopped(r, b, "b"):
+        publish(a, first, first + 4)
+        ids = entry_ids(r, pos)
+        assert len(ids) == 5
+        r.command("XTRIM", "t", "MAXLEN", str(keep))
+    if keep:
+        return trimmed_text(pos, 5 - keep, before=ids[5 - keep])
+    return trimmed_text(pos, 5, up_to=ids[-1])
+
+
 @pytest.mark.parametrize("keep", [0, 2])
 @pytest.mark.parametrize("history", ["fresh", "late"])
 def test_trim_before_a_stopped_node_read_anything_of_a(redis_server, nginx, history, keep):
@@ -148,15 +161,7 @@ def test_trim_before_a_stopped_node_read_anything_of_a(redis_server, nginx, hist
     r, a, b, nxt = nodes_with_history(redis_server, nginx, history)
     pos = position(b)
     assert pos == ("0-0" if history == "fresh" else entry_ids(r, "0-0")[-1])
-    with stopped(r, b, "b"):
-        publish(a, nxt, nxt + 4)
-        ids = entry_ids(r, pos)
-        assert len(ids) == 5
-        r.command("XTRIM", "t", "MAXLEN", str(keep))
-    if keep:
-        text = trimmed_text(pos, 5 - keep, before=ids[5 - keep])
-    else:
-        text = trimmed_text(pos, 5, up_to=ids[-1])
+    text = five_trimmed_while_stopped(r, a, b, pos, nxt, keep)
     assert_gap_told(b, text)
     kept = list(range(nxt + 5 - keep, nxt + 5))
     publish(a, nxt + 5, nxt + 5)
@@ -175,15 +180,7 @@ def test_trim_after_a_stopped_node_read_some_of_a(redis_server, nginx, keep):
     wait_all([b], "a", "x", 3)
     wait_for(lambda: position(b) == entry_ids(r, "0-0")[-1], what="b's position at x 3")
     pos = position(b)
-    with stopped(r, b, "b"):
-        publish(a, 4, 8)
-        ids = entry_ids(r, pos)
-        assert len(ids) == 5
-        r.command("XTRIM", "t", "MAXLEN", str(keep))
-    if keep:
-        text = trimmed_text(pos, 5 - keep, before=ids[5 - keep])
-    else:
-        text = trimmed_text(pos, 5, up_to=ids[-1])
+    text = five_trimmed_while_stopped(r, a, b, pos, 4, keep)
     assert_gap_told(b, text)
     publish(a, 9, 9)
     want = [1, 2, 3] + list(range(9 - keep, 9)) + [9]

@@ -376,6 +376,6 @@ ngx_ipc_bridge_handler(ngx_event_t *rev)
         return;
     }
 
-    ngx_ipc_drop_undelivered(w, b->endpoint);
+    ngx_ipc_early_receive(w, b->endpoint);
     b->dirty = 0;
 }

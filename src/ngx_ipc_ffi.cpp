@@ -127,7 +127,12 @@ ngx_ipc_ffi_start(void *sema, char **err)
 
         w->sema = sema;
 
-        /* deliver what arrived before the dispatcher existed */
+        /* deliver what arrived before the dispatcher existed: what the
+         * worker kept (ipc_early_messages), then what waits in the inbox */
+        if (ngx_ipc_early_end(w)) {
+            w->sema_post(sema, 1);
+        }
+
         ngx_post_event(w->conn->read, &ngx_posted_events);
     }
 
@@ -245,6 +250,12 @@ ngx_ipc_ffi_take(ngx_ipc_msg_t *out, int max)
         return NGX_ERROR;
     }
 
+    /* what arrived before the dispatcher started, before anything newer */
+    n = ngx_ipc_early_take(w, reinterpret_cast<ngx_ipc::Delivery *>(out), max);
+    if (n > 0) {
+        return n;
+    }
+
     try {
         /* the other generations' messages first (only when its socket
          * said some came), up to half the batch: each inbox has room in
@@ -283,6 +294,7 @@ ngx_ipc_ffi_take_done(void)
 
     w = ngx_ipc_worker_get();
     if (w != NULL) {
+        ngx_ipc_early_release(w);
         w->endpoint->release();
 
         if (w->bridge != NULL) {

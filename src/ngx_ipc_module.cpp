@@ -27,6 +27,9 @@ static void ngx_ipc_cleanup(void *data);
 
 /* ipc_busy_poll's default, in microseconds */
 #define NGX_IPC_DEFAULT_BUSY_POLL  50
+/* ipc_early_messages' defaults */
+#define NGX_IPC_DEFAULT_EARLY_MSEC  30000
+#define NGX_IPC_DEFAULT_EARLY_SIZE  (16 * 1024 * 1024)
 
 
 static ngx_command_t  ngx_ipc_commands[] = {
@@ -64,6 +67,13 @@ static ngx_command_t  ngx_ipc_commands[] = {
       ngx_ipc_set_busy_poll,
       0,
       offsetof(ngx_ipc_conf_t, busy_poll),
+      NULL },
+
+    { ngx_string("ipc_early_messages"),
+      NGX_MAIN_CONF|NGX_DIRECT_CONF|NGX_CONF_TAKE12,
+      ngx_ipc_set_early,
+      0,
+      0,
       NULL },
 
       ngx_null_command
@@ -122,6 +132,8 @@ ngx_ipc_create_conf(ngx_cycle_t *cycle)
     conf->queue_limit = NGX_CONF_UNSET_SIZE;
     conf->busy_poll = NGX_CONF_UNSET_UINT;
     conf->bridge_slots = NGX_CONF_UNSET;
+    conf->early_msec = NGX_CONF_UNSET_MSEC;
+    conf->early_size = NGX_CONF_UNSET_SIZE;
 
     return conf;
 }
@@ -145,6 +157,8 @@ ngx_ipc_init_conf(ngx_cycle_t *cycle, void *data)
     ngx_conf_init_size_value(conf->queue_limit, ngx_ipc::kDefaultQueueLimit);
     ngx_conf_init_uint_value(conf->busy_poll, NGX_IPC_DEFAULT_BUSY_POLL);
     ngx_conf_init_value(conf->bridge_slots, NGX_IPC_BRIDGE_SLOTS);
+    ngx_conf_init_msec_value(conf->early_msec, NGX_IPC_DEFAULT_EARLY_MSEC);
+    ngx_conf_init_size_value(conf->early_size, NGX_IPC_DEFAULT_EARLY_SIZE);
 
     if (conf->bridge_slots < 2 || conf->bridge_slots > NGX_IPC_BRIDGE_SLOTS) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,

@@ -7,6 +7,8 @@
  *                          wake handler, the shutdown watch, the yield
  * ngx_ipc_exit.cpp         a worker's graceful exit, with the Lua threads
  * ngx_ipc_busy_poll.cpp    busy polling (ipc_busy_poll), behind three calls
+ * ngx_ipc_early.cpp        what arrives before the worker's Lua starts
+ *                          ngx.ipc (ipc_early_messages)
  * ngx_ipc_bridge*.cpp      the reload bridge: workers of different
  *                          configurations that run at once: the mapping
  *                          and claims, messages (_send), wake-ups and
@@ -42,6 +44,8 @@ typedef struct {
     size_t                     queue_limit;
     ngx_uint_t                 busy_poll;    /* microseconds, 0: off */
     ngx_int_t                  bridge_slots; /* read at the first start */
+    ngx_msec_t                 early_msec;   /* ipc_early_messages, 0: off */
+    size_t                     early_size;
 
     /* this configuration's shared state, made by the master */
     void                      *shm;
@@ -64,6 +68,19 @@ typedef struct {
     unsigned                   active:1;     /* moved messages since */
 } ngx_ipc_busy_poll_t;
 
+/* Early messages: only ngx_ipc_early.cpp reads or writes them. */
+typedef struct ngx_ipc_early_msg_s  ngx_ipc_early_msg_t;
+
+typedef struct {
+    ngx_event_t                expire;       /* the hold's end */
+    ngx_ipc_early_msg_t       *head;         /* kept, oldest first */
+    ngx_ipc_early_msg_t       *tail;
+    ngx_ipc_early_msg_t       *taken;        /* in the dispatcher's batch */
+    size_t                     bytes;        /* kept, with their overhead */
+    unsigned                   holding:1;
+    unsigned                   full_logged:1;
+} ngx_ipc_early_t;
+
 /* ngx_ipc_bridge.cpp's: this worker's slot of the reload bridge */
 typedef struct ngx_ipc_bridge_s  ngx_ipc_bridge_t;
 
@@ -81,6 +98,7 @@ typedef struct ngx_ipc_worker_s {
     ngx_ipc_exit_t             exit;         /* shared with Lua */
     ngx_event_t                watch;        /* cancelable, while exiting */
     ngx_ipc_busy_poll_t        busy;         /* ngx_ipc_busy_poll.cpp's */
+    ngx_ipc_early_t            early;        /* ngx_ipc_early.cpp's */
     ngx_ipc_bridge_t          *bridge;       /* NULL: none (see below) */
     unsigned                   exiting:1;
     unsigned                   no_dispatcher_logged:1;
@@ -117,6 +135,19 @@ void ngx_ipc_busy_poll_on_empty(ngx_ipc_worker_t *w);
 /* true while a poll watches the inbox: a receive leaves the slot disarmed */
 bool ngx_ipc_busy_poll_watching(const ngx_ipc_worker_t *w);
 
+/* ngx_ipc_early.cpp: a worker whose Lua has not called ngx.ipc keeps what
+ * arrives for ipc_early_messages (time, bytes) after it starts; the
+ * dispatcher takes it first. */
+#define NGX_IPC_EARLY_MAX_MSEC     3600000
+char *ngx_ipc_set_early(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+void ngx_ipc_early_init(ngx_ipc_worker_t *w);
+/* a wake-up with no dispatcher: keep what ep's inbox holds, or drop it */
+void ngx_ipc_early_receive(ngx_ipc_worker_t *w, ngx_ipc::Endpoint *ep);
+/* the dispatcher started: true if messages were kept for it */
+bool ngx_ipc_early_end(ngx_ipc_worker_t *w);
+int ngx_ipc_early_take(ngx_ipc_worker_t *w, ngx_ipc::Delivery *out, int max);
+void ngx_ipc_early_release(ngx_ipc_worker_t *w);
+
 /* ngx_ipc_bridge*.cpp: the reload bridge, between the workers of
  * different configurations that run at once (docs/ARCHITECTURE.md §12).
  * The master makes it once (init, in init_conf; init_module says where
@@ -147,14 +178,12 @@ void ngx_ipc_bridge_retry_all(ngx_ipc_worker_t *w);
 int ngx_ipc_bridge_peers(ngx_ipc_worker_t *w, ngx_ipc_peer_t *out, int max);
 
 /* ngx_ipc_worker.cpp, for the wake handlers (the eventfd's, the bridge's):
- * after a flush(), the send waiting for room tries again; in a worker with
- * no dispatcher, what ep's inbox holds is dropped and counted (rule 7). */
+ * after a flush(), the send waiting for room tries again. */
 void ngx_ipc_space_freed(ngx_ipc_worker_t *w);
 /* after a send or a flush: while a backlog waits, a timer flushes it now
  * and then, and asks whether an inbox's lock holder still runs (one that
  * died never wakes anyone) */
 void ngx_ipc_backlog_watch(ngx_ipc_worker_t *w);
-void ngx_ipc_drop_undelivered(ngx_ipc_worker_t *w, ngx_ipc::Endpoint *ep);
 
 /* Posts sema after the event loop's next pass (a dispatcher's yield). */
 void ngx_ipc_yield(ngx_ipc_worker_t *w, void *sema);

@@ -143,6 +143,7 @@ ngx_ipc_attach(ngx_ipc_conf_t *conf)
     w->conn = c;
 
     ngx_ipc_busy_poll_init(w);
+    ngx_ipc_early_init(w);
 
     w->yield.handler = ngx_ipc_yield_handler;
     w->yield.data = w;
@@ -203,7 +204,7 @@ ngx_ipc_wake_handler(ngx_event_t *rev)
         return;
     }
 
-    ngx_ipc_drop_undelivered(w, w->endpoint);
+    ngx_ipc_early_receive(w, w->endpoint);
 }
 
 
@@ -254,38 +255,6 @@ ngx_ipc_retry_handler(ngx_event_t *ev)
     ngx_ipc_bridge_retry_all(w);
     ngx_ipc_space_freed(w);
     ngx_ipc_backlog_watch(w);
-}
-
-
-/*
- * Nobody in this worker has called ngx.ipc: it has no handler for anything.
- * Rule 7: what arrives in ep's inbox is dropped and counted (keeping it
- * would fill the senders' backlogs, and then every broadcast of every
- * worker would be refused). Handlers registered in init_worker_by_lua*
- * start the dispatcher before a wake handler ever runs.
- */
-void
-ngx_ipc_drop_undelivered(ngx_ipc_worker_t *w, ngx_ipc::Endpoint *ep)
-{
-    int                 n;
-    ngx_ipc::Delivery   batch[NGX_IPC_FFI_BATCH];
-
-    while ((n = ep->receive(batch, NGX_IPC_FFI_BATCH)) > 0) {
-        /* no Lua runs here that could count it (stats().unhandled) */
-        w->endpoint->counters().lua.unhandled += n;
-
-        if (!w->no_dispatcher_logged) {
-            w->no_dispatcher_logged = 1;
-            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                          "ngx_ipc: messages arrived in a worker that has "
-                          "not called ngx.ipc (the first: \"%*s\"); no "
-                          "handler takes them: they are dropped and counted "
-                          "in \"unhandled\" (register handlers in "
-                          "init_worker_by_lua*)",
-                          (size_t) ngx_min(batch[0].name_len, 256),
-                          batch[0].name);
-        }
-    }
 }
 
 

@@ -182,6 +182,36 @@ def test_events_published_before_init_worker_are_kept(nginx):
         assert sorted(wait_got(n, w, 2)) == ["early|e|w0|0", "early|e|w1|1"]
 
 
+def test_a_slow_worker_that_starts_late_misses_nothing(nginx):
+    # lua-resty-events' "slow client on node start": worker 1 calls
+    # init_worker() only later, from a timer. Meanwhile worker 0 publishes
+    # (its event reaches worker 1 before worker 1's Lua uses ngx.ipc: kept
+    # for it, ipc_early_messages), and so does worker 1 itself (kept in its
+    # outbox until its init_worker(), as lua-resty-events' queue keeps it).
+    n = nginx(workers=2, main=DEBUG_LOG,
+              init='ev = require("ngx.ipc.events").new({})',
+              init_worker=RECORD + """
+                  _G.rec = rec
+                  if me == 0 then
+                      assert(ev:init_worker())
+                      ev:subscribe("*", "*", rec("ev"))
+                  end
+              """)
+    assert n.lua('return ev:publish("all", "s", "from0", "a")', worker=0) == [True]
+    assert wait_got(n, 0, 1) == ["s|from0|a|0"]
+    wait_for(lambda: n.lua('return ipc.stats("all")[2].received', worker=0) == [1],
+             what="the event reached worker 1's inbox")
+    assert n.lua('return ev:publish("all", "s", "from1", "b")', worker=1) == [True]
+    n.lua("""
+        assert(ngx.timer.at(0, function()
+            assert(ev:init_worker())
+            ev:subscribe("*", "*", _G.rec("ev"))
+        end))
+    """, worker=1)
+    assert wait_got(n, 1, 2) == ["s|from0|a|0", "s|from1|b|1"]
+    assert wait_got(n, 0, 2) == ["s|from0|a|0", "s|from1|b|1"]
+
+
 def test_data_types_are_serialized_like_string_buffer(nginx):
     n = start(nginx, subscribe=False, init_worker="""
         ev:subscribe("t", "*", function(data, event)

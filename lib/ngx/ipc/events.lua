@@ -215,15 +215,15 @@ function _M:init_worker()
     self._worker_id = worker_id
 
     if worker_id ~= -1 then
-        -- what reached this worker before is in its inbox: delivered
-        -- from now on (a worker whose Lua never called ngx.ipc in
-        -- init_worker_by_lua* drops it: README)
+        -- what reached this worker before its Lua first called ngx.ipc
+        -- was kept for it (ipc_early_messages): delivered from now on
         require("ngx.ipc").receive(self._handlers)
     end
 
     -- ready once this phase is over (lua-resty-events: once connected)
     assert(timer_at(0, connected, self))
     self._queue:start()
+    self._outbox:start()
 
     return true
 end

@@ -9,7 +9,10 @@
 -- kept, and so is every later one (order is kept), up to max_queue_len,
 -- and a timer retries them (ipc's `wait` where it can). This is what
 -- lua-resty-events' publish queue and its broker's per-worker queues do
--- while a connection is down.
+-- while a connection is down. Sends made before init_worker() are kept
+-- the same way until it (start()): lua-resty-events queues them until its
+-- worker connects, and sending would start ngx.ipc in this worker before
+-- its handlers are there.
 
 local random = math.random
 local setmetatable = setmetatable
@@ -53,6 +56,7 @@ function _M.new(broker_slot, max_len)
         names = {},
         datas = {},
         flushing = false,
+        started = false,    -- init_worker() ran: sends may go out
     }, _MT)
 end
 
@@ -134,7 +138,7 @@ end
 
 -- Sends kind/name/data after what is held: true, or nil and the error.
 function _M:push(kind, name, data)
-    if self.first > self.last then
+    if self.first > self.last and self.started then
         local ok, err, retry = try(self, kind, name, data)
         if ok or not retry then
             return ok, err
@@ -148,8 +152,19 @@ function _M:push(kind, name, data)
     local i = self.last + 1
     self.last = i
     self.kinds[i], self.names[i], self.datas[i] = kind, name, data
-    start_flush(self)
+    if self.started then
+        start_flush(self)
+    end
     return true
+end
+
+
+-- init_worker(): what was kept before goes out, in order.
+function _M:start()
+    self.started = true
+    if self.first <= self.last then
+        start_flush(self)
+    end
 end
 
 

@@ -202,13 +202,15 @@ ngx_ipc_early_keep(ngx_ipc_worker_t *w, const ngx_ipc::Delivery *d)
         if (!e->full_logged) {
             e->full_logged = 1;
             ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                          "ngx_ipc: this worker's Lua has not called "
-                          "ngx.ipc yet and the messages kept for it "
-                          "reached ipc_early_messages' %uz bytes: the next "
-                          "ones are dropped and counted in \"unhandled\" "
-                          "(the first: \"%*s\")",
-                          w->conf->early_size,
-                          (size_t) ngx_min(d->name_len, 256), d->name);
+                          "ngx_ipc: message \"%*s\" (%uL bytes) does not "
+                          "fit in what this worker keeps until its Lua "
+                          "calls ngx.ipc (ipc_early_messages: %uz bytes, "
+                          "%uz used): it is dropped and counted in "
+                          "\"unhandled\", and so is every later one that "
+                          "does not fit",
+                          (size_t) ngx_min(d->name_len, 256), d->name,
+                          (uint64_t) d->data_len, w->conf->early_size,
+                          e->bytes);
         }
 
         return false;

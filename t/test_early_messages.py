@@ -23,7 +23,7 @@ import pytest
 from conftest import start_fails
 from harness import lua_quote, pattern, wait_for
 
-KEPT_FULL = r"reached ipc_early_messages' \d+ bytes"
+KEPT_FULL = r"does not fit in what this worker keeps until its Lua calls ngx.ipc"
 DROPPED = r"messages arrived in a worker whose Lua has not called ngx.ipc"
 
 START_RECORDING = """
@@ -129,8 +129,10 @@ def test_past_the_size_the_newest_are_dropped(nginx):
     send_to_worker1(n, 10, 16 * 1024)
     wait_for(lambda: unhandled(n, 1) == 7, what="7 of 10 counted in unhandled")
     log = n.error_log()
-    assert re.search(r"\[warn\].*reached ipc_early_messages' 65536 bytes: the next "
-                     r"ones are dropped .*\(the first: \"early\"\)", log), log[-2000:]
+    assert re.search(r'\[warn\].*ngx_ipc: message "early" \(16384 bytes\) does not fit '
+                     r"in what this worker keeps until its Lua calls ngx.ipc "
+                     r"\(ipc_early_messages: 65536 bytes, 49\d\d\d used\): it is "
+                     r'dropped and counted in "unhandled"', log), log[-2000:]
 
     assert n.lua(START_RECORDING, worker=1) == [True]
     assert n.wait_results("got", 3) == [pattern(16 * 1024, i) for i in range(3)]

@@ -244,7 +244,27 @@ def size_label(s):
     return "%d MiB" % (s // MiB) if s >= MiB else "%d KiB" % (s // KiB) if s >= KiB else "%d B" % s
 
 
-def bench_system(res, system, template, cfg, baseline, main_extra=""):
+def guarded(res, system, keep_going, row, server):
+    """Runs row(); with keep_going, a row that fails is noted in res, with
+    what server()'s error log says of dropped events, and the caller goes on
+    with the next (a library that loses events: a finding)."""
+    if not keep_going:
+        return row()
+    try:
+        row()
+    except RuntimeError as e:
+        try:
+            drops = [l for l in server().error_log().splitlines() if "drop" in l.lower()]
+            said = "its error log: %d lines about dropped events%s" % (
+                len(drops), (", the first: " + drops[0][:300]) if drops else "")
+        except OSError:     # that nginx is gone, and its log
+            said = "its error log is gone"
+        note = "%s: %s (%s)" % (system, e, said)
+        res.notes.append(note)
+        log("  " + note)
+
+
+def bench_system(res, system, template, cfg, baseline, main_extra="", keep_going=False):
     """Runs the contract endpoints of one system; fills res."""
     reps = cfg.repeats
 
@@ -268,7 +288,7 @@ def bench_system(res, system, template, cfg, baseline, main_extra=""):
             m = median_of(lambda: ngx.measure("/bench/call?n=%d" % cfg.call_n), reps)
             res.put(system, "call p50 (us)", m["p50_us"], cfg.call_n)
             res.put(system, "call p99 (us)", m["p99_us"], cfg.call_n)
-        for size in STREAM_SIZES:
+        def stream_row(size):
             full = cfg.stream_n[size]
             fmt = "/bench/stream?size=%d&n=%%d" % size
             n = sized(fmt, full, 10, 20)
@@ -297,10 +317,14 @@ def bench_system(res, system, template, cfg, baseline, main_extra=""):
                 res.put(system, "stream %s wait msgs/s" % size_label(size), m["msgs_per_s"], n)
                 res.put(system, "stream %s wait MB/s" % size_label(size),
                         m["bytes_per_s"] / 1e6, n)
+
+        for size in STREAM_SIZES:
+            guarded(res, system, keep_going, lambda: stream_row(size), lambda: ngx)
     finally:
         ngx.stop()
 
-    for w in (BASELINE_BROADCAST_WORKERS if baseline else cfg.broadcast_workers):
+    def broadcast_row(w):
+        nonlocal ngx
         ngx = Nginx(template, w, PORT, main_extra)
         try:
             ngx.start()
@@ -315,6 +339,9 @@ def bench_system(res, system, template, cfg, baseline, main_extra=""):
             res.put(system, "broadcast %d workers alerts/s" % w, 2 * n / m["seconds"], n)
         finally:
             ngx.stop()
+
+    for w in (BASELINE_BROADCAST_WORKERS if baseline else cfg.broadcast_workers):
+        guarded(res, system, keep_going, lambda: broadcast_row(w), lambda: ngx)
 
 
 def run_floors(res, cfg):

@@ -1,6 +1,7 @@
 -- The bench transport (bench/baselines/lib/bl_bench.lua's send, broadcast,
--- on) over resty.events' API as ngx.ipc.events gives it, loaded by its
--- Kong name (`ipc_events_compat on;`).
+-- on) over resty.events' API: ngx.ipc.events loaded by its Kong name
+-- (`ipc_events_compat on;`, nginx.conf), or Kong's lua-resty-events itself
+-- when it is first on lua_package_path (theirs.conf).
 --
 -- Addressing. That API publishes to "all" workers, "current" (this one) or
 -- a unique hash (some one worker, deduplicated): none is a given worker. So
@@ -65,11 +66,19 @@ function M.init()
     ev = events.new({
         -- above the 1 MiB stream's payload and its encoding (default 64 KiB)
         max_payload_len = 2 * 1024 * 1024,
+        -- lua-resty-events itself needs its broker's unix socket (theirs.conf
+        -- sets it); on ngx_ipc it is optional and unused
+        listening = rawget(_G, "BL_EVENTS_LISTENING"),
     })
     assert(ev:init_worker())
     my_id = ngx.worker.id()
     my_source = "bench." .. my_id
     ev:subscribe(my_source, "ack", on_ack)
+end
+
+-- lua-resty-events' broker socket's handler (theirs.conf)
+function M.run()
+    ev:run()
 end
 
 function M.on(name, handler)

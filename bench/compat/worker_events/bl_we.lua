@@ -3,7 +3,10 @@
 -- That API only broadcasts: send(to, ...) is a post that every worker
 -- handles and only `to` acts on, as a worker-events user addressing one
 -- worker would write it. Event: "<name> <to> <from>" (to = -1: everyone).
-local we = require "ngx.ipc.worker_events"
+-- ngx.ipc's (nginx.conf), or Kong's lua-resty-worker-events itself
+-- (theirs.conf sets BL_WE_MODULE and a poll interval: it polls its shm)
+local we = require(rawget(_G, "BL_WE_MODULE") or "ngx.ipc.worker_events")
+local INTERVAL = rawget(_G, "BL_WE_INTERVAL") or 0
 
 local M = {}
 local handlers = {}
@@ -26,7 +29,7 @@ end
 function M.init(shm)
     my_id = ngx.worker.id()
     we.register(on_event, "bench")
-    assert(we.configure({ shm = shm, interval = 0 }))
+    assert(we.configure({ shm = shm, interval = INTERVAL }))
 end
 
 function M.on(name, handler) handlers[name] = handler end

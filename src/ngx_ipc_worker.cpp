@@ -2,14 +2,16 @@
  * ngx_ipc worker: a worker process's attachment to its slot of the
  * configuration's mapping. It watches its own eventfd on the event loop;
  * the read handler flushes the send backlog and wakes the Lua dispatcher
- * (or, when nginx closes the connection at shutdown, hands over to
+ * (or, with no dispatcher yet, hands the inbox to ngx_ipc_early.cpp; when
+ * nginx closes the connection at shutdown, hands over to
  * ngx_ipc_exit.cpp). It also runs the "next pass of the event loop" yield.
  * Nothing runs while no message moves.
  *
  * Owns: ngx_ipc_worker_t (the endpoint, the eventfd's connection, the
- * yield), except its busy-poll part (ngx_ipc_busy_poll.cpp), the exit
- * state and watch (ngx_ipc_exit.cpp) and the Lua semaphores the FFI
- * registers (ngx_ipc_ffi*.cpp).
+ * yield), except its busy-poll part (ngx_ipc_busy_poll.cpp), what it keeps
+ * before its Lua starts ngx.ipc (ngx_ipc_early.cpp), the exit state and
+ * watch (ngx_ipc_exit.cpp) and the Lua semaphores the FFI registers
+ * (ngx_ipc_ffi*.cpp).
  */
 
 #include "ngx_ipc_module.h"

@@ -22,6 +22,7 @@ import pytest
 
 from conftest import start_fails
 from harness import lua_quote, pattern, wait_for
+from test_reload_bridge import SHUTDOWN, HeldRequest, gen_init, reload
 
 KEPT_FULL = r"does not fit in what this worker keeps until its Lua calls ngx.ipc"
 DROPPED = r"messages arrived in a worker whose Lua has not called ngx.ipc"
@@ -185,6 +186,57 @@ def test_a_worker_that_never_starts_holds_up_no_sender(nginx):
     """, worker=0)
     wait_for(lambda: received_by(n, 1) == 200, what="worker 1 took all 200")
     assert unhandled(n, 1) > 0
+
+
+# an old worker holds this request through a reload, then broadcasts
+# "early" when the test sets "go": it reaches the new generation through
+# the reload bridge
+HOLD_AND_BROADCAST = """
+    location = /hold_and_broadcast {
+        content_by_lua_block {
+            local ipc = require "ngx.ipc"
+            ngx.say(ngx.worker.pid())
+            ngx.flush(true)
+            local deadline = ngx.now() + 30
+            while not T.get("go") and ngx.now() < deadline do
+                ngx.sleep(0.01)
+            end
+            ngx.say(tostring(ipc.broadcast("early", "from the old generation")))
+            ngx.flush(true)
+        }
+    }
+"""
+
+
+def test_kept_when_it_comes_from_another_generation(nginx):
+    # reload() waits for each worker to say its generation. The first
+    # generation starts ngx.ipc at once (lua-nginx-module logs an [alert] at
+    # exit for a worker whose first zero-delay timer, here ngx.ipc's
+    # dispatcher, came after its graceful shutdown began); the second does
+    # not call it.
+    n = nginx(workers=2, main=SHUTDOWN, init=gen_init(1),
+              init_worker="""
+                  T.set("gen:" .. IPC_GEN .. ":" .. ngx.worker.id(), ngx.worker.pid())
+                  if IPC_GEN == 1 then
+                      ipc.receive("other", function() end)
+                  end
+              """,
+              locations=HOLD_AND_BROADCAST.replace("T.get", 'require("harness").get'))
+    held = HeldRequest(n.port, "/hold_and_broadcast")
+    try:
+        old_pid = int(held.line())
+        reload(n, 2)
+        n.lua('T.set("go", true)')
+        assert held.line() == b"true"
+    finally:
+        held.close()
+    # the new workers' Lua has not called ngx.ipc: worker 0 looks (its own
+    # copy goes to no handler), worker 1's is kept
+    wait_for(lambda: received_by(n, 1) == 1, what="the broadcast in new worker 1")
+    assert n.pids[1] != old_pid
+    assert n.lua(START_RECORDING, worker=1) == [True]
+    assert n.wait_results("got", 1) == [b"from the old generation"]
+    assert unhandled(n, 1) == 0
 
 
 @pytest.mark.parametrize("value, error", [

@@ -254,7 +254,6 @@ def write_doc(res, systems, cfg, took):
             real_context(res), "",
         ]
     doc += [
-
         "### Every row", "",
         run.table(res, systems), "",
         "### N used", "",

@@ -323,7 +323,21 @@ class SentinelSet:
 
         server = poll(promoted, timeout, f"a failover away from port {old_port}",
                       self.describe)
-        return server, time.monotonic() - since
+        seconds = time.monotonic() - since
+        self._hold_still()
+        return server, seconds
+
+    def _hold_still(self):
+        """After the failover a test made: the Sentinels wait 10 s, not
+        down_after_ms, before they call a server down. A new primary may
+        stall for a second right after its promotion (its AOF rewrite, on
+        a loaded 2-core machine), and with 1 s the Sentinels then fail over
+        again, back to the old primary as soon as it restarts: a second
+        failover that no test asked for."""
+        for sentinel in self.sentinels:
+            if sentinel.running():
+                sentinel.sentinel("SET", self.master_name,
+                                  "down-after-milliseconds", "10000")
 
     def restart_old(self, server, timeout=REJOIN_TIMEOUT):
         """Restart a killed data server (same port, directory and AOF; it comes

@@ -30,7 +30,7 @@ from conftest import start_fails
 from harness import Nginx, NginxError, pattern, wait_for
 from redis_server import redis_server  # noqa: F401 (the fixture)
 from test_cluster import cluster_main, wait_linked
-from test_reload import fd_count, master_footprint, same_footprint, shared_maps
+from test_reload import assert_footprint_returns, fd_count, master_footprint, shared_maps
 
 SHUTDOWN = "worker_shutdown_timeout 120s;"
 
@@ -533,9 +533,8 @@ def test_twenty_reloads_overlapping_generations_hear_every_broadcast(nginx):
     wait_for(lambda: n.worker_pids() == sorted(n.pids), timeout=30,
              what="the old generations to exit")
     assert n.master_pid == master
-    after = master_footprint(n)
-    print(f"master after: {after}")
-    assert same_footprint(after, baseline), (after, baseline)
+    assert_footprint_returns(n, baseline)
+    print(f"master after: {master_footprint(n)}")
     # a worker of the last generation (the baseline's configuration again)
     # holds what one of the baseline's held: its fds, one bridge socket
     # among them, and its shared mappings, the bridge among them

@@ -328,12 +328,9 @@ class SentinelSet:
         return server, seconds
 
     def _hold_still(self):
-        """After the failover a test made: the Sentinels wait 10 s, not
-        down_after_ms, before they call a server down. A new primary may
-        stall for a second right after its promotion (its AOF rewrite, on
-        a loaded 2-core machine), and with 1 s the Sentinels then fail over
-        again, back to the old primary as soon as it restarts: a second
-        failover that no test asked for."""
+        """Once a test's failover is done, Sentinels call a server down after
+        10 s: a new primary that stalls a second after its promotion (on a
+        loaded machine) would be failed over again, back to the old one."""
         for sentinel in self.sentinels:
             if sentinel.running():
                 sentinel.sentinel("SET", self.master_name,

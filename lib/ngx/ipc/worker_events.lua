@@ -24,10 +24,10 @@
 -- ones; a zero-delay timer makes that poll when no one else does.
 
 local ipc = require "ngx.ipc"
-local cjson = require("cjson.safe").new()
 local handlers = require "ngx.ipc.worker_events.handlers"
 local order = require "ngx.ipc.worker_events.order"
 local options = require "ngx.ipc.worker_events.options"
+local wire = require "ngx.ipc.worker_events.wire"
 
 local assert = assert
 local tonumber = tonumber
@@ -39,14 +39,12 @@ local traceback = debug.traceback
 local ngx = ngx
 local log = ngx.log
 local ERR = ngx.ERR
-local DEBUG = ngx.DEBUG
 local get_pid = ngx.worker.pid
 local get_phase = ngx.get_phase
 local new_timer = ngx.timer.at
 
 -- the library's keys in the shared dict
 local KEY_LAST_ID = "events-last"   -- id of the last event posted
-local KEY_ONE     = "events-one:"   -- who handles a unique event
 local KEY_DATA    = "events-data:"  -- "" there: an id its poster gave up
 
 local GIVEN_UP_TTL = 60   -- seconds a given-up id's mark stays in the dict
@@ -75,36 +73,11 @@ local function get_event_id()
 end
 
 
--- true when this worker is the one to handle unique event `id`
-local function mine_to_have(id, unique)
-    local key = KEY_ONE .. tostring(unique)
-    local ok, err = _dict:add(key, _pid, _opts.unique_timeout)
-    if ok then
-        return true
-    end
-
-    if err == "exists" then
-        log(DEBUG, "worker-events: skipping event ", id,
-            " was handled by worker ", _dict:get(key))
-    else
-        log(ERR, "worker-events: cannot determine who handles event ", id,
-            ", dropping it: ", err)
-    end
-end
-
-
 local function handle_json(id, json)
-    local d, err = cjson.decode(json)
-    if not d then
-        return log(ERR, "worker-events: failed decoding json event data: ",
-                   err)
+    local d = wire.decode(json, id, _dict, _pid, _opts.unique_timeout)
+    if d then
+        return handlers.run(_callbacks, d.source, d.event, d.data, d.pid)
     end
-
-    if d.unique and not mine_to_have(id, d.unique) then
-        return
-    end
-
-    return handlers.run(_callbacks, d.source, d.event, d.data, d.pid)
 end
 
 
@@ -205,13 +178,7 @@ _M.post = function(source, event, data, unique)
     end
 
     local json
-    json, err = cjson.encode({
-        source = source,
-        event = event,
-        data = data,
-        unique = unique,
-        pid = _pid,
-    })
+    json, err = wire.encode(source, event, data, unique, _pid)
 
     local id
     if json then

@@ -180,7 +180,6 @@ def their_ratios(res, systems):
 
 
 def write_doc(res, systems, cfg, took):
-    mach = run.machine()
     compats = compat_systems(systems)
     doc = [
         "# Benchmarks: the compatibility APIs", "",
@@ -211,9 +210,7 @@ def write_doc(res, systems, cfg, took):
         "bench/baselines/lib/bl_bench.lua's endpoints; ngx_ipc its own "
         "(bench/ngx_ipc/nginx.conf), so the ratios include that difference in the "
         "benchmark code as well as the API's cost." % (cfg.budget, cfg.repeats), "",
-        "## Machine", "",
-        "- nproc: %s" % mach["nproc"], "- CPU: %s" % mach["cpu"],
-        "- kernel (`uname -r`): %s" % mach["kernel"], "- nginx: %s" % mach["nginx"], "",
+    ] + run.machine_section() + [
         "## Results", "",
         "Medians of %d runs. events/s and MB/s (10^6 bytes/s): higher is better; "
         "broadcast: seconds for 100000 round trips, and us (microseconds): lower "
